@@ -1,0 +1,54 @@
+"""Task types and their registry.
+
+A new task joins by subclassing :class:`Task` in one module and registering an instance here
+(or from user code with :func:`register_task`).
+"""
+
+from __future__ import annotations
+
+from nim_async.tasks.base import ParseContext, Task
+from nim_async.tasks.phrase_grounding import PhraseGroundingTask
+from nim_async.tasks.vqa import VQATask
+
+__all__ = ["TASKS", "ParseContext", "Task", "get_task", "register_task", "task_for_key"]
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> None:
+    """Make ``task`` available under ``task.name``.
+
+    Args:
+        task: The task instance.
+
+    Raises:
+        ValueError: if another task already uses that name.
+    """
+    if task.name in TASKS and TASKS[task.name] is not task:
+        raise ValueError(f"a task named {task.name!r} is already registered")
+    TASKS[task.name] = task
+
+
+def get_task(name: str) -> Task:
+    """Return the task registered as ``name`` (underscores are read as dashes).
+
+    Raises:
+        ValueError: naming the known task types when ``name`` is not one.
+    """
+    task = TASKS.get(name) or TASKS.get(name.replace("_", "-"))
+    if task is None:
+        known = ", ".join(repr(n) for n in sorted(TASKS))
+        raise ValueError(f"unknown task_type {name!r}; use one of {known}")
+    return task
+
+
+def task_for_key(key: str) -> Task | None:
+    """Return the task whose output JSON has top-level ``key``, or ``None``."""
+    for task in TASKS.values():
+        if task.key == key:
+            return task
+    return None
+
+
+register_task(PhraseGroundingTask())
+register_task(VQATask())

@@ -1,0 +1,72 @@
+"""The task interface: what a task type contributes (prompt, schema, parser). No IO."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from nim_async.catalog import BoxFormat
+from nim_async.results import PredictionResponse, Usage
+
+__all__ = ["ParseContext", "Task"]
+
+
+@dataclass(frozen=True, slots=True)
+class ParseContext:
+    """Everything a parser needs besides the text.
+
+    Attributes:
+        prompt: The user prompt that was sent.
+        model: The served model name.
+        box_format: Box convention of the model.
+        original_size: ``(width, height)`` of the original image.
+        model_input_size: ``(width, height)`` of the image as the model saw it (for
+            ``qwen25-abs``, after the 28-multiple resize of the image as sent).
+        usage: Token accounting.
+        finish_reason: Why generation ended.
+    """
+
+    prompt: str
+    model: str = ""
+    box_format: BoxFormat = "norm1024"
+    original_size: tuple[int, int] | None = None
+    model_input_size: tuple[int, int] | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+class Task(ABC):
+    """A task type. Subclass it in one module and call :func:`nim_async.tasks.register_task`.
+
+    Attributes:
+        name: Task type name as users pass it (``"phrase-grounding"``).
+        key: Top-level key of the output JSON (``"phrase_grounding"``).
+        default_prompt: User prompt used when the caller gives none.
+        system_prompt: System prompt sent before the user turn, or ``None``.
+    """
+
+    name: ClassVar[str]
+    key: ClassVar[str]
+    default_prompt: ClassVar[str]
+    system_prompt: ClassVar[str | None] = None
+
+    @abstractmethod
+    def output_schema(self) -> dict[str, Any]:
+        """Return the JSON schema of the task's output (top-level key :attr:`key`)."""
+
+    def build_prompt(self, user_prompt: str | None) -> str:
+        """Return the text sent beside the image.
+
+        Args:
+            user_prompt: The caller's prompt, or ``None`` for the default.
+        """
+        return user_prompt if user_prompt else self.default_prompt
+
+    @abstractmethod
+    def parse(self, text: str, context: ParseContext) -> PredictionResponse:
+        """Parse the model's full output into the task's response.
+
+        Raises:
+            PredictionParseError: carrying ``text`` when it cannot be parsed; never anything else.
+        """

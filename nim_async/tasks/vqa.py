@@ -1,0 +1,68 @@
+"""Visual question answering: ``{"vqa": {"answer": ...}}``."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from nim_async.errors import PredictionParseError
+from nim_async.results import VQAResponse
+from nim_async.tasks.base import ParseContext, Task
+from nim_async.tasks.parsing import find_final_json_object, no_json_error, split_thinking
+
+__all__ = ["VQATask"]
+
+
+class VQATask(Task):
+    """Answer a question about the image in a short text."""
+
+    name: ClassVar[str] = "vqa"
+    key: ClassVar[str] = "vqa"
+    default_prompt: ClassVar[str] = "Describe what is shown in this image in one sentence."
+    system_prompt: ClassVar[str | None] = (
+        "You answer questions about an image. Look at the image, answer the question briefly "
+        'and exactly, and reply with JSON only, in the form {"vqa": {"answer": "<answer>"}}.'
+    )
+
+    def output_schema(self) -> dict[str, Any]:
+        """Return the JSON schema ``{"vqa": {"answer": string}}``."""
+        return {
+            "type": "object",
+            "properties": {
+                "vqa": {
+                    "type": "object",
+                    "properties": {"answer": {"type": "string"}},
+                    "required": ["answer"],
+                }
+            },
+            "required": ["vqa"],
+        }
+
+    def parse(self, text: str, context: ParseContext) -> VQAResponse:
+        """Parse ``{"vqa": {"answer": ...}}`` from the output.
+
+        Raises:
+            PredictionParseError: when the answer is missing or not text.
+        """
+        thinking, answer_text = split_thinking(text)
+        try:
+            obj = find_final_json_object(answer_text)
+        except PredictionParseError:
+            raise no_json_error(text, context.finish_reason, "VQA") from None
+        body = obj.get("vqa", obj)
+        answer = body.get("answer") if isinstance(body, dict) else None
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)
+        if not isinstance(answer, str):
+            raise PredictionParseError(
+                'the VQA output has no {"vqa": {"answer": <text>}}', raw_output=text
+            )
+        return VQAResponse(
+            model=context.model,
+            prompt=context.prompt,
+            raw_output=text,
+            thinking=thinking,
+            usage=context.usage,
+            finish_reason=context.finish_reason,
+            image_size=context.original_size,
+            answer=answer,
+        )
