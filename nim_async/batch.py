@@ -1,0 +1,402 @@
+"""Bounded-concurrency scoring of many inputs against one NIM (``predict_many``).
+
+:func:`predict_many` reads its sources lazily (a generator of 10⁵ paths is never turned into a
+list), keeps at most ``concurrency`` requests in flight, retries retryable failures with
+exponential backoff and jitter, and yields exactly one :class:`BatchResult` per input: the
+response, or the error that ended that input. One bad image never aborts the batch.
+
+Leaving the ``async for`` early (``break``, an exception, cancellation) cancels the requests in
+flight and waits for them, so no task outlives the iterator. Wrap it in
+:func:`contextlib.aclosing` to make that happen at once rather than at garbage collection.
+
+The module also turns results into JSON records (:func:`result_record`), the line format of
+``nim-async batch``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Iterable,
+    Iterator,
+    Sized,
+)
+from dataclasses import dataclass
+from os import PathLike
+from typing import TYPE_CHECKING, Any, Protocol
+
+from nim_async.errors import (
+    NIMError,
+    NIMPredictionError,
+    PredictionTimeoutError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+    StreamError,
+)
+from nim_async.results import PredictionResponse
+
+if TYPE_CHECKING:
+    from nim_async.config import NIMSamplingParams
+
+__all__ = [
+    "BatchResult",
+    "Predictor",
+    "is_retryable",
+    "predict_many",
+    "result_record",
+    "source_label",
+]
+
+
+class Predictor(Protocol):
+    """What :func:`predict_many` needs: an awaitable call per source (``AsyncNIMPredictor``)."""
+
+    def __call__(
+        self,
+        source: Any,
+        user_prompt: str | None = None,
+        sampling_params: NIMSamplingParams | None = None,
+    ) -> Awaitable[PredictionResponse]:
+        """Predict one source."""
+        ...
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """The outcome of one input of a batch.
+
+    Attributes:
+        index: Position of the input in ``sources`` (0-based).
+        source: The input as given (path, URL, bytes, PIL image).
+        response: The prediction, or ``None`` when the input failed.
+        error: The error that ended the input, or ``None`` when it succeeded.
+        attempts: How many requests were made for this input (1 + retries used).
+        elapsed: Seconds from the first attempt to the outcome, backoff included.
+    """
+
+    index: int
+    source: object
+    response: PredictionResponse | None
+    error: NIMError | None
+    attempts: int
+    elapsed: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether the input produced a response."""
+        return self.error is None and self.response is not None
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether ``error`` is worth another attempt.
+
+    Retryable: no server answering (it may be restarting), HTTP 429, HTTP 5xx, a stream that
+    broke off, and timeouts. Not retryable: bad requests, unreadable images, parse errors.
+
+    Args:
+        error: The exception an attempt raised.
+    """
+    if isinstance(error, ServiceUnavailableError | RateLimitError | StreamError):
+        return True
+    if isinstance(error, PredictionTimeoutError):
+        return True
+    return isinstance(error, ServerError) and error.status_code >= 500
+
+
+def source_label(source: object) -> str:
+    """A short text naming ``source`` for records and messages (path or URL as given).
+
+    Args:
+        source: A path, URL, bytes or image.
+    """
+    if isinstance(source, str):
+        return source
+    if isinstance(source, PathLike):
+        return str(source.__fspath__())
+    if isinstance(source, bytes | bytearray | memoryview):
+        return f"<{len(source)} bytes>"
+    size = getattr(source, "size", None)
+    if isinstance(size, tuple):
+        return f"<{type(source).__name__} {size[0]}x{size[1]}>"
+    return f"<{type(source).__name__}>"
+
+
+def result_record(result: BatchResult) -> dict[str, Any]:
+    """The JSON record of one result: the line format of ``nim-async batch``.
+
+    ``{"source", "index", "status": "ok"|"error", "result" | "error", "attempts",
+    "elapsed", ...}``; an ok record also carries ``task_type``, ``model``, ``usage`` and the
+    client ``timings``; an error record carries ``error = {"type", "message", ...}``.
+
+    Args:
+        result: The batch result.
+
+    Returns:
+        A dict of JSON-serialisable values.
+    """
+    record: dict[str, Any] = {
+        "source": source_label(result.source),
+        "index": result.index,
+        "status": "ok" if result.ok else "error",
+    }
+    if result.response is not None and result.error is None:
+        response = result.response
+        record["task_type"] = response.task_type
+        record["model"] = response.model
+        record["result"] = response.result
+        if response.thinking:
+            record["thinking"] = response.thinking
+        record["finish_reason"] = response.finish_reason
+        record["usage"] = response.usage.model_dump() if response.usage else None
+        if response.image_size is not None:
+            record["image_size"] = list(response.image_size)
+        record["timings"] = response.timings.model_dump() if response.timings else None
+    else:
+        error = result.error
+        info: dict[str, Any] = {
+            "type": type(error).__name__ if error is not None else "NIMError",
+            "message": str(error) if error is not None else "no response",
+        }
+        status_code = getattr(error, "status_code", None)
+        if isinstance(status_code, int):
+            info["status_code"] = status_code
+        raw_output = getattr(error, "raw_output", None)
+        if isinstance(raw_output, str):
+            info["raw_output"] = raw_output
+        record["error"] = info
+    record["attempts"] = result.attempts
+    record["elapsed"] = round(result.elapsed, 6)
+    return record
+
+
+def _backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    if base <= 0:
+        return 0.0
+    return random.uniform(0.0, min(cap, base * (2**attempt)))
+
+
+async def _predict_one(
+    predictor: Predictor,
+    index: int,
+    source: object,
+    *,
+    user_prompt: str | None,
+    sampling_params: NIMSamplingParams | None,
+    retries: int,
+    backoff: float,
+    backoff_cap: float,
+) -> BatchResult:
+    start = time.perf_counter()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            response = await predictor(
+                source, user_prompt=user_prompt, sampling_params=sampling_params
+            )
+        except NIMError as exc:
+            if attempt <= retries and is_retryable(exc):
+                await asyncio.sleep(_backoff_delay(attempt - 1, backoff, backoff_cap))
+                continue
+            return BatchResult(index, source, None, exc, attempt, time.perf_counter() - start)
+        except Exception as exc:  # one bad input must not abort the batch
+            error = NIMPredictionError(f"{type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            return BatchResult(index, source, None, error, attempt, time.perf_counter() - start)
+        return BatchResult(index, source, response, None, attempt, time.perf_counter() - start)
+
+
+class _Sources:
+    """Pull sources one at a time from a sync or async iterable."""
+
+    def __init__(self, sources: Iterable[Any] | AsyncIterable[Any]) -> None:
+        self._sync: Iterator[Any] | None = None
+        self._async: AsyncIterator[Any] | None = None
+        if isinstance(sources, AsyncIterable):
+            self._async = aiter(sources)
+        else:
+            self._sync = iter(sources)
+        self.exhausted = False
+
+    async def next(self) -> tuple[bool, Any]:
+        if self.exhausted:
+            return False, None
+        try:
+            if self._async is not None:
+                return True, await anext(self._async)
+            assert self._sync is not None
+            return True, next(self._sync)
+        except (StopIteration, StopAsyncIteration):
+            self.exhausted = True
+            return False, None
+
+
+class _Progress:
+    """A rich progress bar: done / total, failed, rate, ETA (on stderr)."""
+
+    def __init__(self, total: int | None, description: str) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._progress.add_task(description, total=total, failed=0, rate="")
+        self._start = time.perf_counter()
+        self._done = 0
+        self._failed = 0
+
+    def __enter__(self) -> _Progress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def advance(self, ok: bool) -> None:
+        self._done += 1
+        if not ok:
+            self._failed += 1
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        self._progress.update(
+            self._task,
+            advance=1,
+            failed=self._failed,
+            rate=f"{self._done / elapsed:.1f}/s",
+        )
+
+
+async def predict_many(
+    predictor: Predictor,
+    sources: Iterable[Any] | AsyncIterable[Any],
+    *,
+    concurrency: int = 32,
+    user_prompt: str | None = None,
+    sampling_params: NIMSamplingParams | None = None,
+    ordered: bool = False,
+    retries: int = 2,
+    progress: bool = False,
+    backoff: float = 0.5,
+    backoff_cap: float = 10.0,
+    reorder_window: int | None = None,
+    total: int | None = None,
+) -> AsyncIterator[BatchResult]:
+    """Predict many sources with bounded concurrency; yield one result per input.
+
+    Sources are pulled only when a request slot is free (and, when ``ordered``, when the
+    reorder window has room), so memory does not grow with the number of inputs.
+
+    Args:
+        predictor: An ``AsyncNIMPredictor`` (anything awaitable as
+            ``predictor(source, user_prompt=..., sampling_params=...)``).
+        sources: Paths, URLs, bytes or images; any iterable or async iterable, read lazily.
+        concurrency: Most requests in flight at once (≥ 1).
+        user_prompt: Prompt sent with every source (``None``: the task's default).
+        sampling_params: Sampling parameters for every request.
+        ordered: Yield in input order. Completed results wait in a window of at most
+            ``reorder_window`` inputs; new inputs start only while the window has room.
+        retries: Extra attempts for a retryable failure (see :func:`is_retryable`).
+        progress: Show a rich progress bar (done, failed, rate, ETA) on stderr.
+        backoff: Base of the exponential backoff in seconds (full jitter).
+        backoff_cap: Longest single backoff in seconds.
+        reorder_window: Size of the ordered window; default ``4 * concurrency``.
+        total: Number of inputs for the progress bar; taken from ``len(sources)`` if it has one.
+
+    Yields:
+        One :class:`BatchResult` per input, with ``response`` or ``error`` set.
+
+    Raises:
+        ValueError: if ``concurrency`` < 1, ``retries`` < 0 or ``reorder_window`` < concurrency.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    if retries < 0:
+        raise ValueError(f"retries must be at least 0, got {retries}")
+    window = reorder_window if reorder_window is not None else 4 * concurrency
+    if window < concurrency:
+        raise ValueError(f"reorder_window ({window}) must be at least concurrency ({concurrency})")
+    if total is None and isinstance(sources, Sized):
+        with contextlib.suppress(TypeError):
+            total = len(sources)
+
+    feed = _Sources(sources)
+    pending: set[asyncio.Task[BatchResult]] = set()
+    waiting: dict[int, BatchResult] = {}
+    next_index = 0
+    next_to_yield = 0
+    bar = _Progress(total, "predict_many") if progress else None
+
+    def start(index: int, source: object) -> None:
+        coro = _predict_one(
+            predictor,
+            index,
+            source,
+            user_prompt=user_prompt,
+            sampling_params=sampling_params,
+            retries=retries,
+            backoff=backoff,
+            backoff_cap=backoff_cap,
+        )
+        pending.add(asyncio.ensure_future(coro))
+
+    try:
+        if bar is not None:
+            bar.__enter__()
+        while True:
+            while len(pending) < concurrency and not feed.exhausted:
+                if ordered and next_index - next_to_yield >= window:
+                    break
+                has_item, source = await feed.next()
+                if not has_item:
+                    break
+                start(next_index, source)
+                next_index += 1
+            if not pending:
+                break
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            pending.difference_update(done)
+            for task in sorted(done, key=lambda t: t.result().index):
+                result = task.result()
+                if bar is not None:
+                    bar.advance(result.ok)
+                if not ordered:
+                    yield result
+                    continue
+                waiting[result.index] = result
+                while next_to_yield in waiting:
+                    yield waiting.pop(next_to_yield)
+                    next_to_yield += 1
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        pending.clear()
+        if bar is not None:
+            bar.__exit__(None, None, None)
