@@ -1,0 +1,1 @@
+"""Benchmark suite: load generation, metrics and reports for `nim-async bench`."""
