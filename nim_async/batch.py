@@ -20,6 +20,7 @@ import contextlib
 import random
 import time
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -306,7 +307,7 @@ async def predict_many(
     backoff_cap: float = 10.0,
     reorder_window: int | None = None,
     total: int | None = None,
-) -> AsyncIterator[BatchResult]:
+) -> AsyncGenerator[BatchResult, None]:
     """Predict many sources with bounded concurrency; yield one result per input.
 
     Sources are pulled only when a request slot is free (and, when ``ordered``, when the
