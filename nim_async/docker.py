@@ -1,0 +1,540 @@
+"""The thin adapter over ``aiodocker``: the only module of ``nim_async`` that imports it.
+
+Every Docker engine call the deployer and the emulator-image builder make goes through
+:class:`DockerClient`, which translates ``aiodocker`` / ``aiohttp`` failures into
+:mod:`nim_async.errors` types at the point where they enter (``raise X(...) from exc``):
+
+* daemon not reachable → :class:`~nim_async.errors.DockerUnavailableError` (naming ``DOCKER_HOST``)
+* registry refused the credentials → :class:`~nim_async.errors.RegistryAuthError`
+* error objects inside the 200 pull stream → :class:`~nim_async.errors.ImagePullError`
+* ``could not select device driver`` → :class:`~nim_async.errors.GPURuntimeError`
+* ``port is already allocated`` / ``address already in use`` →
+  :class:`~nim_async.errors.PortInUseError`
+* container name conflict → :class:`~nim_async.errors.ContainerExistsError`
+* anything else → :class:`~nim_async.errors.APIError` with the engine's HTTP status
+
+Registry passwords given to this module are scrubbed from every message it raises.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import IO, Any, Self
+
+import aiodocker
+import aiohttp
+import orjson
+from pydantic import SecretStr
+
+from nim_async.errors import (
+    APIError,
+    ContainerExistsError,
+    DockerUnavailableError,
+    GPURuntimeError,
+    ImagePullError,
+    NIMDeploymentError,
+    PortInUseError,
+    RegistryAuthError,
+)
+
+__all__ = [
+    "DEFAULT_DOCKER_HOST",
+    "DockerClient",
+    "RegistryAuth",
+    "docker_host",
+]
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+_GPU_HINT = (
+    "Docker could not start the container with a GPU: the host has no GPU container runtime "
+    "({detail}). Install the NVIDIA Container Toolkit (nvidia-container-toolkit), run "
+    "`nvidia-ctk runtime configure --runtime=docker` and restart dockerd; or set "
+    "NIMConfig(gpus=None) to start without a GPU request."
+)
+_UNAUTHORIZED = re.compile(
+    r"unauthori[sz]ed|authentication required|no basic auth credentials|"
+    r"incorrect username or password|denied: requested access",
+    re.IGNORECASE,
+)
+
+
+def docker_host() -> str:
+    """Describe the Docker endpoint in use, for error messages.
+
+    Returns:
+        ``DOCKER_HOST`` when set, else the default socket, labelled accordingly.
+    """
+    value = os.environ.get("DOCKER_HOST")
+    if value:
+        return f"{value} (from DOCKER_HOST)"
+    return f"{DEFAULT_DOCKER_HOST} (the default; DOCKER_HOST is not set)"
+
+
+def _unavailable(detail: str) -> DockerUnavailableError:
+    return DockerUnavailableError(
+        f"Cannot reach the Docker daemon at {docker_host()}: {detail}. Is dockerd running, and "
+        "does DOCKER_HOST point at it (and may this user use its socket)?"
+    )
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for one registry server, sent to the engine as ``X-Registry-Auth``.
+
+    Attributes:
+        server: The registry login server (``nvcr.io``, ``127.0.0.1:5000``).
+        username: The user name (``$oauthtoken`` for NGC).
+        password: The password (the NGC API key); never shown in ``repr``.
+    """
+
+    server: str
+    username: str
+    password: SecretStr = field(repr=False)
+
+    def as_dict(self) -> dict[str, str]:
+        """The credentials as the engine's auth-config JSON object."""
+        return {
+            "username": self.username,
+            "password": self.password.get_secret_value(),
+            "serveraddress": self.server,
+        }
+
+    def header(self) -> str:
+        """The base64url-encoded ``X-Registry-Auth`` header value."""
+        return base64.urlsafe_b64encode(orjson.dumps(self.as_dict())).decode("ascii")
+
+
+class DockerClient:
+    """An async Docker engine client whose errors are :mod:`nim_async.errors` types.
+
+    No connection is made until :meth:`connect` (or ``async with``).
+
+    Args:
+        url: Engine URL; ``None`` uses ``DOCKER_HOST`` or the default socket.
+        secrets: Strings scrubbed from every error message (registry passwords).
+    """
+
+    def __init__(self, url: str | None = None, *, secrets: tuple[str, ...] = ()) -> None:
+        self._url = url
+        self._docker: aiodocker.Docker | None = None
+        self._secrets = tuple(s for s in secrets if s)
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def _api(self) -> aiodocker.Docker:
+        if self._docker is None:
+            raise RuntimeError("DockerClient is not connected; use `async with DockerClient()`")
+        return self._docker
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def add_secret(self, secret: str) -> None:
+        """Scrub ``secret`` from every later error message too.
+
+        Args:
+            secret: The text to hide.
+        """
+        if secret and secret not in self._secrets:
+            self._secrets = (*self._secrets, secret)
+
+    def _translate(
+        self,
+        exc: BaseException,
+        action: str,
+        *,
+        default: type[APIError] = APIError,
+        port: int | None = None,
+        name: str | None = None,
+    ) -> NIMDeploymentError:
+        if isinstance(exc, aiohttp.ClientError | ConnectionError | FileNotFoundError):
+            return _unavailable(self._scrub(str(exc) or type(exc).__name__))
+        status = getattr(exc, "status", None)
+        message = self._scrub(str(getattr(exc, "message", None) or exc))
+        if status == 900 or "Cannot connect to Docker Engine" in message:
+            return _unavailable(message)
+        if "could not select device driver" in message:
+            return GPURuntimeError(_GPU_HINT.format(detail=message), status_code=status)
+        if port is not None and (
+            "port is already allocated" in message or "address already in use" in message
+        ):
+            return PortInUseError(
+                port,
+                f"Port {port} is already in use on the host ({message}). Choose another "
+                "NIMConfig.port or stop whatever listens there.",
+            )
+        if name is not None and status == 409 and "is already in use" in message:
+            return ContainerExistsError(name)
+        if status == 401 or _UNAUTHORIZED.search(message):
+            return RegistryAuthError(
+                f"The registry refused the credentials while trying to {action}: {message}",
+                status_code=status,
+            )
+        return default(f"Docker could not {action}: {message}", status_code=status or None)
+
+    @contextmanager
+    def _errors(
+        self,
+        action: str,
+        *,
+        default: type[APIError] = APIError,
+        port: int | None = None,
+        name: str | None = None,
+    ) -> Iterator[None]:
+        try:
+            yield
+        except (aiodocker.DockerError, aiohttp.ClientError, ConnectionError) as exc:
+            raise self._translate(exc, action, default=default, port=port, name=name) from exc
+
+    # ------------------------------------------------------------------ connection
+
+    async def connect(self) -> None:
+        """Open the connection and check that the engine answers.
+
+        Raises:
+            DockerUnavailableError: If the daemon cannot be reached.
+        """
+        if self._docker is not None:
+            return
+        try:
+            self._docker = aiodocker.Docker(url=self._url)
+        except (ValueError, OSError, aiodocker.DockerError) as exc:
+            raise _unavailable(str(exc)) from exc
+        try:
+            await self.version()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        docker, self._docker = self._docker, None
+        if docker is not None:
+            await docker.close()
+
+    async def version(self) -> dict[str, Any]:
+        """Return the engine's version document.
+
+        Raises:
+            DockerUnavailableError: If the daemon cannot be reached.
+        """
+        with self._errors("query the engine version"):
+            result: dict[str, Any] = await self._api.version()
+            return result
+
+    # ------------------------------------------------------------------ registry / images
+
+    async def login(self, auth: RegistryAuth) -> None:
+        """Check credentials against the registry (``POST /auth``), as ``docker login`` does.
+
+        Args:
+            auth: The credentials.
+
+        Raises:
+            RegistryAuthError: If the registry refuses them.
+            APIError: If the registry cannot be reached.
+        """
+        self.add_secret(auth.password.get_secret_value())
+        with self._errors(f"log in to {auth.server}", default=RegistryAuthError):
+            await self._api.auth(**auth.as_dict())
+
+    async def image_exists(self, ref: str) -> bool:
+        """Whether the image ``ref`` is present locally.
+
+        Args:
+            ref: Image reference.
+        """
+        try:
+            with self._errors(f"inspect image {ref}"):
+                await self._api.images.inspect(ref)
+        except APIError as exc:
+            if exc.status_code == 404:
+                return False
+            raise
+        return True
+
+    async def pull(
+        self, ref: str, auth: RegistryAuth | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Pull ``ref`` and yield the engine's progress objects.
+
+        Error objects inside the 200 stream are raised, not yielded.
+
+        Args:
+            ref: Image reference with a tag (``registry/name:tag``).
+            auth: Registry credentials, sent as ``X-Registry-Auth``.
+
+        Yields:
+            Progress objects (``status``, ``id``, ``progressDetail``).
+
+        Raises:
+            RegistryAuthError: If the registry refuses the credentials.
+            ImagePullError: If the pull fails.
+        """
+        if auth is not None:
+            self.add_secret(auth.password.get_secret_value())
+        with self._errors(f"pull {ref}", default=ImagePullError):
+            stream = self._api.images.pull(
+                ref, auth=auth.as_dict() if auth is not None else None, stream=True
+            )
+            async for item in stream:
+                if "error" in item or "errorDetail" in item:  # aiodocker raises; belt and braces
+                    detail = item.get("errorDetail") or {}
+                    message = detail.get("message") or item.get("error") or "unknown error"
+                    raise aiodocker.DockerError(0, str(message))
+                yield item
+
+    async def push(self, ref: str, auth: RegistryAuth | None = None) -> None:
+        """Push ``ref`` to its registry.
+
+        Args:
+            ref: Image reference with a tag.
+            auth: Registry credentials.
+
+        Raises:
+            RegistryAuthError: If the registry refuses the credentials.
+            APIError: If the push fails.
+        """
+        if auth is not None:
+            self.add_secret(auth.password.get_secret_value())
+        with self._errors(f"push {ref}"):
+            name, _, tag = ref.rpartition(":")
+            if "/" in tag or not name:
+                name, tag = ref, "latest"
+            async for _ in self._api.images.push(
+                name, tag=tag, auth=auth.as_dict() if auth is not None else None, stream=True
+            ):
+                pass
+
+    async def remove_image(self, ref: str, *, force: bool = False) -> bool:
+        """Delete a local image.
+
+        Args:
+            ref: Image reference or id.
+            force: Remove even when containers use it.
+
+        Returns:
+            ``True`` if it was removed, ``False`` if it was not present.
+        """
+        try:
+            with self._errors(f"remove image {ref}"):
+                await self._api.images.delete(ref, force=force)
+        except APIError as exc:
+            if exc.status_code == 404:
+                return False
+            raise
+        return True
+
+    async def build_image(
+        self, context: IO[bytes], tag: str, *, labels: Mapping[str, str] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Build an image from an uncompressed tar build context.
+
+        Args:
+            context: A readable binary file holding the tar context (with a ``Dockerfile``).
+            tag: The reference to tag the image with.
+            labels: Image labels.
+
+        Yields:
+            The engine's build progress objects.
+
+        Raises:
+            APIError: If the build fails.
+        """
+        with self._errors(f"build image {tag}"):
+            stream = self._api.images.build(
+                fileobj=context,
+                tag=tag,
+                encoding="identity",
+                labels=dict(labels) if labels else None,
+                rm=True,
+                forcerm=True,
+                stream=True,
+            )
+            async for item in stream:
+                yield item
+
+    async def image_info(self, ref: str) -> dict[str, Any]:
+        """Return ``docker image inspect`` for ``ref``.
+
+        Args:
+            ref: Image reference or id.
+        """
+        with self._errors(f"inspect image {ref}"):
+            result: dict[str, Any] = await self._api.images.inspect(ref)
+            return result
+
+    # ------------------------------------------------------------------ containers
+
+    async def inspect_container(self, name_or_id: str) -> dict[str, Any] | None:
+        """Return ``docker inspect`` of a container, or ``None`` if there is none.
+
+        Args:
+            name_or_id: Container name or id.
+        """
+        try:
+            with self._errors(f"inspect container {name_or_id}"):
+                container = await self._api.containers.get(name_or_id)
+        except APIError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+        info: dict[str, Any] = container._container
+        return info
+
+    async def create_container(self, name: str, config: dict[str, Any]) -> str:
+        """Create (not start) a container.
+
+        Args:
+            name: Container name.
+            config: The engine's container-create body.
+
+        Returns:
+            The new container's id.
+
+        Raises:
+            ContainerExistsError: If the name is taken.
+            APIError: For other failures.
+        """
+        with self._errors(f"create container {name}", name=name):
+            container = await self._api.containers.create(config, name=name)
+            return str(container.id)
+
+    async def start_container(self, container_id: str, *, port: int | None = None) -> None:
+        """Start a created container.
+
+        Args:
+            container_id: Container id.
+            port: The published host port, to name it when it is taken.
+
+        Raises:
+            GPURuntimeError: If the host has no GPU runtime for the GPU request.
+            PortInUseError: If the host port is taken.
+            APIError: For other failures.
+        """
+        with self._errors("start the container", port=port):
+            await self._api.containers.container(container_id).start()
+
+    async def wait_container(self, container_id: str) -> int:
+        """Block until the container is not running and return its exit code.
+
+        Args:
+            container_id: Container id.
+        """
+        with self._errors("wait for the container"):
+            result = await self._api.containers.container(container_id).wait(
+                condition="not-running"
+            )
+        return int(result.get("StatusCode", -1))
+
+    async def container_logs(self, container_id: str, *, tail: int = 50) -> list[str]:
+        """Return the last ``tail`` lines of the container's stdout and stderr.
+
+        Args:
+            container_id: Container id.
+            tail: Number of lines.
+        """
+        with self._errors("read the container logs"):
+            pieces = await self._api.containers.container(container_id).log(
+                stdout=True, stderr=True, tail=tail
+            )
+        return "".join(pieces).splitlines()[-tail:]
+
+    async def follow_logs(self, container_id: str) -> AsyncIterator[str]:
+        """Yield the container's log lines as they are written (stdout and stderr).
+
+        Args:
+            container_id: Container id.
+
+        Yields:
+            One log line at a time, without the line break.
+        """
+        buffer = ""
+        with self._errors("follow the container logs"):
+            stream = self._api.containers.container(container_id).log(
+                stdout=True, stderr=True, follow=True
+            )
+            async for piece in stream:
+                buffer += piece
+                *lines, buffer = buffer.split("\n")
+                for line in lines:
+                    yield line.rstrip("\r")
+        if buffer:
+            yield buffer
+
+    async def stop_container(self, container_id: str, *, grace: float = 10.0) -> None:
+        """Send SIGTERM, then SIGKILL after ``grace`` seconds (``docker stop``).
+
+        Args:
+            container_id: Container id.
+            grace: Seconds between SIGTERM and SIGKILL.
+        """
+        try:
+            with self._errors("stop the container"):
+                await self._api.containers.container(container_id).stop(t=max(0, round(grace)))
+        except APIError as exc:
+            if exc.status_code not in (304, 404):
+                raise
+
+    async def remove_container(self, container_id: str, *, force: bool = True) -> bool:
+        """Remove a container (killing it first when ``force``).
+
+        Args:
+            container_id: Container name or id.
+            force: Kill it if it runs.
+
+        Returns:
+            ``True`` if removed, ``False`` if there was no such container.
+        """
+        try:
+            with self._errors("remove the container"):
+                await self._api.containers.container(container_id).delete(force=force)
+        except APIError as exc:
+            if exc.status_code == 404:
+                return False
+            if exc.status_code == 409 and "already in progress" in str(exc):
+                return True
+            raise
+        return True
+
+    async def list_containers(
+        self, *, labels: Mapping[str, str] | None = None, all: bool = True
+    ) -> list[dict[str, Any]]:
+        """List containers (``docker ps``) filtered by labels.
+
+        Args:
+            labels: ``key: value`` labels a container must carry (value ``""``: any value).
+            all: Include stopped containers.
+
+        Returns:
+            The engine's container summaries.
+        """
+        filters = [f"{k}={v}" if v else k for k, v in (labels or {}).items()]
+        params: dict[str, Any] = {"all": all}
+        if filters:
+            params["filters"] = orjson.dumps({"label": filters}).decode()
+        with self._errors("list containers"):
+            containers = await self._api.containers.list(**params)
+        return [dict(c._container) for c in containers]
