@@ -1,0 +1,356 @@
+"""Load, orient, downscale and encode input images, off the event loop.
+
+A *source* is a path (``str`` or :class:`pathlib.Path`), an ``http(s)://`` URL, a ``data:``
+URI, raw ``bytes``, or a :class:`PIL.Image.Image`. Supported formats: JPEG, PNG, WebP, GIF
+(first frame), BMP and TIFF.
+
+The pipeline, all of it in a bounded pool of worker threads (never on the event loop):
+
+1. Open the image lazily (Pillow reads only the header first).
+2. Apply the EXIF orientation, so the model sees the image upright.
+3. Downscale to the pixel budget (the model's ``max_pixels``), keeping the aspect ratio; JPEG
+   sources are decoded at reduced scale (``draft``) when that suffices, so a huge photo is
+   never fully decoded.
+4. Encode: a JPEG/PNG/WebP that needs no change is sent byte for byte; anything else is
+   re-encoded (PNG for lossless sources, JPEG otherwise), then base64-encoded.
+
+URLs are fetched by the caller's HTTP client (the predictor passes its own), so this module
+does no network IO itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from nim_async.errors import MediaError
+from nim_async.geometry import fit_within_budget
+
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "EncodedImage",
+    "ImageSource",
+    "describe_source",
+    "encode_image",
+    "load_image",
+    "validate_source",
+]
+
+ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image
+"""Everything :func:`load_image` accepts."""
+
+SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+"""Pillow format names accepted as input (MPO is the multi-picture JPEG some cameras write)."""
+
+_PASS_THROUGH = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+_LOSSLESS = {"PNG", "GIF", "BMP", "TIFF"}
+_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+_ORIENTATION_TAG = 0x0112
+
+FetchFn = Callable[[str], Awaitable[bytes]]
+"""An async function returning the body of an ``http(s)`` URL (the predictor provides one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedImage:
+    """An image ready to send.
+
+    Attributes:
+        b64: The base64 text of the encoded image, as ASCII bytes.
+        mime: Its MIME type (``image/jpeg``, ``image/png``, ``image/webp``).
+        original_size: ``(width, height)`` of the source after EXIF orientation; boxes are
+            reported in pixels of this size.
+        sent_size: ``(width, height)`` of the image as sent (after downscaling).
+        source: A short description of the source, for messages.
+        encode_seconds: Time spent loading, resizing and encoding (in the worker thread).
+        passed_through: Whether the source bytes were sent unchanged.
+    """
+
+    b64: bytes
+    mime: str
+    original_size: tuple[int, int]
+    sent_size: tuple[int, int]
+    source: str
+    encode_seconds: float = 0.0
+    passed_through: bool = False
+
+    @property
+    def data_uri(self) -> bytes:
+        """The ``data:`` URI (ASCII bytes) for an OpenAI ``image_url`` part."""
+        return b"data:" + self.mime.encode() + b";base64," + self.b64
+
+
+# --------------------------------------------------------------------------- worker pool
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        with _EXECUTOR_LOCK:
+            if _EXECUTOR is None:
+                workers = max(2, min(8, os.cpu_count() or 2))
+                _EXECUTOR = ThreadPoolExecutor(workers, thread_name_prefix="nim-async-media")
+    return _EXECUTOR
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def describe_source(source: object) -> str:
+    """Return a short description of a source for error messages (never its bytes).
+
+    Args:
+        source: Any source value.
+    """
+    if isinstance(source, str):
+        if source.startswith("data:"):
+            return f"data URI ({len(source)} characters)"
+        return source if len(source) <= 200 else source[:197] + "..."
+    if isinstance(source, os.PathLike):
+        return str(os.fspath(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.mode} {source.width}x{source.height}>"
+    return f"<{type(source).__name__}>"
+
+
+def _is_url(source: str) -> bool:
+    head = source[:8].lower()
+    return head.startswith(("http://", "https://"))
+
+
+def validate_source(source: object) -> None:
+    """Check a source cheaply, without reading the image.
+
+    Used to fail fast (for example when a blocking stream is created) before any IO runs.
+
+    Args:
+        source: The value passed as ``source``.
+
+    Raises:
+        MediaError: for an unsupported type, an empty value, or a path that does not exist or
+            is not a file.
+    """
+    desc = describe_source(source)
+    if isinstance(source, Image.Image):
+        return
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise MediaError("the image source is empty (0 bytes)", source=desc)
+        return
+    if isinstance(source, str) and (_is_url(source) or source.startswith("data:")):
+        return
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(os.fspath(source)).expanduser()
+        if not os.fspath(source):
+            raise MediaError("the image source is an empty path", source=desc)
+        if not path.exists():
+            raise MediaError(f"image file not found: {desc}", source=desc)
+        if not path.is_file():
+            raise MediaError(f"image path is not a file: {desc}", source=desc)
+        return
+    raise MediaError(
+        f"unsupported image source type {type(source).__name__}: pass a path, an http(s) URL, "
+        "bytes, or a PIL.Image.Image",
+        source=desc,
+    )
+
+
+async def load_image(
+    source: object,
+    *,
+    max_pixels: int,
+    fetch: FetchFn | None = None,
+) -> EncodedImage:
+    """Load, orient, downscale and encode an image in a worker thread.
+
+    Args:
+        source: A path, ``http(s)`` URL, ``data:`` URI, bytes, or PIL image.
+        max_pixels: The pixel budget; larger images are downscaled to fit.
+        fetch: Async function that downloads a URL (required for URL sources).
+
+    Returns:
+        The encoded image.
+
+    Raises:
+        MediaError: naming the source, for a missing file, unreadable or unsupported image,
+            an unsupported source type, or a failed download.
+    """
+    validate_source(source)
+    desc = describe_source(source)
+    payload: object = source
+    if isinstance(source, str) and _is_url(source):
+        if fetch is None:
+            raise MediaError("no HTTP client to fetch image URLs with", source=desc)
+        downloaded = await fetch(source)
+        payload = downloaded
+        if len(downloaded) > _MAX_DOWNLOAD_BYTES:
+            raise MediaError(
+                f"image at {desc} is larger than {_MAX_DOWNLOAD_BYTES} bytes", source=desc
+            )
+    elif isinstance(source, Image.Image):
+        # Pillow images are not thread-safe to share; work on a private copy of the pixels.
+        payload = source.copy()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_executor(), encode_image, payload, max_pixels, desc)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def encode_image(source: object, max_pixels: int, desc: str | None = None) -> EncodedImage:
+    """Load, orient, downscale and encode an image (blocking; run it in a thread).
+
+    Args:
+        source: A path, ``data:`` URI, bytes, or PIL image (URLs must be fetched first).
+        max_pixels: The pixel budget.
+        desc: Description of the source for messages (derived from ``source`` if omitted).
+
+    Returns:
+        The encoded image.
+
+    Raises:
+        MediaError: naming the source when it cannot be read or is not a supported image.
+    """
+    desc = desc or describe_source(source)
+    started = time.perf_counter()
+    try:
+        result = _encode(source, max_pixels, desc)
+    except MediaError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise MediaError(f"cannot read an image from {desc}: {exc}", source=desc) from exc
+    except FileNotFoundError as exc:
+        raise MediaError(f"image file not found: {desc}", source=desc) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise MediaError(f"cannot decode the image {desc}: {exc}", source=desc) from exc
+    return EncodedImage(
+        b64=result.b64,
+        mime=result.mime,
+        original_size=result.original_size,
+        sent_size=result.sent_size,
+        source=desc,
+        encode_seconds=time.perf_counter() - started,
+        passed_through=result.passed_through,
+    )
+
+
+def _open(source: object, desc: str) -> tuple[Image.Image, IO[bytes] | None, bytes | None]:
+    """Open lazily; return (image, file to close, raw bytes if already in memory)."""
+    if isinstance(source, Image.Image):
+        return source, None, None
+    if isinstance(source, str) and source.startswith("data:"):
+        header, sep, payload = source.partition(",")
+        if not sep or ";base64" not in header:
+            raise MediaError("only base64 data URIs are supported", source=desc)
+        try:
+            raw = base64.b64decode(payload, validate=False)
+        except ValueError as exc:
+            raise MediaError(f"invalid base64 in {desc}", source=desc) from exc
+        return Image.open(io.BytesIO(raw)), None, raw
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        raw = bytes(source)
+        return Image.open(io.BytesIO(raw)), None, raw
+    if not isinstance(source, (str, os.PathLike)):
+        raise MediaError(f"unsupported image source {desc}", source=desc)
+    path = Path(source).expanduser()
+    fh = path.open("rb")
+    try:
+        return Image.open(fh), fh, None
+    except BaseException:
+        fh.close()
+        raise
+
+
+def _encode(source: object, max_pixels: int, desc: str) -> EncodedImage:
+    img, fh, raw = _open(source, desc)
+    try:
+        fmt = img.format  # None for in-memory PIL images
+        if fmt is not None and fmt not in SUPPORTED_FORMATS:
+            raise MediaError(
+                f"unsupported image format {fmt} in {desc}; use JPEG, PNG, WebP, GIF, BMP or TIFF",
+                source=desc,
+            )
+        orientation = _orientation(img)
+        width, height = img.size
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        original = (width, height)
+        target = fit_within_budget(width, height, max_pixels)
+        if fmt in _PASS_THROUGH and orientation == 1 and target == original:
+            mime = _PASS_THROUGH[fmt]
+            if raw is None:
+                if fh is None:
+                    raise AssertionError("unreachable: file-backed image without a file")
+                fh.seek(0)
+                raw = fh.read()
+            return EncodedImage(
+                b64=base64.b64encode(raw),
+                mime=mime,
+                original_size=original,
+                sent_size=original,
+                source=desc,
+                passed_through=True,
+            )
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        if fmt in ("JPEG", "MPO") and target != original:
+            # Decode at a reduced DCT scale (at least the target size): fast, low memory.
+            draft_size = (target[1], target[0]) if orientation in (5, 6, 7, 8) else target
+            img.draft("RGB", draft_size)
+        img.load()
+        work = ImageOps.exif_transpose(img) if orientation != 1 else img
+        work = _to_rgb(work)
+        if work.size != target:
+            work = work.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        buf = io.BytesIO()
+        if fmt is None or fmt in _LOSSLESS:
+            work.save(buf, format="PNG", compress_level=1)
+            mime = "image/png"
+        else:
+            work.save(buf, format="JPEG", quality=92)
+            mime = "image/jpeg"
+        return EncodedImage(
+            b64=base64.b64encode(buf.getbuffer()),
+            mime=mime,
+            original_size=original,
+            sent_size=work.size,
+            source=desc,
+        )
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value: Any = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block must not make the image unreadable
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")

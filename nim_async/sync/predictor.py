@@ -1,0 +1,298 @@
+"""``NIMPredictor``: the blocking facade over :class:`nim_async.predictor.AsyncNIMPredictor`.
+
+Every call runs on the one process-wide event-loop thread (:mod:`nim_async.sync._portal`), so
+the facade works from plain scripts and from inside a running event loop (a notebook, or
+code under ``asyncio.run``) alike. Ctrl-C while a call blocks cancels the request.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Generator, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self, overload
+
+from nim_async.config import NIMSamplingParams
+from nim_async.media import validate_source
+from nim_async.predictor import AsyncNIMPredictor, _check_params
+from nim_async.results import PredictionResponse
+from nim_async.sync._portal import PortalLease
+
+if TYPE_CHECKING:
+    from nim_async.batch import BatchResult
+
+__all__ = ["NIMPredictor"]
+
+_TOKENS = 0
+_DONE = 1
+_ERROR = 2
+_CANCEL_WAIT = 10.0
+
+
+class NIMPredictor:
+    """Predictor for running inference on NIM containers (blocking API).
+
+    Example:
+        >>> predictor = NIMPredictor(
+        ...     model_name="cosmos-reason1-7b", task_type="phrase-grounding", port=8000
+        ... )
+        >>> result = predictor(source="image.jpg", stream=False)
+        >>> for token in predictor(source="image.jpg", stream=True):
+        ...     print(token, end="", flush=True)
+
+    Args:
+        model_name: Name of the NIM model (taken from ``config`` when omitted).
+        task_type: Task type (``"phrase-grounding"``, ``"vqa"``).
+        port: Port where the NIM service runs.
+        **kwargs: Keyword arguments of :class:`~nim_async.predictor.AsyncNIMPredictor`
+            (``host``, ``base_url``, ``config``, ``system_prompt``, ``box_format``,
+            ``dialect``, ``timeout``, ``max_connections``, ``retries``, ``transport``,
+            ``max_pixels``).
+
+    Raises:
+        ValueError: for an unknown task type or a missing model name / task type.
+    """
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        task_type: str | None = None,
+        port: int = 8000,
+        **kwargs: Any,
+    ) -> None:
+        core = AsyncNIMPredictor(model_name, task_type, port, **kwargs)
+        self._core = core
+        self._lease = PortalLease()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def model_name(self) -> str:
+        """The served model name sent with each request."""
+        return self._core.model_name
+
+    @property
+    def task_type(self) -> str:
+        """The task type."""
+        return self._core.task_type
+
+    @property
+    def base_url(self) -> str:
+        """The server's base URL."""
+        return self._core.base_url
+
+    @property
+    def async_predictor(self) -> AsyncNIMPredictor:
+        """The async core (use it only on the facade's loop thread)."""
+        return self._core
+
+    def __repr__(self) -> str:
+        return (
+            f"NIMPredictor(model_name={self.model_name!r}, task_type={self.task_type!r}, "
+            f"base_url={self.base_url!r})"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the connection pool and release the loop thread. Idempotent."""
+        if self._lease.closed:
+            return
+        try:
+            self._lease.call(self._core.aclose)
+        finally:
+            self._lease.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ calls
+
+    @overload
+    def __call__(
+        self,
+        source: object,
+        user_prompt: str | None = None,
+        stream: Literal[False] = False,
+        sampling_params: NIMSamplingParams | None = None,
+    ) -> PredictionResponse: ...
+
+    @overload
+    def __call__(
+        self,
+        source: object,
+        user_prompt: str | None = None,
+        *,
+        stream: Literal[True],
+        sampling_params: NIMSamplingParams | None = None,
+    ) -> Generator[str, None, PredictionResponse]: ...
+
+    @overload
+    def __call__(
+        self,
+        source: object,
+        user_prompt: str | None,
+        stream: Literal[True],
+        sampling_params: NIMSamplingParams | None = None,
+    ) -> Generator[str, None, PredictionResponse]: ...
+
+    @overload
+    def __call__(
+        self,
+        source: object,
+        user_prompt: str | None = None,
+        stream: bool = False,
+        sampling_params: NIMSamplingParams | None = None,
+    ) -> PredictionResponse | Generator[str, None, PredictionResponse]: ...
+
+    def __call__(
+        self,
+        source: object,
+        user_prompt: str | None = None,
+        stream: bool = False,
+        sampling_params: NIMSamplingParams | None = None,
+    ) -> PredictionResponse | Generator[str, None, PredictionResponse]:
+        """Run inference on an image.
+
+        Args:
+            source: Path to the input image (also an ``http(s)`` URL, bytes, or PIL image).
+            user_prompt: Custom prompt; the task's default when ``None``.
+            stream: Stream the response.
+            sampling_params: Sampling configuration; documented defaults when ``None``.
+
+        Returns:
+            Non-streaming: the ``PredictionResponse`` (task-specific result). Streaming: a
+            ``Generator[str, None, PredictionResponse]`` yielding content tokens whose return
+            value (``StopIteration.value``) is the final response. The request is checked at
+            once and sent at the first ``next()``; leaving the loop early closes the HTTP
+            response.
+
+        Raises:
+            MediaError: the image cannot be loaded (a missing file is reported at once).
+            ServiceUnavailableError: no NIM answers at the configured address.
+            ServerError: the server answered with an HTTP error.
+            PredictionTimeoutError: the request timed out.
+            StreamError: a streamed response broke off or carried an error.
+            PredictionParseError: the output cannot be parsed into the task's result.
+            GuidedDecodingError: the output violates the requested constraint.
+        """
+        _check_params(sampling_params)
+        if stream:
+            validate_source(source)
+            _ = self._lease.portal  # raises if closed
+            return self._stream(source, user_prompt, sampling_params)
+        return self._lease.call(self._core.__call__, source, user_prompt, sampling_params)
+
+    def predict_many(
+        self, sources: Iterable[Any], **kwargs: Any
+    ) -> Generator[BatchResult, None, None]:
+        """Score many inputs with bounded concurrency; yield one ``BatchResult`` per input.
+
+        Args:
+            sources: The inputs (any source ``__call__`` accepts).
+            **kwargs: ``concurrency``, ``user_prompt``, ``sampling_params``, ``ordered``,
+                ``retries``, ``progress`` (see :func:`nim_async.batch.predict_many`).
+
+        Returns:
+            A generator of results; closing it early cancels the outstanding requests.
+        """
+        _ = self._lease.portal  # raises if closed
+        return self._batch(sources, kwargs)
+
+    def health_ready(self) -> bool:
+        """Return whether the server reports ready (``/v1/health/ready`` answers 200)."""
+        return self._lease.call(self._core.health_ready)
+
+    def list_models(self) -> list[str]:
+        """Return the model ids the server serves.
+
+        Raises:
+            ServiceUnavailableError: no server answers.
+            ServerError: the server answered with an HTTP error.
+        """
+        return self._lease.call(self._core.list_models)
+
+    # ------------------------------------------------------------------ internals
+
+    def _stream(
+        self,
+        source: object,
+        user_prompt: str | None,
+        sampling_params: NIMSamplingParams | None,
+    ) -> Generator[str, None, PredictionResponse]:
+        channel: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        finished = threading.Event()
+        core = self._core
+
+        async def pump() -> None:
+            try:
+                async with core.stream(source, user_prompt, sampling_params) as stream:
+                    while True:
+                        try:
+                            batch = await stream.next_batch()
+                        except StopAsyncIteration:
+                            break
+                        channel.put((_TOKENS, batch))
+                    final = await stream.get_final_response()
+                channel.put((_DONE, final))
+            except Exception as exc:
+                channel.put((_ERROR, exc))
+            finally:
+                finished.set()
+
+        future = self._lease.portal.start_task_soon(pump)
+        try:
+            while True:
+                kind, value = channel.get()
+                if kind == _TOKENS:
+                    yield from value
+                elif kind == _DONE:
+                    result: PredictionResponse = value
+                    return result
+                else:
+                    raise value
+        finally:
+            if not finished.is_set():
+                future.cancel()
+                finished.wait(_CANCEL_WAIT)
+
+    def _batch(
+        self, sources: Iterable[Any], kwargs: dict[str, Any]
+    ) -> Generator[BatchResult, None, None]:
+        channel: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        finished = threading.Event()
+        core = self._core
+
+        async def pump() -> None:
+            try:
+                async for item in core.predict_many(sources, **kwargs):
+                    channel.put((_TOKENS, (item,)))
+                channel.put((_DONE, None))
+            except Exception as exc:
+                channel.put((_ERROR, exc))
+            finally:
+                finished.set()
+
+        future = self._lease.portal.start_task_soon(pump)
+        try:
+            while True:
+                kind, value = channel.get()
+                if kind == _TOKENS:
+                    yield from value
+                elif kind == _DONE:
+                    return
+                else:
+                    raise value
+        finally:
+            if not finished.is_set():
+                future.cancel()
+                finished.wait(_CANCEL_WAIT)
