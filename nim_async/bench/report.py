@@ -1,0 +1,208 @@
+"""Outputs of the suite: a rich table, aggregate JSON, per-request JSONL, CSV and PNG plots."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from nim_async.bench.metrics import STAT_KEYS, RequestRecord
+
+__all__ = ["print_table", "write_csv", "write_json", "write_jsonl", "write_plot"]
+
+_STAT_FIELDS = (
+    "ttft_ms",
+    "ttst_ms",
+    "itl_ms",
+    "tpot_ms",
+    "e2e_ms",
+    "e2e_from_scheduled_ms",
+    "queue_ms",
+    "encode_ms",
+    "upload_ms",
+)
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _load_label(point: dict[str, Any]) -> str:
+    if point.get("request_rate") is not None:
+        return f"{point['request_rate']:g} req/s"
+    return f"c={point.get('concurrency')}"
+
+
+def print_table(points: Sequence[dict[str, Any]], console: Console | None = None) -> None:
+    """Print one row per load point: latencies (p50 / p99), throughput, goodput, errors."""
+    console = console or Console()
+    table = Table(title="nim-async bench", header_style="bold")
+    for name in (
+        "load",
+        "ok/n",
+        "TTFT p50/p99 ms",
+        "ITL p50/p99 ms",
+        "TPOT p50 ms",
+        "E2E p50/p99 ms",
+        "queue p99 ms",
+        "req/s",
+        "tok/s",
+        "goodput",
+        "errors",
+        "client",
+    ):
+        table.add_column(name, justify="right")
+    for p in points:
+        client = p.get("client") or {}
+        headroom = client.get("headroom")
+        client_txt = f"{_fmt(client.get('cpu_us_per_token'))} µs/tok"
+        if headroom is not None:
+            client_txt += f", {headroom:.1f}× headroom"
+            if client.get("client_bound"):
+                client_txt += " [red]CLIENT-BOUND[/red]"
+        errors = ", ".join(f"{k}: {v}" for k, v in (p.get("errors") or {}).items()) or "0"
+        table.add_row(
+            _load_label(p),
+            f"{p['completed']}/{p['num_requests']}",
+            f"{_fmt(p['ttft_ms']['p50'])} / {_fmt(p['ttft_ms']['p99'])}",
+            f"{_fmt(p['itl_ms']['p50'], 2)} / {_fmt(p['itl_ms']['p99'], 2)}",
+            _fmt(p["tpot_ms"]["p50"], 2),
+            f"{_fmt(p['e2e_ms']['p50'])} / {_fmt(p['e2e_ms']['p99'])}",
+            _fmt(p["queue_ms"]["p99"]),
+            _fmt(p["request_throughput"], 2),
+            _fmt(p["output_token_throughput"], 0),
+            _fmt(p["goodput"], 2),
+            errors,
+            client_txt,
+        )
+    console.print(table)
+    for p in points:
+        server = p.get("server")
+        if server:
+            figures = ", ".join(f"{k}={_fmt(v)}" for k, v in server.items() if v is not None)
+            console.print(f"server metrics {_load_label(p)}: {figures}")
+        if p.get("usage_chunk_mismatches"):
+            console.print(
+                f"[yellow]warning[/yellow] {_load_label(p)}: usage.completion_tokens differs "
+                f"from the chunk count in {p['usage_chunk_mismatches']} requests "
+                "(the server packs several tokens per chunk, or usage is wrong); ITL is per "
+                "chunk, TPOT per token"
+            )
+
+
+def write_json(path: str | Path, points: Sequence[dict[str, Any]]) -> None:
+    """Write the aggregate results: a JSON array, one object per load point."""
+    Path(path).write_bytes(orjson.dumps(list(points), option=orjson.OPT_INDENT_2))
+
+
+def write_jsonl(
+    path: str | Path, records: Sequence[tuple[dict[str, Any], RequestRecord, float]]
+) -> None:
+    """Write one JSON line per request: ``(load point labels, record, time origin)``."""
+    with Path(path).open("wb") as fh:
+        for labels, record, origin in records:
+            fh.write(orjson.dumps({**labels, **record.to_json(origin)}) + b"\n")
+
+
+def write_csv(path: str | Path, points: Sequence[dict[str, Any]]) -> None:
+    """Write one CSV row per load point with every statistic flattened (``ttft_ms_p99``...)."""
+    columns = ["concurrency", "request_rate", "num_requests", "completed", "failed", "duration_s"]
+    for name in _STAT_FIELDS:
+        columns += [f"{name}_{k}" for k in STAT_KEYS]
+    columns += [
+        "request_throughput",
+        "output_token_throughput",
+        "goodput",
+        "errors",
+        "cpu_us_per_token",
+        "loop_lag_p99_ms",
+        "headroom",
+        "client_bound",
+    ]
+    with Path(path).open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for p in points:
+            row: dict[str, Any] = {k: p.get(k) for k in columns[:6]}
+            for name in _STAT_FIELDS:
+                for k in STAT_KEYS:
+                    row[f"{name}_{k}"] = (p.get(name) or {}).get(k)
+            client = p.get("client") or {}
+            row.update(
+                request_throughput=p["request_throughput"],
+                output_token_throughput=p["output_token_throughput"],
+                goodput=p["goodput"],
+                errors=sum((p.get("errors") or {}).values()),
+                cpu_us_per_token=client.get("cpu_us_per_token"),
+                loop_lag_p99_ms=(client.get("loop_lag_ms") or {}).get("p99"),
+                headroom=client.get("headroom"),
+                client_bound=client.get("client_bound"),
+            )
+            writer.writerow(row)
+
+
+def write_plot(
+    path: str | Path,
+    points: Sequence[dict[str, Any]],
+    records: Sequence[tuple[dict[str, Any], RequestRecord, float]],
+) -> None:
+    """Save a PNG: latency vs throughput across the sweep, and TTFT / ITL distributions.
+
+    Needs matplotlib (``pip install 'nim-async[bench]'``).
+
+    Raises:
+        RuntimeError: when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError("plots need matplotlib: pip install 'nim-async[bench]'") from exc
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    tput = [p["output_token_throughput"] for p in points]
+    for key, label in (("e2e_ms", "E2E"), ("ttft_ms", "TTFT")):
+        for stat, style in (("p50", "o-"), ("p99", "s--")):
+            axes[0].plot(tput, [p[key][stat] for p in points], style, label=f"{label} {stat}")
+    for p, x in zip(points, tput, strict=True):
+        axes[0].annotate(_load_label(p), (x, p["e2e_ms"]["p50"] or 0), fontsize=7)
+    axes[0].set_xlabel("output tokens/s")
+    axes[0].set_ylabel("latency (ms)")
+    axes[0].set_title("latency vs throughput")
+    axes[0].legend(fontsize=7)
+    by_point: dict[str, tuple[list[float], list[float]]] = {}
+    for labels, record, _ in records:
+        if not record.ok:
+            continue
+        name = _load_label(labels)
+        ttfts, itls = by_point.setdefault(name, ([], []))
+        if record.ttft is not None:
+            ttfts.append(record.ttft * 1000.0)
+        itls.extend(x * 1000.0 for x in record.itls)
+    for name, (ttfts, itls) in by_point.items():
+        if ttfts:
+            axes[1].hist(ttfts, bins=40, alpha=0.5, label=name)
+        if itls:
+            axes[2].hist(itls, bins=60, alpha=0.5, label=name)
+    axes[1].set_title("TTFT distribution")
+    axes[1].set_xlabel("ms")
+    axes[2].set_title("ITL distribution")
+    axes[2].set_xlabel("ms")
+    axes[2].set_yscale("log")
+    for ax in axes[1:]:
+        if by_point:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+    plt.close(fig)
