@@ -74,7 +74,6 @@ MARKER_NAME = ".nim_async_model.json"
 
 _FULL_DIR = "model_full"
 _ADAPTER_DIR = "model_adapter"
-_CHUNK = 1024 * 1024
 _DOWNLOAD_ATTEMPTS = 6
 _API_ATTEMPTS = 3
 _BACKOFF_BASE = 0.2
@@ -574,7 +573,10 @@ async def _download(
         task = progress.add_task(f"Downloading {label}", total=None)
         for attempt in range(_DOWNLOAD_ATTEMPTS):
             have = _file_size(part)
-            headers = {"Range": f"bytes={have}-"} if have else {}
+            # identity: byte offsets must be those of the stored object for Range to work.
+            headers = {"Accept-Encoding": "identity"}
+            if have:
+                headers["Range"] = f"bytes={have}-"
             try:
                 async with client.stream("GET", url, headers=headers) as response:
                     status = response.status_code
@@ -604,7 +606,8 @@ async def _download(
                         )
                     progress.update(task, total=total, completed=have)
                     with part.open(mode) as sink:
-                        async for chunk in response.aiter_bytes(_CHUNK):
+                        # Unbuffered: every byte received is on disk before an interruption.
+                        async for chunk in response.aiter_raw():
                             sink.write(chunk)
                             have += len(chunk)
                             progress.update(task, completed=have)
@@ -701,8 +704,11 @@ async def _ensure_vi_model(config: NIMConfig, *, quiet: bool) -> Path:
             else:  # pragma: no cover - both passes ended in `continue`
                 raise _expired_error(config)
 
-    await asyncio.to_thread(_install_archive, archive, target, models_dir, config, output)
-    archive.unlink(missing_ok=True)
+    try:
+        await asyncio.to_thread(_install_archive, archive, target, models_dir, config, output)
+    finally:
+        # Unpacked, or unsafe/corrupt: either way the archive is not kept.
+        await asyncio.to_thread(_remove, archive)
     return target
 
 
