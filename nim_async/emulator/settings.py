@@ -1,0 +1,110 @@
+"""Settings of the NIM emulator (a test double, not a model)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from nim_async.catalog import BOX_FORMATS, BoxFormat
+
+__all__ = ["DIALECTS", "Dialect", "EmulatorSettings"]
+
+Dialect = Literal["both", "openai", "nvext"]
+"""Where the emulator reads sampling fields.
+
+* ``both``: top-level (NIM 2.x) and under ``nvext`` (NIM 1.x); ``nvext`` wins on conflict.
+* ``openai``: top-level only; an ``nvext`` object is ignored with a log line.
+* ``nvext``: OpenAI fields top-level, vLLM extensions (``top_k``, ``guided_*`` ...) only under
+  ``nvext``; top-level extensions are ignored with a log line.
+"""
+
+DIALECTS: tuple[Dialect, ...] = ("both", "openai", "nvext")
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorSettings:
+    """Behaviour of one emulator instance. Every field has a default.
+
+    Attributes:
+        served_model_name: Model id served at ``/v1/models`` and required in requests.
+        max_model_len: Context length; longer prompts are rejected with 400.
+        box_format: Coordinate convention of emitted boxes (``qwen25-abs``, ``norm1000``,
+            ``norm1024``).
+        startup_seconds: Seconds ``/v1/health/ready`` answers 503 after start.
+        ttft_ms: Time to first token, in milliseconds.
+        itl_ms: Inter-token latency, in milliseconds.
+        max_num_seqs: Sequences generated at once; more requests wait in a queue (0 = no limit).
+        prefill_ms_per_1k_tokens: Extra time to first token per 1000 prompt tokens.
+        fail_rate: Probability that a chat request fails with ``fail_status``.
+        fail_status: HTTP status of injected failures (503, 429 or 500).
+        disconnect_after: Drop the connection after this many content chunks (None = never);
+            a non-streaming response longer than this is dropped before it is sent.
+        exit_after: Seconds after start at which the emulator stops serving (the process exits
+            when run as a command); None = never.
+        dialect: Where sampling fields are read (see :data:`Dialect`).
+        ignore_guided: Silently ignore ``guided_*`` fields, as vLLM >= 0.12 does.
+        reasoning: Prefix every answer with a ``<think>…</think>`` block.
+        model_path: Directory of custom weights (``config.json`` required); reported as
+            ``root`` in ``/v1/models``.
+        max_pixels: Vision pixel budget used for image tokens and ``qwen25-abs`` boxes.
+        seed: Seed of the emulator's own randomness (fault injection, unseeded sampling).
+    """
+
+    served_model_name: str = "cosmos-reason1-7b"
+    max_model_len: int = 8192
+    box_format: BoxFormat = "qwen25-abs"
+    startup_seconds: float = 0.0
+    ttft_ms: float = 0.0
+    itl_ms: float = 0.0
+    max_num_seqs: int = 0
+    prefill_ms_per_1k_tokens: float = 0.0
+    fail_rate: float = 0.0
+    fail_status: int = 503
+    disconnect_after: int | None = None
+    exit_after: float | None = None
+    dialect: Dialect = "both"
+    ignore_guided: bool = False
+    reasoning: bool = False
+    model_path: str | None = None
+    max_pixels: int = 1280 * 28 * 28
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        """Check ranges.
+
+        Raises:
+            ValueError: naming the first field out of range.
+        """
+        if not self.served_model_name:
+            raise ValueError("served_model_name must not be empty")
+        if self.max_model_len < 1:
+            raise ValueError("max_model_len must be >= 1")
+        if self.box_format not in BOX_FORMATS:
+            raise ValueError(f"box_format must be one of {', '.join(BOX_FORMATS)}")
+        for name in ("startup_seconds", "ttft_ms", "itl_ms", "prefill_ms_per_1k_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.max_num_seqs < 0:
+            raise ValueError("max_num_seqs must be >= 0 (0 = unlimited)")
+        if not 0.0 <= self.fail_rate <= 1.0:
+            raise ValueError("fail_rate must be within [0, 1]")
+        if not 400 <= self.fail_status <= 599:
+            raise ValueError("fail_status must be an HTTP error status (400-599)")
+        if self.disconnect_after is not None and self.disconnect_after < 0:
+            raise ValueError("disconnect_after must be >= 0")
+        if self.exit_after is not None and self.exit_after < 0:
+            raise ValueError("exit_after must be >= 0")
+        if self.dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}")
+        if self.max_pixels < 4 * 28 * 28:
+            raise ValueError("max_pixels must be >= 3136")
+
+    def replace(self, **changes: Any) -> EmulatorSettings:
+        """Return a copy with ``changes`` applied (and validated).
+
+        Raises:
+            TypeError: for a name that is not a setting.
+            ValueError: for a value out of range.
+        """
+        return dataclasses.replace(self, **changes)
