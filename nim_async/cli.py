@@ -55,8 +55,8 @@ def _add_nim_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--port", type=int, default=8000, help="NIM port (default: %(default)s)")
     group.add_argument(
         "--model",
-        default=None,
-        help="served model name (default: what the server lists at /v1/models)",
+        default=DEFAULT_MODEL,
+        help="served model name, as /v1/models lists it (default: %(default)s)",
     )
     group.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     group.add_argument("--system-prompt", help="system prompt (default: the task's own)")
@@ -839,7 +839,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--url", help="base URL of a real NIM (default: the embedded emulator)")
-    p.add_argument("--model", default=None, help="served model name (default: from the server)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="served model name (%(default)s)")
     p.add_argument("--out", default="nim-async-demo.png", help="annotated image (%(default)s)")
     p.add_argument("--image", help="use this image instead of the generated sample")
     p.add_argument(

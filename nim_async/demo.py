@@ -19,9 +19,10 @@ if TYPE_CHECKING:
 
     from nim_async.results import PredictionResponse
 
-__all__ = ["DEFAULT_OUT", "render_response", "run_demo", "sample_image"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_OUT", "render_response", "run_demo", "sample_image"]
 
 DEFAULT_OUT = Path("nim-async-demo.png")
+DEFAULT_MODEL = "cosmos-reason1-7b"
 EMULATOR_NOTICE = (
     "No --url given: running against the embedded NIM [bold]emulator[/bold] at {url}.\n"
     "The emulator is a test double, [bold]not a model[/bold]: it finds solid colour regions "
@@ -89,7 +90,7 @@ async def run_demo(
     *,
     url: str | None = None,
     out: Path = DEFAULT_OUT,
-    model: str | None = None,
+    model: str = DEFAULT_MODEL,
     question: str = "How many shapes are there?",
     image: Path | None = None,
     console: Console | None = None,
@@ -99,7 +100,7 @@ async def run_demo(
     Args:
         url: A running NIM; ``None`` starts the embedded emulator in-process.
         out: Where to write the annotated image.
-        model: Served model name (default: what the server lists).
+        model: Served model name.
         question: The VQA question.
         image: An image file to use instead of the generated sample.
         console: Where to print (default: stdout).
