@@ -55,7 +55,9 @@ def run(url: str, workdir: Path) -> int:
         result = predictor(source=str(image_path))
         print("sentence:", result.sentence)
         for grounding in result.groundings:
-            print(f"  {grounding.phrase}: {[list(b.pixels) for b in grounding.boxes]}")
+            print(
+                f"  {grounding.phrase}: {[[round(v) for v in b.pixels] for b in grounding.boxes]}"
+            )
         result.draw(sample_image()).save(workdir / "shapes-annotated.png")
 
         print("streaming: ", end="")

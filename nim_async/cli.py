@@ -844,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="use this image instead of the generated sample")
     p.add_argument(
         "--question",
-        default="What colour is the largest shape?",
+        default="How many shapes are there?",
         help="VQA question (%(default)s)",
     )
     p.set_defaults(handler=_cmd_demo)
