@@ -292,7 +292,7 @@ def _check_cache(args: argparse.Namespace) -> bool:
 async def _serve(settings: EmulatorSettings, host: str, port: int) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    signals: list[int] = []
+    signals: list[signal.Signals] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
