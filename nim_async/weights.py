@@ -520,7 +520,8 @@ async def _request_run_output(client: httpx.AsyncClient, config: NIMConfig) -> _
                 f"Cannot reach the Datature Vi API at {config.endpoint} "
                 f"({type(exc).__name__}): check the network or DATATURE_VI_API_ENDPOINT."
             ) from exc
-        if response.status_code >= 500 and attempt + 1 < _API_ATTEMPTS:
+        retryable = response.status_code >= 500 or response.status_code == 429
+        if retryable and attempt + 1 < _API_ATTEMPTS:
             await asyncio.sleep(_backoff(attempt))
             continue
         if response.status_code != 200:
@@ -660,18 +661,14 @@ async def _ensure_vi_model(config: NIMConfig, *, quiet: bool) -> Path:
             f"run_id {run_id!r} cannot name a directory (no '/', '\\', '.' or '..')",
             field="run_id",
         )
-    models_dir = config.models_dir
+    models_dir, reusable = await asyncio.to_thread(_local_state, config)
     target = models_dir / run_id
-    if not config.overwrite and _is_complete(target) and _marker_matches(target, config.ckpt):
+    if reusable:
         logger.info("Reusing the model of run %s in %s", run_id, target)
         if not quiet:
             Console(stderr=True).print(f"Using the downloaded model in {target}")
         return target
-    try:
-        downloads = models_dir / ".downloads"
-        downloads.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WeightsError(f"model_save_path: cannot create {models_dir}: {exc.strerror}") from exc
+    downloads = models_dir / ".downloads"
 
     timeout = httpx.Timeout(60.0, connect=30.0)
     async with (
@@ -679,30 +676,9 @@ async def _ensure_vi_model(config: NIMConfig, *, quiet: bool) -> Path:
         httpx.AsyncClient(timeout=timeout, follow_redirects=True) as storage,
     ):
         output = await _request_run_output(api, config)
-        archive = downloads / f"{run_id}-{_file_safe(output.run_output_id)}.tar"
-        part = archive.with_name(archive.name + ".part")
         if config.overwrite:
-            for stale in (archive, part):
-                stale.unlink(missing_ok=True)
-        if not archive.exists():
-            for renewed in (False, True):
-                if output.expires_at is not None and output.expires_at <= time.time():
-                    if renewed:
-                        raise _expired_error(config)
-                    output = await _request_run_output(api, config)
-                    continue
-                try:
-                    await _download(storage, output.url, part, label=f"run {run_id}", quiet=quiet)
-                except _ExpiredURL as exc:
-                    if renewed:
-                        raise _expired_error(config) from None
-                    logger.info("Download URL refused (%s); requesting a fresh one", exc)
-                    output = await _request_run_output(api, config)
-                    continue
-                os.replace(part, archive)
-                break
-            else:  # pragma: no cover - both passes ended in `continue`
-                raise _expired_error(config)
+            _remove_downloads(downloads, run_id, output)
+        archive = await _fetch_archive(api, storage, config, output, downloads, quiet=quiet)
 
     try:
         await asyncio.to_thread(_install_archive, archive, target, models_dir, config, output)
@@ -710,6 +686,73 @@ async def _ensure_vi_model(config: NIMConfig, *, quiet: bool) -> Path:
         # Unpacked, or unsafe/corrupt: either way the archive is not kept.
         await asyncio.to_thread(_remove, archive)
     return target
+
+
+def _local_state(config: NIMConfig) -> tuple[Path, bool]:
+    """The absolute models dir (a bind-mount source) and whether the run can be reused.
+
+    Creates ``{models_dir}/.downloads`` when the run must be downloaded.
+    """
+    assert config.run_id is not None
+    models_dir = Path(os.path.abspath(config.models_dir))
+    target = models_dir / config.run_id
+    if not config.overwrite and _is_complete(target) and _marker_matches(target, config.ckpt):
+        return models_dir, True
+    try:
+        (models_dir / ".downloads").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeightsError(f"model_save_path: cannot create {models_dir}: {exc.strerror}") from exc
+    return models_dir, False
+
+
+def _archive_path(downloads: Path, run_id: str, output: _RunOutput) -> Path:
+    return downloads / f"{run_id}-{_file_safe(output.run_output_id)}.tar"
+
+
+def _remove_downloads(downloads: Path, run_id: str, output: _RunOutput) -> None:
+    archive = _archive_path(downloads, run_id, output)
+    _remove(archive)
+    _remove(archive.with_name(archive.name + ".part"))
+
+
+async def _fetch_archive(
+    api: httpx.AsyncClient,
+    storage: httpx.AsyncClient,
+    config: NIMConfig,
+    output: _RunOutput,
+    downloads: Path,
+    *,
+    quiet: bool,
+) -> Path:
+    """Download the run's archive (resuming a partial one); one fresh URL if it expired."""
+    assert config.run_id is not None
+    for renewed in (False, True):
+        # Named after the run output, so a resumed file always belongs to the same object.
+        archive = _archive_path(downloads, config.run_id, output)
+        if archive.exists():
+            return archive  # downloaded earlier, unpacking did not finish
+        if output.expires_at is not None and output.expires_at <= time.time():
+            if renewed:
+                break
+            logger.info("Download URL of run %s has expired; requesting a fresh one", config.run_id)
+            output = await _request_run_output(api, config)
+            continue
+        part = archive.with_name(archive.name + ".part")
+        try:
+            await _download(storage, output.url, part, label=f"run {config.run_id}", quiet=quiet)
+        except _ExpiredURL as exc:
+            if renewed:
+                break
+            logger.info("Download URL refused (%s); requesting a fresh one", exc)
+            output = await _request_run_output(api, config)
+            continue
+        except OSError as exc:
+            raise WeightsError(
+                f"model_save_path: cannot write the download to {part}: {exc.strerror or exc}"
+            ) from exc
+        os.replace(part, archive)
+        return archive
+    raise _expired_error(config)
 
 
 def _expired_error(config: NIMConfig) -> WeightsDownloadError:

@@ -112,6 +112,8 @@ class FakeVi:
     paged: bool = True
     ready: bool = True
     status_override: int | None = None
+    # Answer this many of the next API requests with a transient 503 / 429.
+    transient_failures: int = 0
     # How many of the next URLs to issue already expired (expiresAt in the past).
     expired_urls: int = 0
     # How many of the next URLs the storage refuses with 403 although not yet expired.
@@ -159,6 +161,11 @@ class FakeVi:
                 "headers": dict(request.headers),
             }
         )
+        if self.transient_failures > 0:
+            self.transient_failures -= 1
+            return web.json_response(
+                {"message": "busy"}, status=503 if self.transient_failures % 2 else 429
+            )
         if self.status_override is not None:
             return web.json_response({"message": "nope"}, status=self.status_override)
         if request.headers.get("X-Secret-Key") != SECRET:

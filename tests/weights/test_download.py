@@ -314,3 +314,33 @@ async def test_gzip_archive_is_accepted(fake_vi, vi_config, kit, tmp_path: Path)
     prepared = await prepare_weights(vi_config(), quiet=True)
     assert prepared is not None
     assert (prepared.host_dir / "model.safetensors").read_bytes() == kit.weights_bytes()
+
+
+async def test_transient_api_errors_are_retried(fake_vi, vi_config):
+    fake_vi.transient_failures = 2
+
+    prepared = await prepare_weights(vi_config(), quiet=True)
+
+    assert prepared is not None
+    assert len(fake_vi.api_requests) == 3
+
+
+async def test_relative_model_save_path_gives_an_absolute_mount_source(
+    fake_vi, vi_config, tmp_path, monkeypatch, kit
+):
+    monkeypatch.chdir(tmp_path)
+
+    prepared = await prepare_weights(vi_config(model_save_path="rel/models"), quiet=True)
+
+    assert prepared is not None
+    assert prepared.host_dir.is_absolute()
+    assert prepared.host_dir == tmp_path / "rel" / "models" / kit.RUN_ID / "model_full"
+
+
+async def test_unusable_model_save_path(fake_vi, vi_config, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+
+    with pytest.raises(WeightsError, match="model_save_path"):
+        await prepare_weights(vi_config(model_save_path=blocker / "models"), quiet=True)
+    assert fake_vi.api_requests == []
