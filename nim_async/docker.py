@@ -376,6 +376,21 @@ class DockerClient:
             async for item in stream:
                 yield item
 
+    async def list_images(self, *, label: str | None = None) -> list[dict[str, Any]]:
+        """List local images (``docker images``), optionally only those carrying ``label``.
+
+        Args:
+            label: A label key (or ``key=value``) the images must carry.
+
+        Returns:
+            The engine's image summaries.
+        """
+        with self._errors("list images"):
+            result: list[dict[str, Any]] = await self._api.images.list(
+                filters={"label": [label]} if label else None
+            )
+        return result
+
     async def image_info(self, ref: str) -> dict[str, Any]:
         """Return ``docker image inspect`` for ``ref``.
 

@@ -107,7 +107,7 @@ publish_image() {
   else
     "$PY" -m nim_async.emulator.image --tag "$ref"
     mkdir -p "$DOCKER_CONFIG"
-    printf '%s' "$REG_PASS" | docker login -u "$REG_USER" --password-stdin "$REG" >/dev/null
+    printf "%s" "$REG_PASS" | docker login -u "$REG_USER" --password-stdin "$REG" >/dev/null 2>&1 || { echo "docker login to $REG failed" >&2; exit 1; }
     docker push -q "$ref" >/dev/null
     docker logout "$REG" >/dev/null
     say "pushed $ref"

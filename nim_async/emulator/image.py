@@ -290,7 +290,7 @@ def _dist_files(dist: metadata.Distribution) -> Iterator[tuple[Path, str]]:
     """(host path, path relative to site-packages) of one installed distribution."""
     for item in dist.files or ():
         rel = str(item)
-        if rel.startswith(("..", "/")) or rel.endswith(".pyc") and not _PYC_OK.search(rel):
+        if rel.startswith(("..", "/")) or (rel.endswith(".pyc") and not _PYC_OK.search(rel)):
             continue
         host = Path(str(dist.locate_file(item)))
         if host.is_file():

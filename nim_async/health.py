@@ -1,0 +1,95 @@
+"""Readiness polling of a NIM over HTTP (``/v1/health/ready``, ``/v1/models``).
+
+Used by the deployer while a container starts. Connection failures and non-200 answers mean
+"not ready yet"; only the caller decides when to give up. httpx errors never leave this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from nim_async.errors import APIError
+
+__all__ = ["ReadinessProbe"]
+
+
+class ReadinessProbe:
+    """Poll a NIM's readiness endpoint with a short, capped backoff.
+
+    Args:
+        base_url: The NIM's URL (``http://127.0.0.1:8000``).
+        first_interval: Seconds between the first polls.
+        max_interval: Cap of the growing interval (keeps the ready → noticed delay short).
+        request_timeout: Timeout of one HTTP request.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        first_interval: float = 0.05,
+        max_interval: float = 0.5,
+        request_timeout: float = 5.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.first_interval = first_interval
+        self.max_interval = max_interval
+        # trust_env=False: an HTTP(S)_PROXY in the environment must not capture loopback calls
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, timeout=request_timeout, trust_env=False
+        )
+        self.polls = 0
+        self.ready_at: float | None = None
+
+    async def __aenter__(self) -> ReadinessProbe:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._client.aclose()
+
+    async def is_ready(self) -> bool:
+        """One poll: ``True`` when ``/v1/health/ready`` answers 200."""
+        self.polls += 1
+        try:
+            response = await self._client.get("/v1/health/ready")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def wait(self) -> float:
+        """Poll until ready (no time limit: the caller cancels or wraps it in a timeout).
+
+        Returns:
+            The ``time.perf_counter()`` value when readiness was observed.
+        """
+        interval = self.first_interval
+        while True:
+            if await self.is_ready():
+                self.ready_at = time.perf_counter()
+                return self.ready_at
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, self.max_interval)
+
+    async def models(self) -> list[str]:
+        """The model ids listed at ``/v1/models``.
+
+        Raises:
+            APIError: If the server does not answer with a model list.
+        """
+        try:
+            response = await self._client.get("/v1/models")
+            response.raise_for_status()
+            payload = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise APIError(f"GET {self.base_url}/v1/models failed: {exc}") from exc
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise APIError(f"GET {self.base_url}/v1/models returned no model list")
+        return [str(item["id"]) for item in data if isinstance(item, dict) and "id" in item]

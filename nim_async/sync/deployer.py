@@ -1,0 +1,133 @@
+"""NIMDeployer: the documented blocking API over :class:`nim_async.deployer.AsyncNIMDeployer`.
+
+Every call runs on the shared portal loop (:mod:`nim_async.sync._portal`) and blocks until it
+finishes; Ctrl-C cancels the running deploy, which removes the container it created.
+Exceptions cross unchanged.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+from types import TracebackType
+from typing import Self
+
+from rich.console import Console
+
+from nim_async.config import NIMConfig
+from nim_async.deployer import AsyncNIMDeployer, ContainerStatus
+from nim_async.results import NIMDeploymentResult
+from nim_async.sync._portal import PortalLease
+
+__all__ = ["NIMDeployer"]
+
+
+class NIMDeployer:
+    """Manages the NVIDIA NIM container deployment lifecycle (blocking API).
+
+    Constructing one validates the configuration and makes no Docker connection.
+
+    Args:
+        config: Deployment configuration; ``None`` builds one from the environment
+            (``NGC_API_KEY`` required).
+        quiet: Suppress all console output.
+        console: Where progress and logs go (default: a rich console on stderr).
+
+    Raises:
+        InvalidConfigError: If ``config`` is ``None`` and the environment gives no valid key.
+    """
+
+    def __init__(
+        self,
+        config: NIMConfig | None = None,
+        quiet: bool = False,
+        *,
+        console: Console | None = None,
+    ) -> None:
+        self._core = AsyncNIMDeployer(config, quiet, console=console)
+        self._lease: PortalLease | None = None
+
+    @property
+    def config(self) -> NIMConfig:
+        """The deployment configuration."""
+        return self._core.config
+
+    @property
+    def quiet(self) -> bool:
+        """Whether console output is suppressed."""
+        return self._core.quiet
+
+    def __repr__(self) -> str:
+        return f"NIMDeployer(image={self.config.image_ref!r}, quiet={self.quiet})"
+
+    def deploy(self) -> NIMDeploymentResult:
+        """Deploy a NIM container (with optional custom weights) and wait until it is ready.
+
+        Returns:
+            The deployment result.
+
+        Raises:
+            InvalidConfigError: Configuration is invalid.
+            ContainerExistsError: Container exists and is not configured to reuse/kill.
+            ModelIncompatibilityError: Model incompatible with the container.
+            ServiceNotReadyError: Not ready within ``config.startup_timeout``.
+            APIError: Docker operations fail (see :meth:`AsyncNIMDeployer.deploy`).
+        """
+        if self._lease is None:
+            self._lease = PortalLease()
+        return self._lease.call(self._core.deploy)
+
+    def close(self) -> None:
+        """Release the event-loop thread (the deployed container keeps running)."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        lease = getattr(self, "_lease", None)
+        if lease is not None:
+            lease.release()
+
+    @classmethod
+    def stop(cls, container_name: str, quiet: bool = False, *, grace: float = 10.0) -> bool:
+        """Stop a running NIM container and remove it.
+
+        Args:
+            container_name: Container name or ID.
+            quiet: Suppress console output.
+            grace: Seconds between SIGTERM and SIGKILL.
+
+        Returns:
+            ``True`` if stopped, ``False`` if not found.
+        """
+        lease = PortalLease()
+        try:
+            return lease.call(
+                functools.partial(AsyncNIMDeployer.stop, container_name, quiet, grace=grace)
+            )
+        finally:
+            lease.release()
+
+    @classmethod
+    def list(cls) -> builtins.list[ContainerStatus]:
+        """The containers managed by ``nim_async``.
+
+        Returns:
+            One :class:`~nim_async.deployer.ContainerStatus` per container.
+        """
+        lease = PortalLease()
+        try:
+            return lease.call(AsyncNIMDeployer.list)
+        finally:
+            lease.release()
