@@ -347,11 +347,13 @@ async def _cmd_deploy(args: argparse.Namespace) -> int:
 async def _cmd_stop(args: argparse.Namespace) -> int:
     from nim_async.deployer import AsyncNIMDeployer
 
-    stopped = await AsyncNIMDeployer.stop(args.name, quiet=args.quiet)
+    stopped = await AsyncNIMDeployer.stop(args.name, quiet=True)
     if stopped:
-        _console().print(f"Stopped and removed {args.name}")
+        if not args.quiet:
+            _console().print(f"Stopped and removed {args.name}")
         return EXIT_OK
-    _console(stderr=True).print(f"{PROG}: no container named {args.name!r} was running")
+    if not args.quiet:
+        _console(stderr=True).print(f"{PROG}: no container named {args.name!r} was running")
     return EXIT_FAILED
 
 
