@@ -39,7 +39,9 @@ def draw_groundings(
     """Return a copy of ``image`` with each grounded phrase's boxes and label drawn.
 
     Each phrase gets its own colour; labels sit on a filled tab above the box (inside it when
-    the box touches the top edge) in black or white, whichever reads better on that colour.
+    the box touches the top edge, shifted left when it would leave the picture) in black or
+    white, whichever reads better on that colour. A thin halo in that same contrasting colour
+    keeps boxes visible on objects of their own colour.
 
     Args:
         image: The original image the prediction was made on.
@@ -53,19 +55,26 @@ def draw_groundings(
     draw = ImageDraw.Draw(canvas)
     width = line_width or max(2, round(max(canvas.size) * 0.004))
     font = ImageFont.load_default(size=max(12, round(max(canvas.size) * 0.022)))
+    img_w, img_h = canvas.size
     for index, grounding in enumerate(response.groundings):
         colour = PALETTE[index % len(PALETTE)]
+        halo = _text_colour(colour)
         for box in grounding.boxes:
             x0, y0, x1, y1 = box.pixels
+            # A one-pixel contrasting halo keeps the box visible on objects of its own colour.
+            draw.rectangle((x0 - 1, y0 - 1, x1 + 1, y1 + 1), outline=halo, width=1)
             draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
             left, top, right, bottom = draw.textbbox((0, 0), grounding.phrase, font=font)
             tw, th = right - left + 6, bottom - top + 6
             ty = y0 - th if y0 - th >= 0 else y0
-            draw.rectangle((x0, ty, x0 + tw, ty + th), fill=colour)
+            # Keep the label on the picture when the box touches the right edge.
+            tx = max(0.0, min(x0, img_w - tw))
+            ty = max(0.0, min(ty, img_h - th))
+            draw.rectangle((tx, ty, tx + tw, ty + th), fill=colour)
             draw.text(
-                (x0 + 3 - left, ty + 3 - top),
+                (tx + 3 - left, ty + 3 - top),
                 grounding.phrase,
-                fill=_text_colour(colour),
+                fill=halo,
                 font=font,
             )
     return canvas
