@@ -629,16 +629,23 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
         first = next(probe)
     except StopIteration:
         first = None
-    skipped = 0
+    skipped = duplicates = 0
+    started_sources: set[str] = set()
 
     def pending_inputs() -> Iterator[str]:
-        nonlocal skipped
+        # Each source gets one line: those recorded by an earlier run, and repeats within
+        # DIR_OR_LIST, are skipped.
+        nonlocal skipped, duplicates
         if first is None:
             return
         for item in _chain_one(first, probe):
             if item in recorded:
                 skipped += 1
                 continue
+            if item in started_sources:
+                duplicates += 1
+                continue
+            started_sources.add(item)
             yield item
 
     ok = failed = 0
@@ -683,6 +690,7 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
     summary = (
         f"batch: {ok} ok, {failed} failed"
         + (f", {skipped} already recorded (skipped)" if args.resume else "")
+        + (f", {duplicates} repeated inputs skipped" if duplicates else "")
         + f" in {elapsed:.1f} s -> {out}"
     )
     if args.coco:

@@ -381,7 +381,8 @@ async def test_batch_reads_a_list_file_and_stdin(
     cli: Any, emulator: Any, image_dir: Path, tmp_path: Path
 ) -> None:
     paths = [str(image_dir / f"img{i:03d}.png") for i in range(5)]
-    (tmp_path / "list.txt").write_text("# five images\n" + "\n".join(paths) + "\n\n")
+    listed = [*paths, paths[0]]  # a repeat gets no second line
+    (tmp_path / "list.txt").write_text("# five images\n" + "\n".join(listed) + "\n\n")
     done = await cli(
         "batch",
         "list.txt",
@@ -395,6 +396,7 @@ async def test_batch_reads_a_list_file_and_stdin(
     )
     assert done.rc == 0, done.err
     assert [r["source"] for r in records(tmp_path / "a.jsonl")] == paths
+    assert "1 repeated inputs skipped" in done.err
 
     piped = await cli(
         "batch",
