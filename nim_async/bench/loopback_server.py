@@ -7,8 +7,9 @@ protocol, so its per-token cost stays far below any client's. Like vLLM under lo
 one chunk per stream per scheduling step, round-robin over the open streams; a stream whose
 socket buffer is full is skipped until it drains.
 
-``GET /stats`` returns ``{"connections": N, "requests": M}`` (TCP connections accepted so far),
-so a benchmark can check that a warmed-up client opens no new connections.
+``GET /stats`` returns ``{"connections": N, "requests": M, "cpu_s": S}`` (TCP connections
+accepted so far, requests answered, the server process's CPU seconds), so a benchmark can check
+that a warmed-up client opens no new connections and that the server was not the bottleneck.
 
 Run it in a child process: ``python -m nim_async.bench.loopback_server`` prints its URL and
 serves until stdin closes.
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import re
 import sys
+import time
 from collections import deque
 
 import orjson
@@ -134,7 +136,11 @@ class _Conn(asyncio.Protocol):
             return
         if path.startswith(b"/stats"):
             payload = orjson.dumps(
-                {"connections": self.server.connections, "requests": self.server.requests}
+                {
+                    "connections": self.server.connections,
+                    "requests": self.server.requests,
+                    "cpu_s": time.process_time(),
+                }
             )
         elif path.startswith(b"/v1/models"):
             payload = orjson.dumps({"object": "list", "data": [{"id": "loopback"}]})

@@ -1,0 +1,550 @@
+"""Client overhead: how many streamed tokens/s one client process can take in, per HTTP stack.
+
+All clients run in this process, one at a time, against the same zero-delay server in a child
+process: ``nim_async.bench.loopback_server``, a raw-asyncio OpenAI-style SSE server that ignores
+the image and streams ``max_tokens`` chunks round-robin over the open streams, one chunk per
+stream per step (as vLLM does per decode step). It is used instead of the emulator because the
+emulator looks at every image with Pillow, which would make the server, not the client, the
+bottleneck; the server's own CPU use is printed so that can be checked.
+
+Clients (each sends the same ~100 KB JPEG as a base64 data URI):
+
+- ``raw-aiohttp``: aiohttp ClientSession + the library's bytes SSE decoder + orjson (the ceiling)
+- ``httpx``: httpx.AsyncClient with its own pool (httpcore), same parsing
+- ``httpx+aiohttp``: httpx.AsyncClient over ``nim_async.transport.AiohttpTransport``
+- ``httpx2``: the httpx2 fork (installed with the openai SDK), same parsing
+- ``openai``: the official openai SDK (``AsyncOpenAI``, streaming)
+- ``predictor``: ``AsyncNIMPredictor.stream`` with its default transport
+- ``predictor+aiohttp``: ``AsyncNIMPredictor(transport=AiohttpTransport(...))``
+- ``sync``: the ``NIMPredictor`` facade (``stream=True``) from ``concurrency`` threads
+
+Method: for each client and (concurrency, max_tokens), start ``concurrency`` closed-loop workers,
+warm up until every worker has finished one request (pool full), then count content chunks in
+``--runs`` consecutive windows of ``--window`` seconds; report the median tokens/s, process CPU
+µs/token, event-loop lag p99 and the TCP connections the server accepted after the warm-up.
+
+    .venv/bin/python benchmarks/client_overhead.py --quick      # goals table, < ~2 min
+    .venv/bin/python benchmarks/client_overhead.py              # every client, every config
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+
+from nim_async.bench.client import build_body
+from nim_async.bench.images import synthetic_images
+from nim_async.bench.load import LoopLagMonitor
+from nim_async.config import NIMSamplingParams
+from nim_async.sse import DONE, SSEDecoder
+from nim_async.transport import AiohttpTransport
+
+PATH = "/v1/chat/completions"
+HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+
+
+@dataclass
+class Counter:
+    tokens: int = 0
+    errors: int = 0
+    last_error: str = ""
+
+
+@dataclass
+class Result:
+    client: str
+    concurrency: int
+    max_tokens: int
+    tps: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+    lag_p99_ms: list[float] = field(default_factory=list)
+    new_connections: int = 0
+    server_busy: float = 0.0
+    warmed: bool = True
+    errors: int = 0
+
+    @property
+    def tps_median(self) -> float:
+        return statistics.median(self.tps) if self.tps else 0.0
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_us) if self.cpu_us else float("nan")
+
+    @property
+    def lag_median(self) -> float:
+        return statistics.median(self.lag_p99_ms) if self.lag_p99_ms else float("nan")
+
+
+OneRequest = Callable[[], Awaitable[None]]
+ClientFactory = Callable[
+    [str, bytes, bytes, int, int, Counter], contextlib.AbstractAsyncContextManager[OneRequest]
+]
+
+
+# --------------------------------------------------------------------------- parsing (shared)
+
+
+def _count(decoder: SSEDecoder, chunk: bytes, counter: Counter) -> None:
+    loads = orjson.loads
+    for event in decoder.feed(chunk):
+        data = event.data
+        if data == DONE:
+            continue
+        choices = loads(data).get("choices")
+        if choices:
+            delta = choices[0].get("delta")
+            if delta and delta.get("content"):
+                counter.tokens += 1
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@contextlib.asynccontextmanager
+async def raw_aiohttp(
+    url: str, body: bytes, image: bytes, c: int, n: int, counter: Counter
+) -> AsyncIterator[OneRequest]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as session:
+
+        async def one() -> None:
+            async with session.post(url + PATH, data=body, headers=HEADERS) as response:
+                decoder = SSEDecoder()
+                async for chunk in response.content.iter_any():
+                    _count(decoder, chunk, counter)
+
+        yield one
+
+
+def _httpx_like(module: Any, transport: Callable[[int], Any] | None) -> ClientFactory:
+    @contextlib.asynccontextmanager
+    async def factory(
+        url: str, body: bytes, image: bytes, c: int, n: int, counter: Counter
+    ) -> AsyncIterator[OneRequest]:
+        client = module.AsyncClient(
+            limits=module.Limits(max_connections=c, max_keepalive_connections=c),
+            timeout=module.Timeout(600.0, pool=None),
+            transport=transport(c) if transport else None,
+        )
+        async with client:
+
+            async def one() -> None:
+                async with client.stream("POST", url + PATH, content=body, headers=HEADERS) as r:
+                    decoder = SSEDecoder()
+                    async for chunk in r.aiter_raw():
+                        _count(decoder, chunk, counter)
+
+            yield one
+
+    return factory
+
+
+@contextlib.asynccontextmanager
+async def openai_sdk(
+    url: str, body: bytes, image: bytes, c: int, n: int, counter: Counter
+) -> AsyncIterator[OneRequest]:
+    import httpx2
+    from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+
+    messages = orjson.loads(body)["messages"]
+    http_client = DefaultAsyncHttpxClient(
+        limits=httpx2.Limits(max_connections=c, max_keepalive_connections=c)
+    )
+    client = AsyncOpenAI(
+        base_url=url + "/v1", api_key="unused", max_retries=0, http_client=http_client
+    )
+    async with client:
+
+        async def one() -> None:
+            stream = await client.chat.completions.create(
+                model="loopback",
+                messages=messages,
+                max_tokens=n,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    counter.tokens += 1
+
+        yield one
+
+
+def _predictor(with_transport: bool) -> ClientFactory:
+    @contextlib.asynccontextmanager
+    async def factory(
+        url: str, body: bytes, image: bytes, c: int, n: int, counter: Counter
+    ) -> AsyncIterator[OneRequest]:
+        from nim_async.predictor import AsyncNIMPredictor
+
+        params = NIMSamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0)
+        predictor = AsyncNIMPredictor(
+            model_name="loopback",
+            task_type="vqa",
+            base_url=url,
+            max_connections=c,
+            retries=0,
+            transport=AiohttpTransport(max_connections=c) if with_transport else None,
+        )
+        async with predictor:
+
+            async def one() -> None:
+                async with predictor.stream(image, sampling_params=params) as stream:
+                    async for _ in stream:
+                        counter.tokens += 1
+
+            yield one
+
+    return factory
+
+
+ASYNC_CLIENTS: dict[str, ClientFactory] = {
+    "raw-aiohttp": raw_aiohttp,
+    "httpx": _httpx_like(httpx, None),
+    "httpx+aiohttp": _httpx_like(httpx, lambda c: AiohttpTransport(max_connections=c)),
+    "openai": openai_sdk,
+    "predictor": _predictor(False),
+    "predictor+aiohttp": _predictor(True),
+}
+try:
+    import httpx2
+
+    ASYNC_CLIENTS["httpx2"] = _httpx_like(httpx2, None)
+except ImportError:  # pragma: no cover
+    pass
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def _stats(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/stats", timeout=10) as response:
+        data: dict[str, float] = orjson.loads(response.read())
+    return data
+
+
+async def _measure_async(
+    name: str,
+    url: str,
+    body: bytes,
+    image: bytes,
+    c: int,
+    n: int,
+    runs: int,
+    window: float,
+    warmup_timeout: float,
+) -> Result:
+    counter = Counter()
+    result = Result(name, c, n)
+    completed = [0] * c
+    loop = asyncio.get_running_loop()
+    async with ASYNC_CLIENTS[name](url, body, image, c, n, counter) as one:
+
+        async def worker(i: int) -> None:
+            while True:
+                try:
+                    await one()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    counter.errors += 1
+                    counter.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                    await asyncio.sleep(0.01)
+                completed[i] += 1
+
+        tasks = [loop.create_task(worker(i)) for i in range(c)]
+        try:
+            deadline = time.perf_counter() + warmup_timeout
+            while min(completed) < 1 and time.perf_counter() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            result.warmed = min(completed) >= 1
+            before = await loop.run_in_executor(None, _stats, url)
+            busy = 0.0
+            for _ in range(runs):
+                monitor = LoopLagMonitor(0.005)
+                monitor.start()
+                s0 = await loop.run_in_executor(None, _stats, url)
+                tok0, cpu0, t0 = counter.tokens, time.process_time(), time.perf_counter()
+                await asyncio.sleep(window)
+                tok1, cpu1, t1 = counter.tokens, time.process_time(), time.perf_counter()
+                s1 = await loop.run_in_executor(None, _stats, url)
+                lag = sorted(await monitor.stop())
+                tokens = tok1 - tok0
+                result.tps.append(tokens / (t1 - t0))
+                result.cpu_us.append((cpu1 - cpu0) / tokens * 1e6 if tokens else float("inf"))
+                if lag:
+                    result.lag_p99_ms.append(lag[min(len(lag) - 1, int(len(lag) * 0.99))] * 1e3)
+                busy = max(busy, (s1["cpu_s"] - s0["cpu_s"]) / (t1 - t0))
+            after = await loop.run_in_executor(None, _stats, url)
+            # each /stats call opens one connection of its own (urllib): 2 per window + this one
+            own = 2 * runs + 1
+            result.new_connections = int(after["connections"] - before["connections"]) - own
+            result.server_busy = busy
+            result.errors = counter.errors
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    if counter.errors:
+        print(f"  {name}: {counter.errors} errors, last: {counter.last_error}", file=sys.stderr)
+    return result
+
+
+def _measure_sync(
+    url: str, image: bytes, c: int, n: int, runs: int, window: float, warmup_timeout: float
+) -> Result:
+    from nim_async.sync.predictor import NIMPredictor
+
+    result = Result("sync", c, n)
+    params = NIMSamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0)
+    counts = [0] * c
+    completed = [0] * c
+    errors = [0]
+    stop = threading.Event()
+    with NIMPredictor("loopback", "vqa", base_url=url, max_connections=c, retries=0) as predictor:
+
+        def worker(i: int) -> None:
+            while not stop.is_set():
+                try:
+                    for _ in predictor(image, stream=True, sampling_params=params):
+                        counts[i] += 1
+                except Exception:
+                    errors[0] += 1
+                    time.sleep(0.01)
+                completed[i] += 1
+
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(c)]
+        for t in threads:
+            t.start()
+        deadline = time.perf_counter() + warmup_timeout
+        while min(completed) < 1 and time.perf_counter() < deadline:
+            time.sleep(0.02)
+        result.warmed = min(completed) >= 1
+        before = _stats(url)
+        for _ in range(runs):
+            tok0, cpu0, t0 = sum(counts), time.process_time(), time.perf_counter()
+            time.sleep(window)
+            tok1, cpu1, t1 = sum(counts), time.process_time(), time.perf_counter()
+            tokens = tok1 - tok0
+            result.tps.append(tokens / (t1 - t0))
+            result.cpu_us.append((cpu1 - cpu0) / tokens * 1e6 if tokens else float("inf"))
+        result.new_connections = int(_stats(url)["connections"] - before["connections"]) - 1
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    result.errors = errors[0]
+    return result
+
+
+def measure(
+    name: str, url: str, body: bytes, image: bytes, c: int, n: int, args: argparse.Namespace
+) -> Result:
+    if name == "sync":
+        r = _measure_sync(url, image, c, n, args.runs, args.window, args.warmup_timeout)
+    else:
+        r = asyncio.run(
+            _measure_async(
+                name, url, body, image, c, n, args.runs, args.window, args.warmup_timeout
+            )
+        )
+    print(
+        f"  {name:18s} c={c:<4d} tokens={n:<4d} {r.tps_median:>9,.0f} tok/s "
+        f"{r.cpu_median:>7.1f} µs/tok  lag p99 {r.lag_median:5.2f} ms  "
+        f"new conns {r.new_connections}  server busy {r.server_busy:4.0%}"
+        + ("" if r.warmed else "  (warm-up incomplete)"),
+        flush=True,
+    )
+    return r
+
+
+# --------------------------------------------------------------------------- main
+
+
+QUICK_PLAN = [
+    # (client, concurrency, max_tokens)
+    ("raw-aiohttp", 256, 512),
+    ("predictor", 256, 512),
+    ("raw-aiohttp", 256, 64),
+    ("predictor", 256, 64),
+    ("predictor", 16, 512),
+    ("openai", 256, 512),
+    ("sync", 16, 512),
+]
+
+
+def goals_table(
+    results: dict[tuple[str, int, int], Result], lib: str
+) -> list[tuple[str, str, str, str, bool]]:
+    def get(name: str, c: int, n: int) -> Result | None:
+        return results.get((name, c, n))
+
+    rows: list[tuple[str, str, str, str, bool]] = []
+
+    def ratio_row(
+        label: str,
+        num: Result | None,
+        den: Result | None,
+        goal: float,
+        *,
+        higher: bool = True,
+        cpu: bool = False,
+    ) -> None:
+        if num is None or den is None:
+            return
+        a = num.cpu_median if cpu else num.tps_median
+        b = den.cpu_median if cpu else den.tps_median
+        ratio = a / b if b else float("inf")
+        ok = ratio >= goal if higher else ratio <= goal
+        fmt = (lambda v: f"{v:,.1f} µs/tok") if cpu else (lambda v: f"{v:,.0f} tok/s")
+        rows.append(
+            (
+                label,
+                f"{fmt(a)} vs {fmt(b)}",
+                f"{'≥' if higher else '≤'} {goal:g}×",
+                f"{ratio:.2f}×",
+                ok,
+            )
+        )
+
+    ratio_row(
+        "tok/s c=256 512 tok vs raw aiohttp", get(lib, 256, 512), get("raw-aiohttp", 256, 512), 0.85
+    )
+    ratio_row(
+        "CPU µs/token c=256 512 tok vs raw",
+        get(lib, 256, 512),
+        get("raw-aiohttp", 256, 512),
+        1.2,
+        higher=False,
+        cpu=True,
+    )
+    ratio_row(
+        "tok/s c=256 64 tok vs raw aiohttp", get(lib, 256, 64), get("raw-aiohttp", 256, 64), 0.75
+    )
+    ratio_row(
+        "tok/s c=256 vs c=16 (512 tok, no collapse)", get(lib, 256, 512), get(lib, 16, 512), 0.9
+    )
+    ratio_row("tok/s c=256 512 tok vs openai SDK", get(lib, 256, 512), get("openai", 256, 512), 5.0)
+    ratio_row("sync facade vs async, c=16 512 tok", get("sync", 16, 512), get(lib, 16, 512), 0.8)
+    lib_results = [r for (name, _, _), r in results.items() if name in (lib, "sync")]
+    if lib_results:
+        new = max(r.new_connections for r in lib_results)
+        rows.append(("new connections after warm-up (max)", str(new), "= 0", "-", new == 0))
+    big = get(lib, 256, 512)
+    if big is not None:
+        lag = big.lag_median
+        rows.append(
+            ("event-loop lag p99, c=256 512 tok", f"{lag:.2f} ms", "≤ 2 ms", "-", lag <= 2.0)
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only what the goals need")
+    parser.add_argument("--runs", type=int, default=3, help="measurement windows (median)")
+    parser.add_argument("--window", type=float, default=None, help="seconds per window")
+    parser.add_argument("--warmup-timeout", type=float, default=8.0)
+    parser.add_argument("--clients", help="comma-separated subset of clients")
+    parser.add_argument("--lib", default="predictor", help="the library stack the goals judge")
+    parser.add_argument("--json", help="write all results here")
+    args = parser.parse_args(argv)
+    if args.window is None:
+        args.window = 0.6 if args.quick else 1.0
+
+    image = synthetic_images(1, [(640, 480)], noise=0.2, seed=1)[0].data
+    body = build_body(
+        image, mime="image/jpeg", model="loopback", task_type="vqa", max_tokens=64
+    ).body
+    bodies = {
+        n: build_body(
+            image, mime="image/jpeg", model="loopback", task_type="vqa", max_tokens=n
+        ).body
+        for n in (64, 512)
+    }
+    del body
+    if args.quick:
+        plan = [(name if name != "predictor" else args.lib, c, n) for name, c, n in QUICK_PLAN]
+    else:
+        names = [*list(ASYNC_CLIENTS), "sync"]
+        plan = [(name, c, n) for c in (16, 256) for n in (64, 512) for name in names]
+    if args.clients:
+        wanted = set(args.clients.split(","))
+        plan = [p for p in plan if p[0] in wanted]
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nim_async.bench.loopback_server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().decode().strip()
+        print(
+            f"zero-delay loopback SSE server at {url} (child process); "
+            f"image {len(image) / 1024:.0f} KB JPEG; {args.runs} windows of {args.window:g} s "
+            "per point; median reported",
+            flush=True,
+        )
+        started = time.perf_counter()
+        results: dict[tuple[str, int, int], Result] = {}
+        for name, c, n in plan:
+            results[(name, c, n)] = measure(name, url, bodies[n], image, c, n, args)
+        elapsed = time.perf_counter() - started
+    finally:
+        if server.stdin is not None:
+            server.stdin.close()
+        server.wait(timeout=10)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"client overhead, same run (stack judged: {args.lib})")
+    for col in ("figure", "measured", "goal", "ratio", "met"):
+        table.add_column(col)
+    for label, measured, goal, ratio, ok in goals_table(results, args.lib):
+        table.add_row(label, measured, goal, ratio, "[green]yes[/green]" if ok else "[red]NO[/red]")
+    console.print(table)
+    console.print(f"total {elapsed:.0f} s")
+    if args.json:
+        with open(args.json, "wb") as fh:
+            fh.write(
+                orjson.dumps(
+                    [
+                        {
+                            "client": r.client,
+                            "concurrency": r.concurrency,
+                            "max_tokens": r.max_tokens,
+                            "tokens_per_s": r.tps,
+                            "cpu_us_per_token": r.cpu_us,
+                            "loop_lag_p99_ms": r.lag_p99_ms,
+                            "new_connections": r.new_connections,
+                            "server_busy": r.server_busy,
+                            "warmed": r.warmed,
+                            "errors": r.errors,
+                        }
+                        for r in results.values()
+                    ],
+                    option=orjson.OPT_INDENT_2,
+                )
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
