@@ -197,22 +197,24 @@ def choose(choices: list[str], preferred: list[str], rng: random.Random | None =
     return choices[rng.randrange(len(choices))] if rng is not None else choices[0]
 
 
-def schema_task_key(schema: Any) -> str | None:
-    """Return the top-level property key of an object schema with a single key, else ``None``.
+def schema_task_key(schema: Any) -> str:
+    """Return the task key (``phrase_grounding`` / ``vqa``) a JSON schema asks for.
 
-    Also returns ``phrase_grounding`` / ``vqa`` when the schema has such a property among others.
+    Args:
+        schema: A JSON schema.
+
+    Returns:
+        The key when the schema is an object schema with that property, else ``""``.
     """
     if not isinstance(schema, dict):
-        return None
+        return ""
     props = schema.get("properties")
     if not isinstance(props, dict):
-        return None
+        return ""
     for key in ("phrase_grounding", "vqa"):
         if key in props:
             return key
-    if len(props) == 1:
-        return str(next(iter(props)))
-    return "" if props else None
+    return ""
 
 
 def _resolve(ref: str, root: dict[str, Any]) -> Any:

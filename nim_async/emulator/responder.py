@@ -6,11 +6,10 @@ output, never a model's. No IO.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from typing import Any
-
-import orjson
 
 from nim_async.catalog import BoxFormat
 from nim_async.emulator.scene import COLOR_NAMES, Region, Scene
@@ -56,28 +55,7 @@ _YES_NO_STARTS = ("is", "are", "does", "do", "can", "has", "have", "was", "were"
 
 def render_json(obj: Any) -> str:
     """Serialise ``obj`` the way a model writes JSON: ``", "`` and ``": "`` separators."""
-    text = orjson.dumps(obj).decode()
-    return _json_spacing(text)
-
-
-def _json_spacing(text: str) -> str:
-    out: list[str] = []
-    in_str = False
-    escaped = False
-    for ch in text:
-        out.append(ch)
-        if in_str:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in ",:":
-            out.append(" ")
-    return "".join(out)
+    return json.dumps(obj, ensure_ascii=False)
 
 
 def detect_task(schema_key: str | None, texts: str) -> str:

@@ -785,7 +785,7 @@ class Emulator:
         if len(pieces) < want:
             extra = want - len(pieces)
             pieces.extend(itertools.islice(itertools.cycle(_FILLER), extra))
-        if len(pieces) > limit:
+        if len(pieces) > limit or (ignore_eos and stop_reason is None):
             del pieces[limit:]
             finish, stop_reason = "length", None
         return _Job(

@@ -1,0 +1,304 @@
+"""Sampling fields, token accounting, guided decoding, dialects and client request shapes."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import jsonschema
+import orjson
+import pytest
+
+from nim_async.emulator.tokens import split_tokens
+from nim_async.tasks import get_task
+from nim_async.tasks.base import ParseContext
+
+Q = "Is there a red square?"
+
+
+def _content(r) -> str:
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]
+
+
+@pytest.fixture
+def red_image(image_factory):
+    return image_factory(shapes=[("red", (20, 20, 120, 120))])
+
+
+async def test_max_tokens_truncates_with_length(emulator, api, red_image):
+    full = _content(await api.post(emulator.url, api.body(red_image, Q)))
+    r = await api.post(emulator.url, api.body(red_image, Q, max_tokens=4))
+    data = r.json()
+    assert data["choices"][0]["finish_reason"] == "length"
+    assert data["usage"]["completion_tokens"] == 4
+    assert data["choices"][0]["message"]["content"] == "".join(split_tokens(full)[:4])
+    r2 = await api.post(emulator.url, api.body(red_image, Q, max_completion_tokens=5))
+    assert r2.json()["usage"]["completion_tokens"] == 5
+
+
+async def test_stream_usage_matches_chunks(emulator, api, red_image):
+    chunks = await api.stream_chunks(
+        emulator.url, api.body(red_image, Q, stream_options={"include_usage": True})
+    )
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    content_chunks = [c for c in chunks[1:] if c["choices"]]
+    assert content_chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all(c["choices"][0]["finish_reason"] is None for c in content_chunks[:-1])
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == []
+    assert usage["completion_tokens"] == len(content_chunks)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+
+
+async def test_stream_without_usage_has_no_usage_chunk(emulator, api, red_image):
+    chunks = await api.stream_chunks(emulator.url, api.body(red_image, Q))
+    assert all(c["choices"] for c in chunks)
+    assert all("usage" not in c for c in chunks)
+
+
+async def test_continuous_usage_stats(emulator, api, red_image):
+    body = api.body(
+        red_image,
+        Q,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+    )
+    chunks = await api.stream_chunks(emulator.url, body)
+    counts = [c["usage"]["completion_tokens"] for c in chunks]
+    assert counts == sorted(counts)
+    assert counts[0] == 0
+    assert counts[-1] == len(chunks) - 2
+
+
+async def test_stream_equals_non_stream(emulator, api, red_image):
+    text = _content(await api.post(emulator.url, api.body(red_image, "Describe the image.")))
+    chunks = await api.stream_chunks(emulator.url, api.body(red_image, "Describe the image."))
+    assert api.stream_text(chunks) == text
+
+
+async def test_stop_sequence(emulator, api, red_image):
+    full = _content(await api.post(emulator.url, api.body(red_image, Q)))
+    r = await api.post(emulator.url, api.body(red_image, Q, stop=["answer", "zzz"]))
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["stop_reason"] == "answer"
+    assert choice["message"]["content"] == full[: full.index("answer")]
+    r = await api.post(
+        emulator.url, api.body(red_image, Q, stop="answer", include_stop_str_in_output=True)
+    )
+    assert _content(r) == full[: full.index("answer") + len("answer")]
+
+
+async def test_seed_repeats_and_varies_wording(emulator, api, red_image):
+    def body(seed):
+        return api.body(red_image, "Describe the image.", temperature=1.0, seed=seed)
+
+    first = _content(await api.post(emulator.url, body(7)))
+    assert _content(await api.post(emulator.url, body(7))) == first
+    outputs = {_content(await api.post(emulator.url, body(s))) for s in range(12)}
+    assert len(outputs) > 1
+    # greedy / unseeded output is deterministic
+    plain = {
+        _content(await api.post(emulator.url, api.body(red_image, "Describe it."))) for _ in "ab"
+    }
+    assert len(plain) == 1
+
+
+async def test_min_tokens_and_ignore_eos_extend(emulator, api, red_image):
+    natural = _content(await api.post(emulator.url, api.body(red_image, Q)))
+    r = await api.post(emulator.url, api.body(red_image, Q, min_tokens=120, max_tokens=200))
+    data = r.json()
+    assert data["usage"]["completion_tokens"] == 120
+    assert data["choices"][0]["finish_reason"] == "stop"
+    assert data["choices"][0]["message"]["content"].startswith(natural)
+    r = await api.post(emulator.url, api.body(red_image, Q, ignore_eos=True, max_tokens=300))
+    data = r.json()
+    assert data["usage"]["completion_tokens"] == 300
+    assert data["choices"][0]["finish_reason"] == "length"
+    chunks = await api.stream_chunks(
+        emulator.url,
+        api.body(
+            red_image, Q, ignore_eos=True, max_tokens=50, stream_options={"include_usage": True}
+        ),
+    )
+    assert chunks[-1]["usage"]["completion_tokens"] == 50
+
+
+async def test_guided_choice(emulator, api, red_image):
+    r = await api.post(emulator.url, api.body(red_image, Q, guided_choice=["no", "yes"]))
+    assert _content(r) == "yes"
+    r = await api.post(emulator.url, api.body(red_image, Q, guided_choice=["cat", "dog"]))
+    assert _content(r) in ("cat", "dog")
+    r = await api.post(
+        emulator.url, api.body(red_image, Q, structured_outputs={"choice": ["maybe", "no"]})
+    )
+    assert _content(r) in ("maybe", "no")
+
+
+SCHEMAS = [
+    {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "minLength": 12},
+            "n": {"type": "integer", "minimum": 3},
+        },
+        "required": ["label", "n"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": "#/$defs/item"}, "minItems": 2},
+            "kind": {"enum": ["a", "b"]},
+            "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "ok": {"type": "boolean"},
+            "when": {"type": "string", "format": "date"},
+            "code": {"type": "string", "pattern": "^[A-Z]{3}-\\d{2}$"},
+            "maybe": {"anyOf": [{"type": "null"}, {"type": "integer"}]},
+        },
+        "required": ["items", "kind", "score", "ok", "code"],
+        "$defs": {"item": {"type": "object", "properties": {"x": {"const": 1}}, "required": ["x"]}},
+    },
+    {"type": "array", "items": {"type": "string"}, "maxItems": 2},
+]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+@pytest.mark.parametrize("how", ["guided_json", "guided_json_str", "response_format", "nvext"])
+async def test_guided_json_validates(emulator, api, red_image, schema, how):
+    if how == "guided_json":
+        extra = {"guided_json": schema}
+    elif how == "guided_json_str":
+        extra = {"guided_json": orjson.dumps(schema).decode()}
+    elif how == "nvext":
+        extra = {"nvext": {"guided_json": schema}}
+    else:
+        extra = {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": schema},
+            }
+        }
+    text = _content(await api.post(emulator.url, api.body(red_image, "Fill it in.", **extra)))
+    jsonschema.validate(orjson.loads(text), schema)
+
+
+@pytest.mark.parametrize("task_name", ["phrase-grounding", "vqa"])
+async def test_guided_json_task_schema_gives_task_output(emulator, api, red_image, task_name):
+    task = get_task(task_name)
+    text = _content(
+        await api.post(
+            emulator.url, api.body(red_image, "Anything at all", guided_json=task.output_schema())
+        )
+    )
+    obj = orjson.loads(text)
+    jsonschema.validate(obj, task.output_schema())
+    assert task.key in obj
+
+
+async def test_json_object_response_format(emulator, api, red_image):
+    r = await api.post(
+        emulator.url, api.body(red_image, Q, response_format={"type": "json_object"})
+    )
+    assert orjson.loads(_content(r)) == {"vqa": {"answer": "yes"}}
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"\d{3}-[a-z]+", r"(yes|no)", r"[A-Z][a-z]{2,5} \w+\.", r"^(?:cat|dog)s?$", r"[^abc]x*"],
+)
+async def test_guided_regex(emulator, api, red_image, pattern):
+    text = _content(await api.post(emulator.url, api.body(red_image, Q, guided_regex=pattern)))
+    assert re.fullmatch(pattern, text)
+    if pattern == "(yes|no)":
+        assert text == "yes"
+
+
+async def test_ignore_guided_reproduces_vllm_012(start_emulator, api, red_image):
+    async with start_emulator(ignore_guided=True) as emu:
+        text = _content(
+            await api.post(emu.url, api.body(red_image, Q, guided_choice=["cat", "dog"]))
+        )
+        assert text not in ("cat", "dog")
+        assert orjson.loads(text) == {"vqa": {"answer": "yes"}}
+        # structured_outputs stays honoured, as in vLLM >= 0.12
+        r = await api.post(emu.url, api.body(red_image, Q, structured_outputs={"choice": ["cat"]}))
+        assert _content(r) == "cat"
+        # unsupported regex is not even checked when guided_* is ignored
+        r = await api.post(emu.url, api.body(red_image, Q, guided_regex="(?=x)x"))
+        assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("dialect", "top_level", "nvext"),
+    [("both", True, True), ("openai", True, False), ("nvext", False, True)],
+)
+async def test_dialects(start_emulator, api, red_image, caplog, dialect, top_level, nvext):
+    caplog.set_level(logging.WARNING, logger="nim_async.emulator")
+    async with start_emulator(dialect=dialect) as emu:
+        r_top = await api.post(emu.url, api.body(red_image, Q, guided_choice=["cat"], top_k=5))
+        r_nv = await api.post(
+            emu.url, api.body(red_image, Q, nvext={"guided_choice": ["cat"], "top_k": 5})
+        )
+    assert (_content(r_top) == "cat") is top_level
+    assert (_content(r_nv) == "cat") is nvext
+    if not (top_level and nvext):
+        assert "ignored" in caplog.text
+
+
+async def test_unknown_fields_are_logged_and_ignored(emulator, api, red_image, caplog):
+    caplog.set_level(logging.WARNING, logger="nim_async.emulator")
+    r = await api.post(emulator.url, api.body(red_image, Q, frobnicate=1, extra_thing="x"))
+    assert r.status_code == 200
+    assert "frobnicate" in caplog.text
+    assert "extra_thing" in caplog.text
+
+
+async def test_reasoning_prefix(start_emulator, api, red_image):
+    async with start_emulator(reasoning=True) as emu:
+        text = _content(await api.post(emu.url, api.body(red_image, Q)))
+    assert text.startswith("<think>")
+    res = get_task("vqa").parse(text, ParseContext(prompt=Q))
+    assert res.thinking
+    assert res.answer == "yes"
+
+
+async def test_aiperf_and_guidellm_shaped_requests(emulator, api):
+    # aiperf: plain-string content, max_completion_tokens, ignore_eos, min_tokens, continuous usage
+    aiperf = {
+        "model": "cosmos-reason1-7b",
+        "messages": [{"role": "user", "content": "lorem ipsum dolor sit amet " * 20}],
+        "max_completion_tokens": 64,
+        "min_tokens": 64,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    chunks = await api.stream_chunks(emulator.url, aiperf)
+    assert chunks[-1]["usage"]["completion_tokens"] == 64
+    # guidellm: list content with text parts, both max_tokens fields, stop None
+    guidellm = {
+        "model": "cosmos-reason1-7b",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}],
+        "max_tokens": 32,
+        "max_completion_tokens": 32,
+        "stop": None,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    chunks = await api.stream_chunks(emulator.url, guidellm)
+    assert chunks[-1]["usage"]["completion_tokens"] == 32
+    # multi-turn with an assistant message without content
+    multi = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None},
+            {"role": "user", "content": "What colour?"},
+        ]
+    }
+    r = await api.post(emulator.url, multi)
+    assert r.status_code == 200

@@ -1,0 +1,175 @@
+"""IO-free parts of the emulator: tokens, guided decoding, settings, scene analysis."""
+
+from __future__ import annotations
+
+import re
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nim_async.emulator import EmulatorSettings
+from nim_async.emulator.guided import (
+    GuidedError,
+    check_regex,
+    choose,
+    regex_output,
+    schema_instance,
+)
+from nim_async.emulator.responder import render_json
+from nim_async.emulator.scene import analyse_image, decode_image
+from nim_async.emulator.tokens import count_tokens, split_tokens
+
+
+@given(st.text())
+def test_tokens_concatenate_back(text):
+    pieces = split_tokens(text)
+    assert "".join(pieces) == text
+    assert count_tokens(text) == len(pieces)
+    assert all(pieces)
+
+
+def test_tokens_are_word_piece_like():
+    assert split_tokens("Hello world 42!") == ["Hell", "o", " worl", "d", " 4", "2", "!"]
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(st.text(max_size=5), children, max_size=3)
+        ),
+        max_leaves=10,
+    )
+)
+def test_render_json_round_trips(value):
+    import json
+
+    assert json.loads(render_json(value)) == value
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"[a-z]+",
+        r"\d{4}-\d{2}-\d{2}",
+        r"(red|green|blue)",
+        r"x?y*z+",
+        r"[^\d\s]{3}",
+        r"\w+@\w+\.com",
+        r"(?:ab){2,3}c",
+        r"\s\S\W",
+        r"[A-F0-9]{8}",
+        r"a.b",
+        r"\bword\b",
+    ],
+)
+def test_regex_output_matches(pattern):
+    check_regex(pattern)
+    assert re.fullmatch(pattern, regex_output(pattern, []))
+    assert re.fullmatch(
+        pattern, regex_output(pattern, ["nope"], rng=__import__("random").Random(1))
+    )
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"(?=a)a", r"(?!b)a", r"(a)\1", r"(?<=a)b", r"(a", r"(?>a)", r"a++"]
+)
+def test_unsupported_regex_rejected(pattern):
+    with pytest.raises(GuidedError):
+        check_regex(pattern)
+
+
+def test_regex_prefers_natural_answer():
+    assert regex_output(r"(yes|no)", ["no"]) == "no"
+
+
+def test_choose():
+    assert choose(["Yes", "No"], ["no"]) == "No"
+    assert choose(["cat", "red"], ["The image shows a red square."]) == "red"
+    assert choose(["a", "b"], ["zzz"]) == "a"
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.sampled_from(
+        [
+            {
+                "type": "object",
+                "properties": {"a": {"type": "integer", "minimum": 5, "multipleOf": 3}},
+            },
+            {"type": "array", "items": {"type": "number", "exclusiveMaximum": -1}, "minItems": 3},
+            {"type": ["string", "null"], "maxLength": 3},
+            {"oneOf": [{"type": "null"}, {"type": "boolean"}]},
+            {
+                "allOf": [
+                    {"properties": {"a": {"type": "string"}}, "required": ["a"]},
+                    {"properties": {"b": {"const": 2}}, "required": ["b"]},
+                ]
+            },
+            {
+                "type": "object",
+                "properties": {"t": {"type": "string", "format": "uuid"}},
+                "required": ["t"],
+            },
+            {"definitions": {"n": {"type": "integer"}}, "$ref": "#/definitions/n"},
+            True,
+        ]
+    ),
+    st.integers(0, 5),
+)
+def test_schema_instance_validates(schema, seed):
+    import random
+
+    value = schema_instance(schema, random.Random(seed))
+    jsonschema.validate(value, schema if schema is not True else {})
+
+
+def test_schema_bad_ref():
+    with pytest.raises(GuidedError):
+        schema_instance({"$ref": "http://example.com/x"})
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"max_model_len": 0},
+        {"box_format": "pixels"},
+        {"ttft_ms": -1},
+        {"max_num_seqs": -1},
+        {"fail_rate": 1.5},
+        {"fail_status": 200},
+        {"disconnect_after": -1},
+        {"exit_after": -1},
+        {"dialect": "x"},
+        {"max_pixels": 10},
+        {"served_model_name": ""},
+    ],
+)
+def test_settings_validate(field):
+    with pytest.raises(ValueError):  # noqa: PT011
+        EmulatorSettings(**field)
+
+
+def test_settings_replace():
+    s = EmulatorSettings().replace(ttft_ms=3)
+    assert s.ttft_ms == 3
+    with pytest.raises(TypeError):
+        EmulatorSettings().replace(nope=1)
+
+
+def test_scene_ignores_jpeg_fringes_and_finds_black_background(image_factory):
+    img = decode_image(image_factory(shapes=[("red", (10, 10, 200, 200))], quality=40))
+    scene = analyse_image(img)
+    assert [r.color for r in scene.regions] == ["red"]
+    dark = decode_image(image_factory(shapes=[("yellow", (10, 10, 200, 200))], background="black"))
+    scene = analyse_image(dark)
+    assert scene.background == "black"
+    assert [r.color for r in scene.regions] == ["yellow"]
+
+
+def test_decode_rejects_garbage():
+    with pytest.raises(ValueError, match="cannot identify"):
+        decode_image(b"garbage")
