@@ -95,6 +95,7 @@ class EncodedImage:
 
 _EXECUTOR: ThreadPoolExecutor | None = None
 _EXECUTOR_LOCK = threading.Lock()
+_PIL_COPY_LOCK = threading.Lock()
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -203,9 +204,6 @@ async def load_image(
             raise MediaError(
                 f"image at {desc} is larger than {_MAX_DOWNLOAD_BYTES} bytes", source=desc
             )
-    elif isinstance(source, Image.Image):
-        # Pillow images are not thread-safe to share; work on a private copy of the pixels.
-        payload = source.copy()
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_executor(), encode_image, payload, max_pixels, desc)
 
@@ -250,10 +248,19 @@ def encode_image(source: object, max_pixels: int, desc: str | None = None) -> En
     )
 
 
-def _open(source: object, desc: str) -> tuple[Image.Image, IO[bytes] | None, bytes | None]:
-    """Open lazily; return (image, file to close, raw bytes if already in memory)."""
+def _open(
+    source: object, desc: str
+) -> tuple[Image.Image, str | None, IO[bytes] | None, bytes | None]:
+    """Open lazily; return (image, format, file to close, raw bytes if already in memory)."""
     if isinstance(source, Image.Image):
-        return source, None, None
+        # The caller's image may be shared by concurrent calls: take a private copy (which
+        # loads it) under a lock, in this worker thread, never on the event loop.
+        with _PIL_COPY_LOCK:
+            fmt = source.format
+            if getattr(source, "n_frames", 1) > 1:
+                source.seek(0)
+            private = source.copy()
+        return private, fmt, None, None
     if isinstance(source, str) and source.startswith("data:"):
         header, sep, payload = source.partition(",")
         if not sep or ";base64" not in header:
@@ -262,26 +269,29 @@ def _open(source: object, desc: str) -> tuple[Image.Image, IO[bytes] | None, byt
             raw = base64.b64decode(payload, validate=False)
         except ValueError as exc:
             raise MediaError(f"invalid base64 in {desc}", source=desc) from exc
-        return Image.open(io.BytesIO(raw)), None, raw
+        img = Image.open(io.BytesIO(raw))
+        return img, img.format, None, raw
     if isinstance(source, (bytes, bytearray, memoryview)):
         raw = bytes(source)
-        return Image.open(io.BytesIO(raw)), None, raw
+        img = Image.open(io.BytesIO(raw))
+        return img, img.format, None, raw
     if not isinstance(source, (str, os.PathLike)):
         raise MediaError(f"unsupported image source {desc}", source=desc)
     path = Path(source).expanduser()
     fh = path.open("rb")
     try:
-        return Image.open(fh), fh, None
+        img = Image.open(fh)
+        return img, img.format, fh, None
     except BaseException:
         fh.close()
         raise
 
 
 def _encode(source: object, max_pixels: int, desc: str) -> EncodedImage:
-    img, fh, raw = _open(source, desc)
+    img, fmt, fh, raw = _open(source, desc)
     try:
-        fmt = img.format  # None for in-memory PIL images
-        if fmt is not None and fmt not in SUPPORTED_FORMATS:
+        from_caller = raw is None and fh is None  # a PIL image: always re-encoded
+        if not from_caller and fmt not in SUPPORTED_FORMATS:
             raise MediaError(
                 f"unsupported image format {fmt} in {desc}; use JPEG, PNG, WebP, GIF, BMP or TIFF",
                 source=desc,
@@ -292,27 +302,25 @@ def _encode(source: object, max_pixels: int, desc: str) -> EncodedImage:
             width, height = height, width
         original = (width, height)
         target = fit_within_budget(width, height, max_pixels)
-        if fmt in _PASS_THROUGH and orientation == 1 and target == original:
-            mime = _PASS_THROUGH[fmt]
-            if raw is None:
-                if fh is None:
-                    raise AssertionError("unreachable: file-backed image without a file")
+        if not from_caller and fmt in _PASS_THROUGH and orientation == 1 and target == original:
+            if raw is None and fh is not None:
                 fh.seek(0)
                 raw = fh.read()
             return EncodedImage(
-                b64=base64.b64encode(raw),
-                mime=mime,
+                b64=base64.b64encode(raw or b""),
+                mime=_PASS_THROUGH[fmt],
                 original_size=original,
                 sent_size=original,
                 source=desc,
                 passed_through=True,
             )
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)
-        if fmt in ("JPEG", "MPO") and target != original:
-            # Decode at a reduced DCT scale (at least the target size): fast, low memory.
-            draft_size = (target[1], target[0]) if orientation in (5, 6, 7, 8) else target
-            img.draft("RGB", draft_size)
+        if not from_caller:
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # animations: the first frame
+            if fmt in ("JPEG", "MPO") and target != original:
+                # Decode at a reduced DCT scale (at least the target size): fast, low memory.
+                draft_size = (target[1], target[0]) if orientation in (5, 6, 7, 8) else target
+                img.draft("RGB", draft_size)
         img.load()
         work = ImageOps.exif_transpose(img) if orientation != 1 else img
         work = _to_rgb(work)

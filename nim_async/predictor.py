@@ -906,11 +906,17 @@ class AsyncPredictionStream:
         if self._raw is not None:
             return
         predictor = self._predictor
-        call = await predictor._prepare(self._source, self._user_prompt, self._params, stream=True)
-        self._call = call
-        self.encode_seconds = call.image.encode_seconds
-        self.request_start_time = time.perf_counter()
-        response = await predictor._send(call.body, stream=True)
+        try:
+            call = await predictor._prepare(
+                self._source, self._user_prompt, self._params, stream=True
+            )
+            self._call = call
+            self.encode_seconds = call.image.encode_seconds
+            self.request_start_time = time.perf_counter()
+            response = await predictor._send(call.body, stream=True)
+        except NIMPredictionError as exc:
+            self._error = exc  # iterating again re-raises; the request is never re-sent
+            raise
         self._response = response
         if "content-encoding" in response.headers:
             self._raw = response.aiter_bytes()

@@ -13,6 +13,8 @@ from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, overload
 
+import anyio
+
 from nim_async.config import NIMSamplingParams
 from nim_async.media import validate_source
 from nim_async.predictor import AsyncNIMPredictor, _check_params
@@ -273,14 +275,21 @@ class NIMPredictor:
         core = self._core
 
         async def pump() -> None:
+            results = core.predict_many(sources, **kwargs)
             try:
-                async for item in core.predict_many(sources, **kwargs):
+                async for item in results:
                     channel.put((_TOKENS, (item,)))
                 channel.put((_DONE, None))
             except Exception as exc:
                 channel.put((_ERROR, exc))
             finally:
-                finished.set()
+                try:
+                    aclose = getattr(results, "aclose", None)
+                    if aclose is not None:
+                        with anyio.CancelScope(shield=True):
+                            await aclose()
+                finally:
+                    finished.set()
 
         future = self._lease.portal.start_task_soon(pump)
         try:

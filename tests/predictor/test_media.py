@@ -183,3 +183,17 @@ def test_encode_image_is_usable_synchronously() -> None:
     enc = encode_image(make_image(fmt="GIF"), BUDGET)
     assert enc.sent_size == (64, 48)
     assert enc.source == "<" + str(len(make_image(fmt="GIF"))) + " bytes>"
+
+
+async def test_one_lazily_opened_pil_image_shared_by_concurrent_calls(tmp_path: Path) -> None:
+    path = tmp_path / "shared.jpg"
+    path.write_bytes(make_image((300, 200), fmt="JPEG"))
+    shared = Image.open(path)  # lazy: pixels not loaded yet
+    results = await asyncio.gather(*(load_image(shared, max_pixels=BUDGET) for _ in range(20)))
+    assert {r.sent_size for r in results} == {(300, 200)}
+    assert {r.mime for r in results} == {"image/jpeg"}
+    # a caller's image of any Pillow format is accepted (it is re-encoded)
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 128).save(buf, format="PPM")
+    enc = await load_image(Image.open(io.BytesIO(buf.getvalue())), max_pixels=BUDGET)
+    assert enc.sent_size == (8, 8)

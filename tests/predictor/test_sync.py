@@ -306,3 +306,20 @@ async def test_ctrl_c_cancels_the_request() -> None:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert out.strip() == b"CANCELLED disconnected=True", err.decode()
     assert proc.returncode == 0
+
+
+async def test_predict_many_generator_closed_early(start_emulator: Any, image_factory: Any) -> None:
+    image = image_factory(shapes=[("red", (10, 10, 90, 90))])
+    async with start_emulator(itl_ms=5) as emu:
+
+        def run() -> int:
+            with NIMPredictor(MODEL, "vqa", port=emu.port) as p:
+                gen = p.predict_many([image] * 20, concurrency=4, user_prompt="What color?")
+                first = next(gen)
+                gen.close()  # cancels what is still running
+                assert first.response is not None
+                return first.index
+
+        assert await asyncio.to_thread(run) in range(20)
+        await wait_until(lambda: emu.metrics.running == 0)
+        assert sum(emu.metrics.success.values()) < 20
