@@ -737,8 +737,13 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
 async def _cmd_emulator_image(args: argparse.Namespace) -> int:
     from nim_async.emulator.image import build_emulator_image
 
-    ref = await build_emulator_image(args.tag, quiet=args.quiet)
-    _console().print(f"Built emulator image [bold]{ref}[/] (an emulator for tests, not a model)")
+    image_id = await build_emulator_image(args.tag, quiet=args.quiet)
+    if args.quiet:
+        sys.stdout.write(image_id + "\n")
+    else:
+        _console().print(
+            f"Built [bold]{args.tag}[/] ({image_id[:19]}): the NIM emulator for tests, not a model"
+        )
     return EXIT_OK
 
 
@@ -832,7 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tag", default="nim-async-emulator:latest", help="image reference (%(default)s)"
     )
-    p.add_argument("--quiet", action="store_true", help="no build output")
+    p.add_argument("--quiet", action="store_true", help="print only the image id")
     p.set_defaults(handler=_cmd_emulator_image)
 
     sub.add_parser(

@@ -111,3 +111,9 @@ def spawn(tmp_path: Path) -> Spawn:
 def no_key_env() -> dict[str, str]:
     """The CLI environment without an NGC key."""
     return {k: v for k, v in cli_env().items() if k != "NGC_API_KEY"}
+
+
+@pytest.fixture
+def base_env() -> dict[str, str]:
+    """The environment the CLI runs with (add to a copy for one command)."""
+    return cli_env()

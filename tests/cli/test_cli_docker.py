@@ -1,0 +1,156 @@
+"""The CLI's Docker commands end to end: deploy the emulator image from the authenticated local
+registry, list it, predict and batch against it, stop it (``scripts/test-env.sh up`` first)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.docker
+
+ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"
+
+
+def _test_env() -> dict[str, str]:
+    if not ENV_FILE.exists():
+        pytest.skip(f"no test registry: {ENV_FILE} is missing (run `scripts/test-env.sh up`)")
+    values: dict[str, str] = {}
+    for line in ENV_FILE.read_text().splitlines():
+        key, _, raw = line.strip().removeprefix("export ").partition("=")
+        if raw and not raw.startswith("${"):
+            values[key] = shlex.split(raw)[0]
+    probe = subprocess.run(["docker", "info"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("no Docker daemon answers (run `scripts/test-env.sh up`)")
+    return values
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def registry() -> dict[str, str]:
+    return _test_env()
+
+
+async def test_deploy_ps_predict_batch_stop(
+    cli: Any, registry: dict[str, str], image_dir: Path, tmp_path: Path, base_env: dict[str, str]
+) -> None:
+    key = registry["NIM_TEST_NGC_KEY"]
+    env = dict(base_env, NGC_API_KEY=key)
+    name = f"nimtest-cli-{uuid.uuid4().hex[:8]}"
+    port = _free_port()
+    outputs: list[str] = []
+
+    async def run(*args: str) -> Any:
+        done = await cli(*args, env=env, limit_s=240)
+        outputs.extend((done.out, done.err))
+        return done
+
+    try:
+        deployed = await run(
+            "deploy",
+            "--registry",
+            registry["NIM_TEST_REGISTRY_PATH"],
+            "--tag",
+            registry["NIM_TEST_IMAGE_TAG"],
+            "--served-model-name",
+            name,
+            "--port",
+            str(port),
+            "--gpus",
+            "none",
+            "--shm-size",
+            "64m",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--startup-timeout",
+            "120",
+            "--no-logs",
+            "--quiet",
+            "--json",
+        )
+        assert deployed.rc == 0, deployed.err
+        result = orjson.loads(deployed.out)
+        assert result["container_name"] == name
+        assert result["base_url"] == f"http://127.0.0.1:{port}"
+
+        listed = await run("ps", "--json")
+        assert listed.rc == 0, listed.err
+        mine = [c for c in orjson.loads(listed.out) if c["name"] == name]
+        assert len(mine) == 1
+        assert mine[0]["state"] == "running"
+        table = await run("ps")
+        assert name in table.out
+
+        predicted = await run(
+            "predict",
+            str(image_dir / "img002.png"),
+            "--port",
+            str(port),
+            "--model",
+            name,
+            "--task",
+            "vqa",
+            "--prompt",
+            "How many shapes are there?",
+            "--json",
+        )
+        assert predicted.rc == 0, predicted.err
+        assert orjson.loads(predicted.out)["result"] == "3"
+
+        batch = await run(
+            "batch",
+            "images",
+            "--port",
+            str(port),
+            "--model",
+            name,
+            "--task",
+            "vqa",
+            "--prompt",
+            "How many shapes are there?",
+            "--out",
+            "r.jsonl",
+        )
+        assert batch.rc == 0, batch.err
+        assert len((tmp_path / "r.jsonl").read_bytes().splitlines()) == 20
+
+        stopped = await run("stop", name)
+        assert stopped.rc == 0, stopped.err
+        after = await run("ps", "--json")
+        assert name not in [c["name"] for c in orjson.loads(after.out)]
+        again = await run("stop", name)
+        assert again.rc == 1
+    finally:
+        await asyncio.to_thread(_docker, "rm", "-f", name)
+    assert all(key not in text for text in outputs), "the NGC key leaked into CLI output"
+
+
+async def test_emulator_image_builds(cli: Any, registry: dict[str, str]) -> None:
+    tag = f"nim-async-cli-test:{uuid.uuid4().hex[:8]}"
+    try:
+        done = await cli("emulator-image", "--tag", tag, "--quiet", limit_s=240)
+        assert done.rc == 0, done.err
+        image_id = done.out.strip()
+        assert image_id.startswith("sha256:")
+        inspect = await asyncio.to_thread(_docker, "image", "inspect", "--format", "{{.Id}}", tag)
+        assert inspect.stdout.strip() == image_id
+    finally:
+        await asyncio.to_thread(_docker, "rmi", tag)
