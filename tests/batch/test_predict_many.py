@@ -220,9 +220,12 @@ async def test_cancelling_the_consumer_leaves_no_tasks(
         assert batch_tasks() == []
 
 
-async def test_retryable_failures_are_retried(on_emulator: Any, shapes: list[bytes]) -> None:
+@pytest.mark.parametrize("status", [503, 429, 500])
+async def test_retryable_failures_are_retried(
+    on_emulator: Any, shapes: list[bytes], status: int
+) -> None:
     # One request at a time and a seeded emulator: the injected failures are repeatable.
-    async with on_emulator(fail_rate=0.5, fail_status=503, seed=7) as (_emu, predictor):
+    async with on_emulator(fail_rate=0.5, fail_status=status, seed=7) as (_emu, predictor):
         results = await collect(
             predict_many(
                 predictor,
@@ -329,3 +332,9 @@ def test_retryable_classification() -> None:
     assert is_retryable(ServiceUnavailableError("http://x"))
     assert not is_retryable(BadRequestError(400, "bad"))
     assert not is_retryable(PredictionParseError("no json", raw_output="x"))
+
+
+async def test_the_predictor_method_delegates(vqa: AsyncNIMPredictor, shapes: list[bytes]) -> None:
+    results = vqa.predict_many(shapes[:3], concurrency=2, user_prompt=QUESTION, ordered=True)
+    got = [(r.index, r.response.result if r.response else None) async for r in results]
+    assert got == [(0, "1"), (1, "2"), (2, "3")]
