@@ -183,3 +183,34 @@ async def test_image_tokens_count_in_usage(emulator, image_factory, api):
     # one token per 28x28 patch after the Qwen2.5-VL resize (1120x1120 exceeds the budget)
     assert qwen_image_tokens(1120, 1120) < (1120 // 28) ** 2
     assert pl - ps == qwen_image_tokens(1120, 1120) - qwen_image_tokens(56, 56)
+
+
+async def test_http_image_url_is_fetched(emulator, image_factory, api):
+    from aiohttp import web
+
+    png = image_factory(shapes=[("purple", (20, 20, 220, 220))], fmt="PNG")
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=png, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/img.png", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        body = api.body(None, "What color is the square?")
+        url = f"http://127.0.0.1:{port}/img.png"
+        body["messages"][0]["content"].insert(0, {"type": "image_url", "image_url": {"url": url}})
+        r = await api.post(emulator.url, body)
+        assert orjson.loads(r.json()["choices"][0]["message"]["content"]) == {
+            "vqa": {"answer": "purple"}
+        }
+        body["messages"][0]["content"][0]["image_url"]["url"] = url + ".missing"
+        r = await api.post(emulator.url, body)
+        assert r.status_code == 400
+        assert "404" in r.json()["error"]["message"]
+    finally:
+        await runner.cleanup()
