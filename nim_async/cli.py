@@ -631,6 +631,9 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
         first = None
     skipped = duplicates = 0
     started_sources: set[str] = set()
+    # predict_many numbers what it is given; records carry the position in DIR_OR_LIST
+    # instead, stable across --resume runs (only the inputs in flight are held here).
+    positions: dict[int, int] = {}
 
     def pending_inputs() -> Iterator[str]:
         # Each source gets one line: those recorded by an earlier run, and repeats within
@@ -638,7 +641,7 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
         nonlocal skipped, duplicates
         if first is None:
             return
-        for item in _chain_one(first, probe):
+        for position, item in enumerate(_chain_one(first, probe)):
             if item in recorded:
                 skipped += 1
                 continue
@@ -646,6 +649,7 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
                 duplicates += 1
                 continue
             started_sources.add(item)
+            positions[len(started_sources) - 1] = position
             yield item
 
     ok = failed = 0
@@ -675,6 +679,7 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
             ):
                 async for result in results:
                     record = result_record(result)
+                    record["index"] = positions.pop(result.index, result.index)
                     sink.write(orjson.dumps(record) + b"\n")
                     sink.flush()
                     if result.ok:

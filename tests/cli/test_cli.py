@@ -338,6 +338,8 @@ async def test_batch_resume_after_kill_completes_without_duplicates(
     rows = records(out)
     assert len(rows) == 20
     assert len({r["source"] for r in rows}) == 20
+    # index is the position in DIR_OR_LIST, whichever run wrote the line.
+    assert all(r["source"] == f"images/img{r['index']:03d}.png" for r in rows)
 
 
 async def test_batch_ctrl_c_stops_cleanly(
