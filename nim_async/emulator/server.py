@@ -77,6 +77,7 @@ _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "functio
 _DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[^;,]*)*)(;base64)?,", re.ASCII)
 _FILLER = tuple(split_tokens(" The emulator keeps writing filler text past the answer."))
 _SCENE_CACHE_SIZE = 64
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _ERROR_TYPES = {
     400: "BadRequestError",
     404: "NotFoundError",
@@ -450,6 +451,14 @@ class Emulator:
             return self._error(500, "internal emulator error")
         m = self._metrics
         m.prompt_tokens += job.prompt_tokens
+        resp: web.StreamResponse | None = None
+        if job.stream:
+            # Headers go out at once, as vLLM's StreamingResponse does; tokens follow the clock.
+            resp = web.StreamResponse(headers=_SSE_HEADERS)
+            try:
+                await resp.prepare(request)
+            except ConnectionError:
+                return resp
         sem = self._sem
         if sem is not None:
             m.waiting += 1
@@ -461,8 +470,8 @@ class Emulator:
         started = loop.time()
         m.queue.observe(started - arrived)
         try:
-            if job.stream:
-                return await self._stream(request, job, arrived, started)
+            if resp is not None:
+                return await self._stream(request, resp, job, arrived, started)
             return await self._complete(request, job, arrived, started)
         finally:
             m.running -= 1
@@ -533,17 +542,15 @@ class Emulator:
         return web.Response(body=orjson.dumps(body), headers={"Content-Type": "application/json"})
 
     async def _stream(
-        self, request: web.Request, job: _Job, arrived: float, started: float
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        job: _Job,
+        arrived: float,
+        started: float,
     ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         s = self._settings
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-            }
-        )
-        await resp.prepare(request)
         created = str(int(time.time())).encode()
         head = (
             b'data: {"id":"' + job.request_id.encode() + b'","object":"chat.completion.chunk",'
@@ -575,7 +582,7 @@ class Emulator:
             for i, piece in enumerate(pieces or [""]):
                 due = first + i * itl
                 if due - loop.time() > 0.0002:
-                    if buf:
+                    if buf and i > 0:  # the role chunk travels with the first token
                         await resp.write(b"".join(buf))
                         buf.clear()
                     await _sleep_until(loop, due)
