@@ -351,7 +351,7 @@ async def predict_many(
     waiting: dict[int, BatchResult] = {}
     next_index = 0
     next_to_yield = 0
-    bar = _Progress(total, "predict_many") if progress else None
+    bar = _Progress(total, "scoring") if progress else None
 
     def start(index: int, source: object) -> None:
         coro = _predict_one(

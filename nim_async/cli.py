@@ -657,6 +657,8 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     err = _console(stderr=True)
     progress = not args.no_progress and sys.stderr.isatty()
+    # For an ETA the bar needs a total: one extra lazy pass over a directory or list file.
+    total = _count_pending(args.inputs, recorded) if progress and args.inputs != "-" else None
     interrupted = False
     with _open_append(out) as sink:
         try:
@@ -674,6 +676,7 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
                         retries=args.retries,
                         ordered=args.ordered,
                         progress=progress,
+                        total=total,
                     )
                 ) as results,
             ):
@@ -716,6 +719,14 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     err.print(f"[green]{summary}[/]")
     return EXIT_OK
+
+
+def _count_pending(spec: str, recorded: set[str]) -> int:
+    seen: set[str] = set()
+    for item in iter_inputs(spec):
+        if item not in recorded:
+            seen.add(item)
+    return len(seen)
 
 
 def _chain_one(first: str, rest: Iterator[str]) -> Iterator[str]:
