@@ -135,8 +135,22 @@ class SSEDecoder:
                 self._buf = tail + b"\r"
             else:
                 self._buf = tail
+        # Hot loop: "data: ..." lines and blank lines inline; other lines in _line().
+        data = self._data
         for line in lines:
-            self._line(line, events)
+            if line[:6] == b"data: ":
+                data.append(line[6:])
+            elif line:
+                self._line(line, events)
+            elif data:
+                value = data[0] if len(data) == 1 else b"\n".join(data)
+                events.append(SSEEvent(value, self._event or "message", self._id, self._retry))
+                data = self._data = []
+                self._event = None
+                self._retry = None
+            else:
+                self._event = None
+                self._retry = None
         return events
 
     def close(self) -> list[SSEEvent]:
