@@ -29,7 +29,15 @@ class Recorder:
         self.bodies: list[dict[str, Any]] = []
         self.script: list[tuple[int, bytes, dict[str, str]]] = []
         self.answer = '{"vqa": {"answer": "red"}}'
+        self.version: dict[str, Any] | None = None
+        self.version_calls = 0
         self.url = ""
+
+    async def get_version(self, request: web.Request) -> web.Response:
+        self.version_calls += 1
+        if self.version is None:
+            return web.Response(status=404)
+        return web.json_response(self.version)
 
     async def chat(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -60,6 +68,7 @@ async def recorder() -> AsyncIterator[Recorder]:
     rec = Recorder()
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", rec.chat)
+    app.router.add_get("/v1/version", rec.get_version)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -573,3 +573,33 @@ async def test_predict_many_delegates_to_batch(emulator: Any, image_factory: Any
         response = got[i].response
         assert response is not None
         assert response.result == color
+
+
+@pytest.mark.parametrize(
+    ("version", "where"),
+    [
+        ({"release": "1.0.3", "api": "1.0.0"}, "nvext"),
+        ({"version": "0.12.0"}, "structured_outputs"),
+        ({"release": "2.1.0"}, "top"),
+        (None, "top"),
+    ],
+)
+async def test_auto_dialect_follows_the_server_version(
+    recorder: Recorder, image_factory: Any, version: dict[str, Any] | None, where: str
+) -> None:
+    recorder.version = version
+    params = NIMSamplingParams(guided_regex=r"\{.*\}")
+    async with AsyncNIMPredictor(MODEL, "vqa", base_url=recorder.url, dialect="auto") as p:
+        await asyncio.gather(*(p(image_factory(size=(16, 16)), "Q?", params) for _ in range(3)))
+    assert recorder.version_calls == 1  # asked once, remembered
+    body = recorder.bodies[0]
+    if where == "nvext":
+        assert body["nvext"]["guided_regex"] == r"\{.*\}"
+        assert "top_k" in body["nvext"]
+    elif where == "structured_outputs":
+        assert body["structured_outputs"] == {"regex": r"\{.*\}"}
+        assert "guided_regex" not in body
+        assert body["top_k"] == 50
+    else:
+        assert body["guided_regex"] == r"\{.*\}"
+        assert "nvext" not in body
