@@ -460,14 +460,17 @@ class Emulator:
             except ConnectionError:
                 return resp
         sem = self._sem
-        if sem is not None:
+        started = arrived  # the clock starts at arrival unless the request has to queue
+        if sem is not None and sem.locked():
             m.waiting += 1
             try:
                 await sem.acquire()
             finally:
                 m.waiting -= 1
+            started = loop.time()
+        elif sem is not None:
+            await sem.acquire()
         m.running += 1
-        started = loop.time()
         m.queue.observe(started - arrived)
         try:
             if resp is not None:
