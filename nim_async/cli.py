@@ -465,6 +465,9 @@ async def _cmd_predict(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
     source: str = args.image
     _check_image_source(source)
+    if (args.draw or args.coco) and args.task != "phrase-grounding":
+        option = "--draw" if args.draw else "--coco"
+        raise ValueError(f"{option} needs --task phrase-grounding (only groundings have boxes)")
     async with _make_predictor(args, task=args.task) as predictor:
         if args.json or args.no_stream:
             response = await predictor(source, user_prompt=args.prompt, sampling_params=sampling)

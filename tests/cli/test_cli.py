@@ -222,8 +222,7 @@ async def test_predict_user_errors_are_one_line(cli: Any, emulator: Any, image_d
         "x.png",
         "--no-stream",
     )
-    assert drawing_vqa.rc == 1
-    assert "--draw needs --task phrase-grounding" in drawing_vqa.err
+    assert "--draw needs --task phrase-grounding" in drawing_vqa.one_line_error()
 
 
 async def test_server_errors_are_one_line(cli: Any, start_emulator: Any, image_dir: Path) -> None:
