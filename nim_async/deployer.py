@@ -407,13 +407,16 @@ class AsyncNIMDeployer:
                 f"Registry said: {exc}",
                 status_code=exc.status_code,
             ) from exc
+        events = docker.pull(ref, auth)
         if self._console is None:
-            async for _ in docker.pull(ref, auth):
-                pass
+            async with contextlib.aclosing(events):
+                async for _ in events:
+                    pass
             return
         with _PullDisplay(self._console, ref) as display:
-            async for event in docker.pull(ref, auth):
-                display.update(event)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    display.update(event)
         self._say(display.summary())
 
     async def _reuse(self, docker: DockerClient, info: dict[str, Any]) -> NIMDeploymentResult:
@@ -511,9 +514,11 @@ class AsyncNIMDeployer:
         if console is None:
             return
         prefix = Text(f"{name} | ", style="dim")
+        lines = docker.follow_logs(container_id)
         with contextlib.suppress(NIMError):
-            async for line in docker.follow_logs(container_id):
-                console.print(prefix + Text(line), highlight=False)
+            async with contextlib.aclosing(lines):
+                async for line in lines:
+                    console.print(prefix + Text(line), highlight=False)
 
     async def _stop_log_task(self) -> None:
         task, self._log_task = self._log_task, None

@@ -18,11 +18,13 @@ Registry passwords given to this module are scrubbed from every message it raise
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+import struct
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any, Self
@@ -109,6 +111,14 @@ class RegistryAuth:
     def header(self) -> str:
         """The base64url-encoded ``X-Registry-Auth`` header value."""
         return base64.urlsafe_b64encode(orjson.dumps(self.as_dict())).decode("ascii")
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    """Split ``registry/name:tag`` into name and tag (``latest`` when none)."""
+    name, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag or not name:
+        return ref, "latest"
+    return name, tag
 
 
 class DockerClient:
@@ -208,6 +218,31 @@ class DockerClient:
         except (aiodocker.DockerError, aiohttp.ClientError, ConnectionError) as exc:
             raise self._translate(exc, action, default=default, port=port, name=name) from exc
 
+    @asynccontextmanager
+    async def _request(
+        self,
+        path: str,
+        method: str = "GET",
+        *,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A raw engine request whose response is always closed, even when cancelled.
+
+        (aiodocker leaves a streaming response open when its consumer stops early.)
+        """
+        async with self._api._query(
+            path,
+            method,
+            params=params,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+        ) as response:
+            try:
+                yield response
+            finally:
+                response.close()
+
     # ------------------------------------------------------------------ connection
 
     async def connect(self) -> None:
@@ -277,7 +312,7 @@ class DockerClient:
 
     async def pull(
         self, ref: str, auth: RegistryAuth | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Pull ``ref`` and yield the engine's progress objects.
 
         Error objects inside the 200 stream are raised, not yielded.
@@ -293,18 +328,24 @@ class DockerClient:
             RegistryAuthError: If the registry refuses the credentials.
             ImagePullError: If the pull fails.
         """
+        name, tag = _split_ref(ref)
+        headers = {}
         if auth is not None:
             self.add_secret(auth.password.get_secret_value())
+            headers["X-Registry-Auth"] = auth.header()
         with self._errors(f"pull {ref}", default=ImagePullError):
-            stream = self._api.images.pull(
-                ref, auth=auth.as_dict() if auth is not None else None, stream=True
-            )
-            async for item in stream:
-                if "error" in item or "errorDetail" in item:  # aiodocker raises; belt and braces
-                    detail = item.get("errorDetail") or {}
-                    message = detail.get("message") or item.get("error") or "unknown error"
-                    raise aiodocker.DockerError(0, str(message))
-                yield item
+            async with self._request(
+                "images/create", "POST", params={"fromImage": name, "tag": tag}, headers=headers
+            ) as response:
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    item: dict[str, Any] = orjson.loads(line)
+                    if "error" in item or "errorDetail" in item:
+                        detail = item.get("errorDetail") or {}
+                        message = detail.get("message") or item.get("error") or "unknown error"
+                        raise aiodocker.DockerError(0, str(message))
+                    yield item
 
     async def push(self, ref: str, auth: RegistryAuth | None = None) -> None:
         """Push ``ref`` to its registry.
@@ -320,9 +361,7 @@ class DockerClient:
         if auth is not None:
             self.add_secret(auth.password.get_secret_value())
         with self._errors(f"push {ref}"):
-            name, _, tag = ref.rpartition(":")
-            if "/" in tag or not name:
-                name, tag = ref, "latest"
+            name, tag = _split_ref(ref)
             async for _ in self._api.images.push(
                 name, tag=tag, auth=auth.as_dict() if auth is not None else None, stream=True
             ):
@@ -376,18 +415,21 @@ class DockerClient:
             async for item in stream:
                 yield item
 
-    async def list_images(self, *, label: str | None = None) -> list[dict[str, Any]]:
+    async def list_images(
+        self, *, label: str | None = None, all: bool = False
+    ) -> list[dict[str, Any]]:
         """List local images (``docker images``), optionally only those carrying ``label``.
 
         Args:
             label: A label key (or ``key=value``) the images must carry.
+            all: Include intermediate images.
 
         Returns:
             The engine's image summaries.
         """
         with self._errors("list images"):
             result: list[dict[str, Any]] = await self._api.images.list(
-                filters={"label": [label]} if label else None
+                filters={"label": [label]} if label else None, all=all
             )
         return result
 
@@ -459,9 +501,10 @@ class DockerClient:
             container_id: Container id.
         """
         with self._errors("wait for the container"):
-            result = await self._api.containers.container(container_id).wait(
-                condition="not-running"
-            )
+            async with self._request(
+                f"containers/{container_id}/wait", "POST", params={"condition": "not-running"}
+            ) as response:
+                result = await response.json(content_type=None)
         return int(result.get("StatusCode", -1))
 
     async def container_logs(self, container_id: str, *, tail: int = 50) -> list[str]:
@@ -477,8 +520,10 @@ class DockerClient:
             )
         return "".join(pieces).splitlines()[-tail:]
 
-    async def follow_logs(self, container_id: str) -> AsyncIterator[str]:
+    async def follow_logs(self, container_id: str) -> AsyncGenerator[str, None]:
         """Yield the container's log lines as they are written (stdout and stderr).
+
+        The container must not use a TTY (the deployer never asks for one).
 
         Args:
             container_id: Container id.
@@ -486,18 +531,24 @@ class DockerClient:
         Yields:
             One log line at a time, without the line break.
         """
-        buffer = ""
+        buffer = b""
         with self._errors("follow the container logs"):
-            stream = self._api.containers.container(container_id).log(
-                stdout=True, stderr=True, follow=True
-            )
-            async for piece in stream:
-                buffer += piece
-                *lines, buffer = buffer.split("\n")
-                for line in lines:
-                    yield line.rstrip("\r")
+            async with self._request(
+                f"containers/{container_id}/logs",
+                params={"stdout": "1", "stderr": "1", "follow": "1"},
+            ) as response:
+                while True:
+                    try:
+                        header = await response.content.readexactly(8)
+                        _, length = struct.unpack(">BxxxL", header)
+                        buffer += await response.content.readexactly(length)
+                    except asyncio.IncompleteReadError:
+                        break
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        yield line.decode("utf-8", "replace").rstrip("\r")
         if buffer:
-            yield buffer
+            yield buffer.decode("utf-8", "replace")
 
     async def stop_container(self, container_id: str, *, grace: float = 10.0) -> None:
         """Send SIGTERM, then SIGKILL after ``grace`` seconds (``docker stop``).

@@ -1,0 +1,265 @@
+"""Docker fixtures: the real engine and the authenticated local registry of scripts/test-env.sh.
+
+General enough for other test directories that deploy (e.g. custom weights):
+
+* ``docker_env`` (session): the registry/image facts from the env file, or a skip with a reason;
+* ``docker_client``: a connected :class:`nim_async.docker.DockerClient`;
+* ``unique_name()`` / ``free_port()``: a fresh container name / an unused loopback port;
+* ``nim_config(**overrides)``: a :class:`NIMConfig` for the test registry with a unique name and
+  port, no GPU request, a small shm and a temporary cache; every container it names is
+  force-removed when the test ends (and every container carrying this session's label);
+* ``derived_image(*emulator_args)``: a local image running the emulator with extra CLI flags
+  (``--exit-after 1``, ``--startup-seconds 600``), built FROM the pulled emulator image;
+* ``remove_test_images()``: delete the local emulator image and derived images so a deploy
+  really pulls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shlex
+import socket
+import tarfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from nim_async.config import NIMConfig
+from nim_async.docker import DockerClient, RegistryAuth
+from nim_async.errors import DockerUnavailableError
+
+ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"
+DERIVED_LABEL = "nim_async.test.derived"
+SESSION = uuid.uuid4().hex[:6]
+
+
+@dataclass(frozen=True)
+class DockerTestEnv:
+    """What scripts/test-env.sh set up."""
+
+    registry: str  # 127.0.0.1:5599 (login server)
+    registry_path: str  # 127.0.0.1:5599/nim/nvidia (NIMConfig.registry)
+    ngc_key: str  # the fake nvapi- key the registry accepts
+    image_name: str
+    tag: str
+    image: str  # full reference
+
+    def __repr__(self) -> str:  # keep the (fake) key out of test output anyway
+        return f"DockerTestEnv(image={self.image!r})"
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line.startswith("export ") or "=" not in line:
+            continue
+        key, _, raw = line[len("export ") :].partition("=")
+        if raw.startswith("${"):
+            continue
+        parts = shlex.split(raw)
+        values[key] = parts[0] if parts else ""
+    return values
+
+
+async def _daemon_answers() -> bool:
+    try:
+        async with DockerClient():
+            return True
+    except DockerUnavailableError:
+        return False
+
+
+def _load() -> DockerTestEnv | str:
+    if not ENV_FILE.exists():
+        return f"no test registry: {ENV_FILE} is missing (run `scripts/test-env.sh up` as root)"
+    values = _read_env_file(ENV_FILE)
+    try:
+        env = DockerTestEnv(
+            registry=values["NIM_TEST_REGISTRY"],
+            registry_path=values["NIM_TEST_REGISTRY_PATH"],
+            ngc_key=values["NIM_TEST_NGC_KEY"],
+            image_name=values["NIM_TEST_IMAGE_NAME"],
+            tag=values["NIM_TEST_IMAGE_TAG"],
+            image=values["NIM_TEST_IMAGE"],
+        )
+    except KeyError as exc:
+        return f"{ENV_FILE} lacks {exc}; re-run `scripts/test-env.sh up`"
+    if not asyncio.run(_daemon_answers()):
+        return "no Docker daemon answers (run `scripts/test-env.sh up` as root)"
+    return env
+
+
+@pytest.fixture(scope="session")
+def docker_env() -> DockerTestEnv:
+    """The local registry and emulator image, or skip with the reason."""
+    loaded = _load()
+    if isinstance(loaded, str):
+        pytest.skip(loaded)
+    return loaded
+
+
+@pytest.fixture
+async def docker_client(docker_env: DockerTestEnv) -> AsyncIterator[DockerClient]:
+    """A connected Docker client (for inspecting what the deployer did)."""
+    async with DockerClient(secrets=(docker_env.ngc_key,)) as client:
+        yield client
+
+
+@pytest.fixture
+def unique_name() -> Callable[[], str]:
+    """A factory of fresh container names (``nimtest-<session>-<random>``)."""
+
+    def make() -> str:
+        return f"nimtest-{SESSION}-{uuid.uuid4().hex[:8]}"
+
+    return make
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A factory of currently unused loopback ports."""
+    return _free_port
+
+
+@pytest.fixture
+def container_names() -> list[str]:
+    """Names of containers a test created (force-removed by ``nim_config``'s finalizer)."""
+    return []
+
+
+@pytest.fixture
+async def nim_config(
+    docker_env: DockerTestEnv,
+    tmp_path: Path,
+    unique_name: Callable[[], str],
+    container_names: list[str],
+) -> AsyncIterator[Callable[..., NIMConfig]]:
+    """A factory of configs for the test registry; their containers are removed afterwards."""
+    made: list[NIMConfig] = []
+
+    def make(**overrides: Any) -> NIMConfig:
+        values: dict[str, Any] = {
+            "nvidia_api_key": docker_env.ngc_key,
+            "registry": docker_env.registry_path,
+            "image_name": docker_env.image_name,
+            "tag": docker_env.tag,
+            "served_model_name": unique_name(),
+            "port": _free_port(),
+            "gpus": None,
+            "shm_size": "64MB",
+            "local_cache_dir": str(tmp_path / "nim-cache"),
+            "startup_timeout": 60.0,
+            "stream_logs": False,
+        }
+        values.update(overrides)
+        config = NIMConfig(**values)
+        made.append(config)
+        container_names.append(config.container_name)
+        return config
+
+    yield make
+    async with DockerClient() as client:
+        for name in dict.fromkeys(container_names):
+            await client.remove_container(name, force=True)
+
+
+async def _ensure_base_image(client: DockerClient, env: DockerTestEnv) -> None:
+    if await client.image_exists(env.image):
+        return
+    auth = RegistryAuth(env.registry, "$oauthtoken", _secret(env.ngc_key))
+    async for _ in client.pull(env.image, auth):
+        pass
+
+
+def _secret(value: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(value)
+
+
+def _derived_tag(args: tuple[str, ...]) -> str:
+    import hashlib
+
+    return "derived-" + hashlib.sha256(orjson.dumps(args)).hexdigest()[:10]
+
+
+@pytest.fixture
+def derived_image(
+    docker_env: DockerTestEnv,
+) -> Callable[..., Awaitable[str]]:
+    """Build (once) an image running the emulator with extra flags; returns its tag.
+
+    Use it as ``NIMConfig(tag=await derived_image("--exit-after", "1"))``: the image lives in
+    the same repository locally, so the deployer finds it and does not pull.
+    """
+
+    async def build(*emulator_args: str) -> str:
+        tag = _derived_tag((docker_env.tag, *emulator_args))
+        ref = f"{docker_env.registry_path}/{docker_env.image_name}:{tag}"
+        async with DockerClient(secrets=(docker_env.ngc_key,)) as client:
+            if await client.image_exists(ref):
+                return tag
+            await _ensure_base_image(client, docker_env)
+            cmd = ["python3", "-m", "nim_async.emulator", "--host", "0.0.0.0", *emulator_args]
+            dockerfile = f"FROM {docker_env.image}\nCMD {orjson.dumps(cmd).decode()}\n".encode()
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                info = tarfile.TarInfo("Dockerfile")
+                info.size = len(dockerfile)
+                tar.addfile(info, io.BytesIO(dockerfile))
+            buf.seek(0)
+            async for _ in client.build_image(buf, ref, labels={DERIVED_LABEL: "true"}):
+                pass
+        return tag
+
+    return build
+
+
+@pytest.fixture
+def remove_test_images(docker_env: DockerTestEnv) -> Callable[[], Awaitable[None]]:
+    """Delete the local emulator image and every image built on it (so the next deploy pulls)."""
+
+    async def remove() -> None:
+        async with DockerClient() as client:
+            if not await client.image_exists(docker_env.image):
+                return
+            base = str((await client.image_info(docker_env.image))["Id"])
+            images = await client.list_images(all=True)
+            parent = {str(i["Id"]): str(i.get("ParentId") or "") for i in images}
+
+            def depth_below_base(image_id: str) -> int:
+                depth = 0
+                while image_id and image_id != base:
+                    image_id = parent.get(image_id, "")
+                    depth += 1
+                return depth if image_id == base else -1
+
+            below = sorted(((depth_below_base(i), i) for i in parent if i != base), reverse=True)
+            for depth, image_id in below:
+                if depth > 0:
+                    await client.remove_image(image_id, force=True)
+            await client.remove_image(base, force=True)
+
+    return remove
+
+
+@pytest.fixture
+def no_docker_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Point DOCKER_HOST at a socket nobody listens on."""
+    host = f"unix://{tmp_path}/no-docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", host)
+    return host
