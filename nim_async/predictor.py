@@ -177,7 +177,9 @@ class AsyncNIMPredictor:
         max_connections: Size of the connection pool (the intended concurrency).
         retries: Retries for connect errors, HTTP 429 and HTTP 503 before streaming starts,
             with jittered exponential backoff (``0`` disables).
-        transport: An ``httpx.AsyncBaseTransport`` to use instead of httpx's own.
+        transport: An ``httpx.AsyncBaseTransport`` to use instead of httpx's own (for example
+            :class:`nim_async.transport.AiohttpTransport`); such a transport keeps its own pool
+            limits, so size it to ``max_connections`` yourself.
         max_pixels: Pixel budget images are downscaled to before sending (defaults to the
             model's budget from the catalog).
 
