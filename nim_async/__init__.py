@@ -1,1 +1,177 @@
-"""nim_async: deploy NVIDIA NIM vision-language containers and run inference against them."""
+"""nim_async: deploy NVIDIA NIM vision-language containers and run inference against them.
+
+Async core::
+
+    async with AsyncNIMPredictor(model_name="cosmos-reason1-7b", task_type="vqa") as p:
+        result = await p(source="image.jpg", user_prompt="How many cars?")
+
+Blocking facade (the documented API)::
+
+    predictor = NIMPredictor(model_name="cosmos-reason1-7b", task_type="phrase-grounding")
+    result = predictor(source="image.jpg")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nim_async.batch import BatchResult
+    from nim_async.config import NIMConfig, NIMSamplingParams
+    from nim_async.deployer import AsyncNIMDeployer, ContainerStatus
+    from nim_async.errors import (
+        APIError,
+        BadRequestError,
+        ContainerExistsError,
+        ContainerExitedError,
+        DockerUnavailableError,
+        GPURuntimeError,
+        GuidedDecodingError,
+        ImagePullError,
+        InvalidConfigError,
+        MediaError,
+        ModelIncompatibilityError,
+        ModelNotFoundError,
+        NIMDeploymentError,
+        NIMError,
+        NIMPredictionError,
+        PortInUseError,
+        PredictionParseError,
+        PredictionTimeoutError,
+        RateLimitError,
+        RegistryAuthError,
+        ServerError,
+        ServiceNotReadyError,
+        ServiceUnavailableError,
+        StreamError,
+        WeightsDownloadError,
+        WeightsError,
+    )
+    from nim_async.predictor import AsyncNIMPredictor, AsyncPredictionStream
+    from nim_async.results import (
+        BoundingBox,
+        Grounding,
+        NIMDeploymentResult,
+        PhraseGroundingResponse,
+        PredictionResponse,
+        PredictionTimings,
+        TextResponse,
+        Usage,
+        VQAResponse,
+    )
+    from nim_async.sync.deployer import NIMDeployer
+    from nim_async.sync.predictor import NIMPredictor
+
+__version__ = "0.1.0"
+
+# Public names resolve on first use, so `import nim_async` (and the CLI) stays fast and does not
+# load aiodocker, httpx or aiohttp until a class that needs them is touched.
+_LAZY: dict[str, str] = {
+    "APIError": "nim_async.errors",
+    "AsyncNIMDeployer": "nim_async.deployer",
+    "AsyncNIMPredictor": "nim_async.predictor",
+    "AsyncPredictionStream": "nim_async.predictor",
+    "BadRequestError": "nim_async.errors",
+    "BatchResult": "nim_async.batch",
+    "BoundingBox": "nim_async.results",
+    "ContainerExistsError": "nim_async.errors",
+    "ContainerExitedError": "nim_async.errors",
+    "ContainerStatus": "nim_async.deployer",
+    "DockerUnavailableError": "nim_async.errors",
+    "GPURuntimeError": "nim_async.errors",
+    "Grounding": "nim_async.results",
+    "GuidedDecodingError": "nim_async.errors",
+    "ImagePullError": "nim_async.errors",
+    "InvalidConfigError": "nim_async.errors",
+    "MediaError": "nim_async.errors",
+    "ModelIncompatibilityError": "nim_async.errors",
+    "ModelNotFoundError": "nim_async.errors",
+    "NIMConfig": "nim_async.config",
+    "NIMDeployer": "nim_async.sync.deployer",
+    "NIMDeploymentError": "nim_async.errors",
+    "NIMDeploymentResult": "nim_async.results",
+    "NIMError": "nim_async.errors",
+    "NIMPredictionError": "nim_async.errors",
+    "NIMPredictor": "nim_async.sync.predictor",
+    "NIMSamplingParams": "nim_async.config",
+    "PhraseGroundingResponse": "nim_async.results",
+    "PortInUseError": "nim_async.errors",
+    "PredictionParseError": "nim_async.errors",
+    "PredictionResponse": "nim_async.results",
+    "PredictionTimeoutError": "nim_async.errors",
+    "PredictionTimings": "nim_async.results",
+    "RateLimitError": "nim_async.errors",
+    "RegistryAuthError": "nim_async.errors",
+    "ServerError": "nim_async.errors",
+    "ServiceNotReadyError": "nim_async.errors",
+    "ServiceUnavailableError": "nim_async.errors",
+    "StreamError": "nim_async.errors",
+    "TextResponse": "nim_async.results",
+    "Usage": "nim_async.results",
+    "VQAResponse": "nim_async.results",
+    "WeightsDownloadError": "nim_async.errors",
+    "WeightsError": "nim_async.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nim_async' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = [
+    "APIError",
+    "AsyncNIMDeployer",
+    "AsyncNIMPredictor",
+    "AsyncPredictionStream",
+    "BadRequestError",
+    "BatchResult",
+    "BoundingBox",
+    "ContainerExistsError",
+    "ContainerExitedError",
+    "ContainerStatus",
+    "DockerUnavailableError",
+    "GPURuntimeError",
+    "Grounding",
+    "GuidedDecodingError",
+    "ImagePullError",
+    "InvalidConfigError",
+    "MediaError",
+    "ModelIncompatibilityError",
+    "ModelNotFoundError",
+    "NIMConfig",
+    "NIMDeployer",
+    "NIMDeploymentError",
+    "NIMDeploymentResult",
+    "NIMError",
+    "NIMPredictionError",
+    "NIMPredictor",
+    "NIMSamplingParams",
+    "PhraseGroundingResponse",
+    "PortInUseError",
+    "PredictionParseError",
+    "PredictionResponse",
+    "PredictionTimeoutError",
+    "PredictionTimings",
+    "RateLimitError",
+    "RegistryAuthError",
+    "ServerError",
+    "ServiceNotReadyError",
+    "ServiceUnavailableError",
+    "StreamError",
+    "TextResponse",
+    "Usage",
+    "VQAResponse",
+    "WeightsDownloadError",
+    "WeightsError",
+    "__version__",
+]
