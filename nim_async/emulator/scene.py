@@ -19,6 +19,7 @@ __all__ = [
     "GRID_SIDE",
     "Region",
     "Scene",
+    "analyse_bytes",
     "analyse_image",
     "decode_image",
 ]
@@ -88,37 +89,66 @@ class Scene:
     regions: tuple[Region, ...]
 
 
-def decode_image(data: bytes) -> Image.Image:
+def decode_image(data: bytes, *, draft: bool = False) -> tuple[Image.Image, tuple[int, int]]:
     """Decode image bytes (JPEG, PNG, WebP, GIF, BMP, TIFF) and apply EXIF orientation.
+
+    Args:
+        data: Encoded image bytes.
+        draft: Let JPEG decoding skip detail the analysis grid cannot use (faster; the
+            returned image may be smaller than the original).
+
+    Returns:
+        ``(image, size)``: the decoded image and the ``(width, height)`` of the image as sent
+        (after EXIF orientation), which ``image.size`` equals unless ``draft`` shrank it.
 
     Raises:
         ValueError: if Pillow cannot decode the bytes.
     """
     try:
         img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if draft and img.format == "JPEG":
+            img.draft("RGB", (GRID_SIDE * 2, GRID_SIDE * 2))
         img.load()
-        return ImageOps.exif_transpose(img)
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # orientations that swap the sides
+            width, height = height, width
+        return ImageOps.exif_transpose(img), (width, height)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"cannot identify image file: {exc}") from exc
     except Image.DecompressionBombError as exc:  # pragma: no cover - huge inputs only
         raise ValueError(str(exc)) from exc
 
 
-def analyse_image(img: Image.Image, *, max_regions: int = 12) -> Scene:
+def analyse_bytes(data: bytes) -> Scene:
+    """Decode ``data`` and return its :class:`Scene` (boxes in pixels of the image as sent).
+
+    Raises:
+        ValueError: if Pillow cannot decode the bytes.
+    """
+    img, size = decode_image(data, draft=True)
+    return analyse_image(img, size=size)
+
+
+def analyse_image(
+    img: Image.Image, *, size: tuple[int, int] | None = None, max_regions: int = 12
+) -> Scene:
     """Find solid regions of named colours in ``img``.
 
     Args:
         img: A decoded image.
+        size: ``(width, height)`` boxes are reported in (default ``img.size``; differs when
+            the image was decoded at reduced scale).
         max_regions: Keep at most this many regions (the largest).
 
     Returns:
         The scene.
     """
-    width, height = img.size
-    scale = min(1.0, GRID_SIDE / max(width, height))
-    gw, gh = max(1, round(width * scale)), max(1, round(height * scale))
+    width, height = size if size is not None else img.size
+    iw, ih = img.size
+    scale = min(1.0, GRID_SIDE / max(iw, ih))
+    gw, gh = max(1, round(iw * scale)), max(1, round(ih * scale))
     rgb = img.convert("RGB")
-    if (gw, gh) != (width, height):
+    if (gw, gh) != (iw, ih):
         rgb = rgb.resize((gw, gh), Image.Resampling.NEAREST)
     idx = rgb.quantize(palette=_PALETTE_IMAGE, dither=Image.Dither.NONE).tobytes()
     names = [_INDEX_NAME[b] for b in range(256)]

@@ -35,7 +35,7 @@ from nim_async.emulator.responder import (
     render_json,
     vqa_output,
 )
-from nim_async.emulator.scene import Scene, analyse_image, decode_image
+from nim_async.emulator.scene import Scene, analyse_bytes
 from nim_async.emulator.settings import EmulatorSettings
 from nim_async.emulator.tokens import count_tokens, split_tokens
 from nim_async.geometry import qwen_image_tokens
@@ -954,9 +954,9 @@ class Emulator:
             )
         try:
             if len(data) > 32 * 1024:
-                scene = await asyncio.to_thread(_analyse_bytes, data)
+                scene = await asyncio.to_thread(analyse_bytes, data)
             else:
-                scene = _analyse_bytes(data)
+                scene = analyse_bytes(data)
         except ValueError as exc:
             raise _bad(f"Failed to load image: {exc}", "messages") from None
         self._scenes[key] = scene
@@ -990,10 +990,6 @@ def _drop(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
-
-
-def _analyse_bytes(data: bytes) -> Scene:
-    return analyse_image(decode_image(data))
 
 
 def _decode_data_uri(url: str) -> bytes:

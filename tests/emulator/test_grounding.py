@@ -48,7 +48,8 @@ def _schema_body(api, img: bytes, fmt: str = "image/jpeg", prompt: str | None = 
 
 @pytest.mark.parametrize("box_format", BOX_FORMATS)
 @pytest.mark.parametrize(
-    ("size", "fmt"), [((640, 480), "JPEG"), ((1920, 1080), "PNG"), ((333, 517), "WEBP")]
+    ("size", "fmt"),
+    [((640, 480), "JPEG"), ((1920, 1080), "PNG"), ((333, 517), "WEBP"), ((2000, 1500), "JPEG")],
 )
 async def test_random_rectangles_round_trip_within_2_percent(
     start_emulator, image_factory, api, box_format, size, fmt

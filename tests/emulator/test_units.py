@@ -18,7 +18,7 @@ from nim_async.emulator.guided import (
     schema_instance,
 )
 from nim_async.emulator.responder import render_json
-from nim_async.emulator.scene import analyse_image, decode_image
+from nim_async.emulator.scene import analyse_bytes, analyse_image, decode_image
 from nim_async.emulator.tokens import count_tokens, split_tokens
 
 
@@ -161,11 +161,12 @@ def test_settings_replace():
 
 
 def test_scene_ignores_jpeg_fringes_and_finds_black_background(image_factory):
-    img = decode_image(image_factory(shapes=[("red", (10, 10, 200, 200))], quality=40))
+    img, size = decode_image(image_factory(shapes=[("red", (10, 10, 200, 200))], quality=40))
+    assert size == img.size == (640, 480)
     scene = analyse_image(img)
     assert [r.color for r in scene.regions] == ["red"]
-    dark = decode_image(image_factory(shapes=[("yellow", (10, 10, 200, 200))], background="black"))
-    scene = analyse_image(dark)
+    dark = image_factory(shapes=[("yellow", (10, 10, 200, 200))], background="black")
+    scene = analyse_bytes(dark)
     assert scene.background == "black"
     assert [r.color for r in scene.regions] == ["yellow"]
 
@@ -173,3 +174,27 @@ def test_scene_ignores_jpeg_fringes_and_finds_black_background(image_factory):
 def test_decode_rejects_garbage():
     with pytest.raises(ValueError, match="cannot identify"):
         decode_image(b"garbage")
+
+
+def test_draft_decoding_keeps_boxes_in_original_pixels(image_factory):
+    data = image_factory(size=(2400, 1600), shapes=[("blue", (600, 400, 1200, 1000))])
+    img, size = decode_image(data, draft=True)
+    assert size == (2400, 1600)
+    assert img.size[0] < 2400  # decoded at reduced scale
+    [region] = analyse_bytes(data).regions
+    for got, want in zip(region.box, (600, 400, 1200, 1000), strict=True):
+        assert abs(got - want) <= 0.01 * 2400
+
+
+def test_exif_rotation_swaps_the_size():
+    import io
+
+    from PIL import Image
+
+    img = Image.new("RGB", (300, 100), "white")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif)
+    decoded, size = decode_image(buf.getvalue())
+    assert size == decoded.size == (100, 300)
