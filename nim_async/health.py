@@ -31,7 +31,7 @@ class ReadinessProbe:
         base_url: str,
         *,
         first_interval: float = 0.05,
-        max_interval: float = 0.5,
+        max_interval: float = 0.25,
         request_timeout: float = 5.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
