@@ -302,3 +302,23 @@ async def test_aiperf_and_guidellm_shaped_requests(emulator, api):
     }
     r = await api.post(emulator.url, multi)
     assert r.status_code == 200
+
+
+async def test_guided_grammar_is_accepted_unenforced(emulator, api, red_image, caplog):
+    caplog.set_level(logging.INFO, logger="nim_async.emulator")
+    r = await api.post(emulator.url, api.body(red_image, Q, guided_grammar='root ::= "yes"'))
+    assert orjson.loads(_content(r)) == {"vqa": {"answer": "yes"}}
+    assert "guided_grammar" in caplog.text
+
+
+async def test_constructor_overrides_settings():
+    from nim_async.emulator import Emulator, EmulatorSettings
+
+    base = EmulatorSettings(served_model_name="a", ttft_ms=1)
+    async with Emulator(base, host="127.0.0.1", port=0, ttft_ms=5, max_model_len=100) as emu:
+        assert emu.settings.served_model_name == "a"
+        assert emu.settings.ttft_ms == 5
+        assert emu.settings.max_model_len == 100
+        assert emu.url == f"http://127.0.0.1:{emu.port}"
+    with pytest.raises(TypeError):
+        Emulator(nope=1)
