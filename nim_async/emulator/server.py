@@ -40,7 +40,7 @@ from nim_async.emulator.settings import EmulatorSettings
 from nim_async.emulator.tokens import count_tokens, split_tokens
 from nim_async.geometry import qwen_image_tokens
 
-__all__ = ["OWNED_BY", "Emulator", "EmulatorStartupError"]
+__all__ = ["OWNED_BY", "Emulator", "EmulatorStartupError", "image_prompt_tokens"]
 
 log = logging.getLogger("nim_async.emulator")
 
@@ -164,6 +164,10 @@ class Emulator:
         host: Address to listen on.
         port: Port to listen on; 0 picks a free one (see :attr:`port`).
         **overrides: Setting fields that replace those of ``settings``.
+
+    Raises:
+        TypeError: for an override that is not a setting.
+        ValueError: for a setting out of range.
     """
 
     def __init__(
