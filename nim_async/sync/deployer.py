@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import threading
 from types import TracebackType
 from typing import Self
 
@@ -20,6 +21,8 @@ from nim_async.results import NIMDeploymentResult
 from nim_async.sync._portal import PortalLease
 
 __all__ = ["NIMDeployer"]
+
+_CANCEL_CLEANUP_WAIT = 60.0
 
 
 class NIMDeployer:
@@ -75,7 +78,20 @@ class NIMDeployer:
         """
         if self._lease is None:
             self._lease = PortalLease()
-        return self._lease.call(self._core.deploy)
+        finished = threading.Event()
+
+        async def run() -> NIMDeploymentResult:
+            try:
+                return await self._core.deploy()
+            finally:
+                finished.set()
+
+        try:
+            return self._lease.call(run)
+        except KeyboardInterrupt:
+            # The deploy was cancelled on the loop; let it remove the container it created.
+            finished.wait(_CANCEL_CLEANUP_WAIT)
+            raise
 
     def close(self) -> None:
         """Release the event-loop thread (the deployed container keeps running)."""

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from rich.console import Console
 
@@ -20,6 +24,7 @@ from nim_async.errors import (
     ContainerExistsError,
     ContainerExitedError,
     GPURuntimeError,
+    ImagePullError,
     NIMDeploymentError,
     PortInUseError,
     RegistryAuthError,
@@ -92,8 +97,6 @@ async def test_fresh_deploy_pulls_with_progress_and_configures_container(
     }
     assert host_config["AutoRemove"] is False
     assert not host_config.get("DeviceRequests")
-    import os
-
     assert info["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     cache = mounts[CONTAINER_CACHE_DIR]
@@ -301,3 +304,76 @@ def test_sync_facade_deploy_reuse_stop(nim_config: MakeConfig) -> None:
     assert config.container_name in names
     assert NIMDeployer.stop(config.container_name, quiet=True, grace=5) is True
     assert NIMDeployer.stop(config.container_name, quiet=True) is False
+
+
+async def test_exited_container_is_not_reused(
+    nim_config: MakeConfig, docker_client: DockerClient
+) -> None:
+    config = nim_config()
+    first = await AsyncNIMDeployer(config, quiet=True).deploy()
+    await docker_client.stop_container(first.container_id, grace=2)
+    with pytest.raises(ContainerExistsError):
+        await AsyncNIMDeployer(config, quiet=True).deploy()
+    replace = config.model_copy(update={"auto_kill_existing_container": True})
+    second = await AsyncNIMDeployer(replace, quiet=True).deploy()
+    assert second.container_id != first.container_id
+    assert not second.reused
+
+
+async def test_missing_tag_is_an_image_pull_error(
+    nim_config: MakeConfig, docker_client: DockerClient
+) -> None:
+    config = nim_config(tag="no-such-tag-here")
+    with pytest.raises(ImagePullError) as err:
+        await AsyncNIMDeployer(config, quiet=True).deploy()
+    assert "no-such-tag-here" in str(err.value)
+    assert config.nvidia_api_key.get_secret_value() not in str(err.value)
+    assert await docker_client.inspect_container(config.container_name) is None
+
+
+_CTRL_C_SCRIPT = """
+import json, sys
+from nim_async.config import NIMConfig
+from nim_async.sync.deployer import NIMDeployer
+config = NIMConfig(**json.loads(sys.argv[1]))
+try:
+    NIMDeployer(config, quiet=True).deploy()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+print("deploy returned", flush=True)
+"""
+
+
+async def test_ctrl_c_in_sync_deploy_removes_container(
+    nim_config: MakeConfig, derived_image: Any, docker_client: DockerClient, docker_env: Any
+) -> None:
+    tag = await derived_image("--startup-seconds", "600")
+    config = nim_config(tag=tag, startup_timeout=300)
+    fields = config.model_dump(mode="json", exclude={"nvidia_api_key", "secret_key"})
+    fields["nvidia_api_key"] = docker_env.ngc_key
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CTRL_C_SCRIPT,
+        orjson.dumps(fields).decode(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        for _ in range(600):
+            info = await docker_client.inspect_container(config.container_name)
+            if info is not None and info["State"]["Running"]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the container never started")
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert out.decode().strip() == "interrupted"
+    assert await docker_client.inspect_container(config.container_name) is None
