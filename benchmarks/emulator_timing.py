@@ -178,7 +178,8 @@ async def queueing(
     try:
         limits = httpx.Limits(max_connections=concurrency + 2)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-            await one_request(client, 2)
+            # open every connection first so wave 1 does not pay for TCP set-up
+            await asyncio.gather(*(one_request(client, 1) for _ in range(concurrency)))
             tasks = [asyncio.create_task(one_request(client, tokens)) for _ in range(concurrency)]
             while not all(t.done() for t in tasks):
                 text = (await client.get("/v1/metrics")).text
