@@ -142,6 +142,16 @@ def _env_value(info: dict[str, Any], name: str) -> str | None:
     return None
 
 
+def _describe_state(state: dict[str, Any]) -> str:
+    status = str(state.get("Status", "unknown"))
+    if status == "running":
+        return f"running since {state.get('StartedAt', '?')}"
+    if status == "exited":
+        oom = ", OOM-killed" if state.get("OOMKilled") else ""
+        return f"exited ({state.get('ExitCode', '?')}{oom}) at {state.get('FinishedAt', '?')}"
+    return status
+
+
 class _PullDisplay:
     """Per-layer rich progress (bytes and speed) for one pull."""
 
@@ -373,7 +383,9 @@ class AsyncNIMDeployer:
                         self._stream_logs(docker, container_id, name)
                     )
                 try:
-                    await self._wait_ready(docker, container_id, name, config.base_url)
+                    await self._wait_ready(
+                        docker, container_id, name, config.base_url, created=True
+                    )
                     models = await self._models(config.base_url)
                 finally:
                     await self._stop_log_task()
@@ -437,7 +449,7 @@ class AsyncNIMDeployer:
             container_id=container_id, container_name=name, port=port, host=host
         ).base_url
         self._say(f"Reusing the running container [bold]{name}[/] at {base_url}")
-        await self._wait_ready(docker, container_id, name, base_url)
+        await self._wait_ready(docker, container_id, name, base_url, created=False)
         models = await self._models(base_url)
         served = _env_value(info, "NIM_SERVED_MODEL_NAME")
         return NIMDeploymentResult(
@@ -451,7 +463,7 @@ class AsyncNIMDeployer:
         )
 
     async def _wait_ready(
-        self, docker: DockerClient, container_id: str, name: str, base_url: str
+        self, docker: DockerClient, container_id: str, name: str, base_url: str, *, created: bool
     ) -> None:
         timeout = self._config.startup_timeout
         async with ReadinessProbe(base_url) as probe:
@@ -484,7 +496,9 @@ class AsyncNIMDeployer:
             logs = await self._tail_logs(docker, container_id)
             message = (
                 f"NIM container {name!r} was not ready after {timeout:g} seconds "
-                f"(/v1/health/ready at {base_url}); it was removed. Raise "
+                f"(/v1/health/ready at {base_url}); "
+                f"{'it was removed' if created else 'the existing container was left running'}. "
+                "Raise "
                 "NIMConfig.startup_timeout if the model needs longer to load."
             )
             if logs:
@@ -493,9 +507,14 @@ class AsyncNIMDeployer:
 
     async def _tail_logs(self, docker: DockerClient, container_id: str) -> list[str]:
         try:
-            return await docker.container_logs(container_id, tail=LOG_TAIL)
+            lines = await docker.container_logs(container_id, tail=LOG_TAIL)
         except NIMError:
             return []
+        return [self._scrub(line) for line in lines]
+
+    def _scrub(self, text: str) -> str:
+        key = self._config.nvidia_api_key.get_secret_value()
+        return text.replace(key, "***") if key else text
 
     async def _models(self, base_url: str) -> list[str] | None:
         async with ReadinessProbe(base_url) as probe:
@@ -518,7 +537,7 @@ class AsyncNIMDeployer:
         with contextlib.suppress(NIMError):
             async with contextlib.aclosing(lines):
                 async for line in lines:
-                    console.print(prefix + Text(line), highlight=False)
+                    console.print(prefix + Text(self._scrub(line)), highlight=False)
 
     async def _stop_log_task(self) -> None:
         task, self._log_task = self._log_task, None
@@ -569,6 +588,35 @@ class AsyncNIMDeployer:
         if console is not None:
             console.print(f"Removed {container_name}")
         return removed or info is not None
+
+    @classmethod
+    async def status(cls, container_name: str) -> ContainerStatus | None:
+        """The status of one container (managed or not), or ``None`` if there is none.
+
+        Args:
+            container_name: Container name or id.
+
+        Raises:
+            DockerUnavailableError: If the Docker daemon cannot be reached.
+        """
+        async with DockerClient() as docker:
+            info = await docker.inspect_container(container_name)
+        if info is None:
+            return None
+        state = info.get("State") or {}
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        host, port = _published(info)
+        return ContainerStatus(
+            name=str(info.get("Name", "")).lstrip("/"),
+            container_id=str(info.get("Id", "")),
+            image=str((info.get("Config") or {}).get("Image", "")),
+            state=str(state.get("Status", "")),
+            status=_describe_state(state),
+            host=host,
+            port=port,
+            served_model_name=_env_value(info, "NIM_SERVED_MODEL_NAME"),
+            config_hash=labels.get(CONFIG_HASH_LABEL),
+        )
 
     @classmethod
     async def list(cls) -> builtins.list[ContainerStatus]:

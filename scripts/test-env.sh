@@ -133,7 +133,9 @@ ENV
 
 down() {
   if docker version >/dev/null 2>&1; then
-    ids=$(docker ps -aq --filter label=nim_async.managed=true || true)
+    # containers deployed from the test registry only (a user's own NIM containers stay)
+    ids=$(docker ps -a --filter label=nim_async.managed=true \
+            --format '{{.ID}} {{.Label "nim_async.image"}}' | awk -v reg="$REG/" 'index($2, reg) == 1 {print $1}')
     # shellcheck disable=SC2086
     [ -z "$ids" ] || docker rm -f $ids >/dev/null
   fi

@@ -136,6 +136,19 @@ class NIMDeployer:
             lease.release()
 
     @classmethod
+    def status(cls, container_name: str) -> ContainerStatus | None:
+        """The status of one container, or ``None`` if there is none.
+
+        Args:
+            container_name: Container name or ID.
+        """
+        lease = PortalLease()
+        try:
+            return lease.call(AsyncNIMDeployer.status, container_name)
+        finally:
+            lease.release()
+
+    @classmethod
     def list(cls) -> builtins.list[ContainerStatus]:
         """The containers managed by ``nim_async``.
 

@@ -275,9 +275,16 @@ async def test_stop_true_then_false_and_list(nim_config: MakeConfig) -> None:
     assert status.port == config.port
     assert status.served_model_name == config.served_model_name
     assert status.config_hash == config.config_hash()
+    single = await AsyncNIMDeployer.status(config.container_name)
+    assert single is not None
+    assert single.container_id == result.container_id
+    assert single.state == "running"
+    assert (single.host, single.port) == ("127.0.0.1", config.port)
+    assert single.served_model_name == config.served_model_name
     assert await AsyncNIMDeployer.stop(config.container_name, quiet=True, grace=5) is True
     assert await AsyncNIMDeployer.stop(config.container_name, quiet=True) is False
     assert config.container_name not in {c.name for c in await AsyncNIMDeployer.list()}
+    assert await AsyncNIMDeployer.status(config.container_name) is None
 
 
 async def test_quiet_prints_nothing(
@@ -302,6 +309,9 @@ def test_sync_facade_deploy_reuse_stop(nim_config: MakeConfig) -> None:
         assert again.container_id == result.container_id
     names = {c.name for c in NIMDeployer.list()}
     assert config.container_name in names
+    status = NIMDeployer.status(config.container_name)
+    assert status is not None
+    assert status.state == "running"
     assert NIMDeployer.stop(config.container_name, quiet=True, grace=5) is True
     assert NIMDeployer.stop(config.container_name, quiet=True) is False
 
