@@ -49,6 +49,7 @@ from nim_async.results import PredictionResponse, PredictionTimings, TextRespons
 from nim_async.sse import DONE, SSEDecoder, SSEEvent
 from nim_async.tasks import ParseContext, Task, get_task
 from nim_async.tasks.parsing import split_thinking
+from nim_async.transport import AiohttpTransport
 
 if TYPE_CHECKING:
     from nim_async.batch import BatchResult
@@ -177,9 +178,11 @@ class AsyncNIMPredictor:
         max_connections: Size of the connection pool (the intended concurrency).
         retries: Retries for connect errors, HTTP 429 and HTTP 503 before streaming starts,
             with jittered exponential backoff (``0`` disables).
-        transport: An ``httpx.AsyncBaseTransport`` to use instead of httpx's own (for example
-            :class:`nim_async.transport.AiohttpTransport`); such a transport keeps its own pool
-            limits, so size it to ``max_connections`` yourself.
+        transport: An ``httpx.AsyncBaseTransport`` to send requests with. By default an
+            :class:`nim_async.transport.AiohttpTransport` sized to ``max_connections`` (chosen
+            by measurement, see ``benchmarks/README.md``); pass
+            ``httpx.AsyncHTTPTransport()`` for httpx's own. A transport you pass keeps its own
+            pool limits, so size it to ``max_connections`` yourself.
         max_pixels: Pixel budget images are downscaled to before sending (defaults to the
             model's budget from the catalog).
 
@@ -271,7 +274,13 @@ class AsyncNIMPredictor:
                 max_keepalive_connections=max_connections,
                 keepalive_expiry=30.0,
             ),
-            transport=transport,
+            # Default transport chosen by measurement (benchmarks/README.md): httpx's own pool
+            # collapses under many concurrent streams; aiohttp's keeps near raw-aiohttp speed.
+            transport=(
+                transport
+                if transport is not None
+                else AiohttpTransport(max_connections=max_connections, keepalive_expiry=30.0)
+            ),
             headers={"User-Agent": "nim-async"},
         )
         self._closed = False
