@@ -18,10 +18,12 @@ Clients (each sends the same ~100 KB JPEG as a base64 data URI):
 - ``predictor+aiohttp``: ``AsyncNIMPredictor(transport=AiohttpTransport(...))``
 - ``sync``: the ``NIMPredictor`` facade (``stream=True``) from ``concurrency`` threads
 
-Method: for each client and (concurrency, max_tokens), start ``concurrency`` closed-loop workers,
-warm up until every worker has finished one request (pool full), then count content chunks in
-``--runs`` consecutive windows of ``--window`` seconds; report the median tokens/s, process CPU
-µs/token, event-loop lag p99 and the TCP connections the server accepted after the warm-up.
+Method: for each client and (concurrency, max_tokens), start ``concurrency`` closed-loop workers
+on a fresh client, warm up until every worker has finished one request (pool full), then count
+content chunks in a window of ``--window`` seconds. ``--runs`` runs are interleaved (every client
+once, then every client again), so a change in the machine's load hits all clients alike; the
+median over runs is reported for tokens/s, process CPU µs/token and event-loop lag p99, with the
+most TCP connections the server accepted after any warm-up.
 
     .venv/bin/python benchmarks/client_overhead.py --quick      # goals table, < ~2 min
     .venv/bin/python benchmarks/client_overhead.py              # every client, every config
@@ -76,6 +78,7 @@ class Result:
     server_busy: float = 0.0
     warmed: bool = True
     errors: int = 0
+    wall_s: float = 0.0
 
     @property
     def tps_median(self) -> float:
@@ -354,22 +357,42 @@ def _measure_sync(
 def measure(
     name: str, url: str, body: bytes, image: bytes, c: int, n: int, args: argparse.Namespace
 ) -> Result:
+    """One fresh client: warm up, then ``args.windows_per_client`` measured windows."""
+    k = args.windows_per_client
+    t0 = time.perf_counter()
     if name == "sync":
-        r = _measure_sync(url, image, c, n, args.runs, args.window, args.warmup_timeout)
+        r = _measure_sync(url, image, c, n, k, args.window, args.warmup_timeout)
     else:
         r = asyncio.run(
-            _measure_async(
-                name, url, body, image, c, n, args.runs, args.window, args.warmup_timeout
-            )
+            _measure_async(name, url, body, image, c, n, k, args.window, args.warmup_timeout)
         )
+    r.wall_s = time.perf_counter() - t0
+    return r
+
+
+def merge(into: Result | None, r: Result) -> Result:
+    if into is None:
+        return r
+    into.tps += r.tps
+    into.cpu_us += r.cpu_us
+    into.lag_p99_ms += r.lag_p99_ms
+    into.new_connections = max(into.new_connections, r.new_connections)
+    into.server_busy = max(into.server_busy, r.server_busy)
+    into.warmed = into.warmed and r.warmed
+    into.errors += r.errors
+    return into
+
+
+def show(r: Result) -> None:
     print(
-        f"  {name:18s} c={c:<4d} tokens={n:<4d} {r.tps_median:>9,.0f} tok/s "
+        f"  {r.client:18s} c={r.concurrency:<4d} tokens={r.max_tokens:<4d} "
+        f"{r.tps_median:>9,.0f} tok/s "
         f"{r.cpu_median:>7.1f} µs/tok  lag p99 {r.lag_median:5.2f} ms  "
         f"new conns {r.new_connections}  server busy {r.server_busy:4.0%}"
-        + ("" if r.warmed else "  (warm-up incomplete)"),
+        + ("" if r.warmed else "  (warm-up incomplete)")
+        + (f"  [{r.wall_s:.1f} s]" if r.wall_s else ""),
         flush=True,
     )
-    return r
 
 
 # --------------------------------------------------------------------------- main
@@ -456,15 +479,24 @@ def goals_table(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="only what the goals need")
-    parser.add_argument("--runs", type=int, default=3, help="measurement windows (median)")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs (median)")
+    parser.add_argument("--windows-per-client", type=int, default=1, help="windows per run")
     parser.add_argument("--window", type=float, default=None, help="seconds per window")
-    parser.add_argument("--warmup-timeout", type=float, default=8.0)
+    parser.add_argument("--warmup-timeout", type=float, default=None)
     parser.add_argument("--clients", help="comma-separated subset of clients")
+    parser.add_argument(
+        "--concurrency", type=lambda t: [int(x) for x in t.split(",")], default=[16, 256]
+    )
+    parser.add_argument(
+        "--tokens", type=lambda t: [int(x) for x in t.split(",")], default=[64, 512]
+    )
     parser.add_argument("--lib", default="predictor", help="the library stack the goals judge")
     parser.add_argument("--json", help="write all results here")
     args = parser.parse_args(argv)
     if args.window is None:
         args.window = 0.6 if args.quick else 1.0
+    if args.warmup_timeout is None:
+        args.warmup_timeout = 4.0 if args.quick else 10.0
 
     image = synthetic_images(1, [(640, 480)], noise=0.2, seed=1)[0].data
     body = build_body(
@@ -481,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = [(name if name != "predictor" else args.lib, c, n) for name, c, n in QUICK_PLAN]
     else:
         names = [*list(ASYNC_CLIENTS), "sync"]
-        plan = [(name, c, n) for c in (16, 256) for n in (64, 512) for name in names]
+        plan = [(name, c, n) for c in args.concurrency for n in args.tokens for name in names]
     if args.clients:
         wanted = set(args.clients.split(","))
         plan = [p for p in plan if p[0] in wanted]
@@ -502,8 +534,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         started = time.perf_counter()
         results: dict[tuple[str, int, int], Result] = {}
-        for name, c, n in plan:
-            results[(name, c, n)] = measure(name, url, bodies[n], image, c, n, args)
+        # Runs are interleaved (every client once, then again...) so that a change in the
+        # machine's load hits every client alike; each run uses a fresh, warmed-up client.
+        for run in range(args.runs):
+            print(f"run {run + 1}/{args.runs}", flush=True)
+            for name, c, n in plan:
+                r = measure(name, url, bodies[n], image, c, n, args)
+                show(r)
+                results[(name, c, n)] = merge(results.get((name, c, n)), r)
+        print("medians:")
+        for r in results.values():
+            show(r)
         elapsed = time.perf_counter() - started
     finally:
         if server.stdin is not None:
