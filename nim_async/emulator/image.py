@@ -368,6 +368,7 @@ def _write_context(fileobj: io.BufferedRandom, *, quiet: bool) -> None:
             "LD_LIBRARY_PATH": f"{CONTAINER_PREFIX}/lib:/usr/lib/x86_64-linux-gnu:"
             "/usr/lib/aarch64-linux-gnu:/usr/lib64:/usr/lib",
             "PYTHONHOME": CONTAINER_PREFIX,
+            "PYTHONPATH": site_dest,  # Debian-patched interpreters look in dist-packages only
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "HOME": "/tmp",
