@@ -370,7 +370,12 @@ class AsyncNIMDeployer:
                 "Labels": labels,
                 "HostConfig": host_config,
             }
-            container_id = await docker.create_container(name, body)
+            try:
+                container_id = await docker.create_container(name, body)
+            except asyncio.CancelledError:
+                # cancelled mid-request: the engine may have created it anyway
+                await self._remove_if_ours(docker, name)
+                raise
             try:
                 self._say(
                     f"Starting [bold]{name}[/] ({config.image_ref}) on "
@@ -546,6 +551,14 @@ class AsyncNIMDeployer:
         task.cancel()
         with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+    async def _remove_if_ours(self, docker: DockerClient, name: str) -> None:
+        with anyio.move_on_after(30, shield=True), contextlib.suppress(NIMError):
+            info = await docker.inspect_container(name)
+            labels = ((info or {}).get("Config") or {}).get("Labels") or {}
+            state = ((info or {}).get("State") or {}).get("Status")
+            if labels.get(CONFIG_HASH_LABEL) == self._config.config_hash() and state == "created":
+                await docker.remove_container(name, force=True)
 
     async def _remove_quietly(self, docker: DockerClient, container_id: str) -> None:
         with anyio.move_on_after(30, shield=True):
