@@ -251,6 +251,7 @@ class AsyncNIMPredictor:
             shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
             base_url = f"http://{shown}:{port}"
         self._base_url = base_url.rstrip("/")
+        self._chat_url = httpx.URL(self._base_url + _CHAT_PATH)
         self._spec = (
             spec or KNOWN_IMAGES.get(model_name) or ImageSpec(model_name, (), (), "norm1024")
         )
@@ -628,7 +629,8 @@ class AsyncNIMPredictor:
         headers = {"Content-Type": "application/json"}
         if stream:
             headers["Accept"] = "text/event-stream"
-        request = self._client.build_request("POST", _CHAT_PATH, content=body, headers=headers)
+        # An absolute httpx.URL skips httpx's per-request URL parsing and merging (~20 µs).
+        request = self._client.build_request("POST", self._chat_url, content=body, headers=headers)
         attempt = 0
         while True:
             retry_after: float | None = None
