@@ -122,3 +122,29 @@ async def test_closed_transport_refuses_requests() -> None:
 def test_rejects_empty_pool() -> None:
     with pytest.raises(ValueError, match="max_connections"):
         AiohttpTransport(max_connections=0)
+
+
+async def test_predictor_default_transport_reuses_one_connection() -> None:
+    """The predictor's default (measured) transport: streams read to the end reuse the pool."""
+    from nim_async.bench.images import synthetic_images
+    from nim_async.bench.loopback_server import LoopbackSSEServer
+    from nim_async.config import NIMSamplingParams
+    from nim_async.predictor import AsyncNIMPredictor
+
+    server = LoopbackSSEServer()
+    url = await server.start()
+    image = synthetic_images(1, [(64, 48)])[0].data
+    params = NIMSamplingParams(max_tokens=5, ignore_eos=True)
+    try:
+        async with AsyncNIMPredictor("loopback", "vqa", base_url=url, max_connections=4) as p:
+            assert isinstance(p._client._transport, AiohttpTransport)
+            for _ in range(10):
+                async with p.stream(image, sampling_params=params) as stream:
+                    tokens = [t async for t in stream]
+                assert tokens == [" tok"] * 5
+                assert stream.usage is not None
+                assert stream.usage.completion_tokens == 5
+        assert server.connections == 1
+        assert server.requests == 10
+    finally:
+        await server.close()
