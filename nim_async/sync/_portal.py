@@ -8,8 +8,9 @@ from plain scripts and from inside a running event loop (Jupyter, ``asyncio.run`
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, BlockingPortalProvider
@@ -17,6 +18,13 @@ from anyio.from_thread import BlockingPortal, BlockingPortalProvider
 __all__ = ["PortalLease", "call_blocking"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+Emit = Callable[[Iterable[T]], None]
+"""Hands a batch of items from the loop thread to the caller's thread."""
+
+_ITEMS, _DONE, _ERROR = 0, 1, 2
+_CANCEL_WAIT = 10.0
 
 _PROVIDER = BlockingPortalProvider(backend="asyncio")
 
@@ -52,6 +60,51 @@ class PortalLease:
         re-raised. Exceptions raised by ``fn`` cross unchanged.
         """
         return call_blocking(self.portal, fn, *args)
+
+    def iterate(self, produce: Callable[[Emit[T]], Awaitable[R]]) -> Generator[T, None, R]:
+        """Run ``produce(emit)`` on the loop and yield, in this thread, every item it emits.
+
+        The producer hands items over in batches (one queue hop per batch, not per item), and
+        what it returns becomes the generator's return value. Errors it raises are re-raised
+        here unchanged. Closing the generator early (``break``, ``close()``, Ctrl-C) cancels
+        the producer and waits for its clean-up, so no HTTP response is left open.
+
+        Args:
+            produce: An async function that calls ``emit(batch)`` for each batch of items.
+
+        Returns:
+            A generator of the items whose return value is the producer's result.
+        """
+        portal = self.portal
+        channel: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        finished = threading.Event()
+
+        def emit(batch: Iterable[T]) -> None:
+            channel.put((_ITEMS, batch))
+
+        async def pump() -> None:
+            try:
+                channel.put((_DONE, await produce(emit)))
+            except Exception as exc:
+                channel.put((_ERROR, exc))
+            finally:
+                finished.set()
+
+        future = portal.start_task_soon(pump)
+        try:
+            while True:
+                kind, value = channel.get()
+                if kind == _ITEMS:
+                    yield from value
+                elif kind == _DONE:
+                    result: R = value
+                    return result
+                else:
+                    raise value
+        finally:
+            if not finished.is_set():
+                future.cancel()
+                finished.wait(_CANCEL_WAIT)
 
     def release(self) -> None:
         """Give the lease back; the last lease stops the loop thread."""

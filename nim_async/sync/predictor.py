@@ -7,8 +7,6 @@ code under ``asyncio.run``) alike. Ctrl-C while a call blocks cancels the reques
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, overload
@@ -19,17 +17,12 @@ from nim_async.config import NIMSamplingParams
 from nim_async.media import validate_source
 from nim_async.predictor import AsyncNIMPredictor, _check_params
 from nim_async.results import PredictionResponse
-from nim_async.sync._portal import PortalLease
+from nim_async.sync._portal import Emit, PortalLease
 
 if TYPE_CHECKING:
     from nim_async.batch import BatchResult
 
 __all__ = ["NIMPredictor"]
-
-_TOKENS = 0
-_DONE = 1
-_ERROR = 2
-_CANCEL_WAIT = 10.0
 
 
 class NIMPredictor:
@@ -231,77 +224,30 @@ class NIMPredictor:
         user_prompt: str | None,
         sampling_params: NIMSamplingParams | None,
     ) -> Generator[str, None, PredictionResponse]:
-        channel: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-        finished = threading.Event()
         core = self._core
 
-        async def pump() -> None:
-            try:
-                async with core.stream(source, user_prompt, sampling_params) as stream:
-                    while True:
-                        try:
-                            batch = await stream.next_batch()
-                        except StopAsyncIteration:
-                            break
-                        channel.put((_TOKENS, batch))
-                    final = await stream.get_final_response()
-                channel.put((_DONE, final))
-            except Exception as exc:
-                channel.put((_ERROR, exc))
-            finally:
-                finished.set()
+        async def produce(emit: Emit[str]) -> PredictionResponse:
+            async with core.stream(source, user_prompt, sampling_params) as stream:
+                async for batch in stream.batches():
+                    emit(batch)
+                return await stream.get_final_response()
 
-        future = self._lease.portal.start_task_soon(pump)
-        try:
-            while True:
-                kind, value = channel.get()
-                if kind == _TOKENS:
-                    yield from value
-                elif kind == _DONE:
-                    result: PredictionResponse = value
-                    return result
-                else:
-                    raise value
-        finally:
-            if not finished.is_set():
-                future.cancel()
-                finished.wait(_CANCEL_WAIT)
+        return self._lease.iterate(produce)
 
     def _batch(
         self, sources: Iterable[Any], kwargs: dict[str, Any]
     ) -> Generator[BatchResult, None, None]:
-        channel: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-        finished = threading.Event()
         core = self._core
 
-        async def pump() -> None:
+        async def produce(emit: Emit[BatchResult]) -> None:
             results = core.predict_many(sources, **kwargs)
             try:
                 async for item in results:
-                    channel.put((_TOKENS, (item,)))
-                channel.put((_DONE, None))
-            except Exception as exc:
-                channel.put((_ERROR, exc))
+                    emit((item,))
             finally:
-                try:
-                    aclose = getattr(results, "aclose", None)
-                    if aclose is not None:
-                        with anyio.CancelScope(shield=True):
-                            await aclose()
-                finally:
-                    finished.set()
+                aclose = getattr(results, "aclose", None)
+                if aclose is not None:
+                    with anyio.CancelScope(shield=True):
+                        await aclose()
 
-        future = self._lease.portal.start_task_soon(pump)
-        try:
-            while True:
-                kind, value = channel.get()
-                if kind == _TOKENS:
-                    yield from value
-                elif kind == _DONE:
-                    return
-                else:
-                    raise value
-        finally:
-            if not finished.is_set():
-                future.cancel()
-                finished.wait(_CANCEL_WAIT)
+        return self._lease.iterate(produce)
