@@ -146,6 +146,9 @@ class BenchClient:
     async def send(self, request: PreparedRequest, record: RequestRecord) -> RequestRecord:
         """Send one request, filling ``record`` (``start`` is set here); never raises.
 
+        A chunk counts as a token arrival when its delta carries ``content`` or reasoning
+        (``reasoning_content`` / ``reasoning``), so TTFT includes a reasoning model's thinking.
+
         Failures are recorded in ``record.error`` by type: ``HTTP <status>`` for an HTTP error,
         the httpx exception name for a transport failure, ``StreamError`` for an error event in
         the stream and ``IncompleteStream`` when it ends without ``[DONE]``.
@@ -177,7 +180,12 @@ class BenchClient:
                         choices = obj.get("choices")
                         if choices:
                             delta = choices[0].get("delta")
-                            if delta and delta.get("content"):
+                            # reasoning models stream their thinking first; it is output too
+                            if delta and (
+                                delta.get("content")
+                                or delta.get("reasoning_content")
+                                or delta.get("reasoning")
+                            ):
                                 times.append(now)
                         elif "error" in obj:
                             record.error = "StreamError"

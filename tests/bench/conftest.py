@@ -75,7 +75,30 @@ async def http_server() -> AsyncIterator[LoopbackServer]:
         request.transport.close()
         return resp
 
+    async def chat(request: web.Request) -> web.StreamResponse:
+        """Modes from the JSON body: reason (thinking then content), 503, cut, error."""
+        await track(request)
+        mode = orjson.loads(await request.read()).get("mode", "reason")
+        if mode == "503":
+            return web.json_response({"error": {"message": "busy"}}, status=503)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(2):
+            delta = {"reasoning_content": f"think{i} "}
+            await resp.write(b"data: " + orjson.dumps({"choices": [{"delta": delta}]}) + b"\n\n")
+        for i in range(3):
+            await resp.write(_chunk(f"t{i} "))
+        if mode == "error":
+            await resp.write(b'data: {"error": {"message": "boom"}}\n\n')
+        usage = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5}}
+        await resp.write(b"data: " + orjson.dumps(usage) + b"\n\n")
+        if mode != "cut":
+            await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
     app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/sse", sse)
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/slow", slow)
