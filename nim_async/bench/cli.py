@@ -311,7 +311,8 @@ async def run(args: argparse.Namespace) -> int:
     Returns:
         0 on success, 1 when no request of any load point completed, 2 on bad options.
     """
-    console = Console(stderr=False)
+    # Piped output (CI logs) gets a fixed width wide enough for the table instead of 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=170)
     try:
         _resolve(args)
         images = _images(args)

@@ -64,7 +64,8 @@ def print_table(points: Sequence[dict[str, Any]], console: Console | None = None
     for p in points:
         client = p.get("client") or {}
         headroom = client.get("headroom")
-        client_txt = f"{_fmt(client.get('cpu_us_per_token'))} µs/tok"
+        lag = (client.get("loop_lag_ms") or {}).get("p99")
+        client_txt = f"{_fmt(client.get('cpu_us_per_token'))} µs/tok, lag p99 {_fmt(lag, 2)} ms"
         if headroom is not None:
             client_txt += f", {headroom:.1f}× headroom"
             if client.get("client_bound"):
