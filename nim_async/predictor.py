@@ -15,6 +15,7 @@ end so the connection goes back to the pool.
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import math
 import random
 import re
@@ -88,6 +89,16 @@ _BACKOFF_BASE = 0.2
 _BACKOFF_CAP = 8.0
 _MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 _DEFAULT_PARAMS = NIMSamplingParams()
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that stores nothing: skips httpx's per-response cookie parsing (~15 µs)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """Ignore the response's cookies."""
+
+    def add_cookie_header(self, request: Any) -> None:
+        """Add no cookie header."""
 
 
 class WireFormat:
@@ -283,6 +294,8 @@ class AsyncNIMPredictor:
                 else AiohttpTransport(max_connections=max_connections, keepalive_expiry=30.0)
             ),
             headers={"User-Agent": "nim-async"},
+            # A NIM sets no cookies; httpx would still parse every response for them.
+            cookies=_NoCookies(),
         )
         self._closed = False
 
