@@ -8,7 +8,8 @@
   the present instead of firing a burst to catch up; such arrivals are counted as ``late``.
   ``max_concurrency`` caps requests in flight; waiting for a slot shows as client queueing
   (latency from the scheduled start).
-- Warm-up requests run first at the same load and are not measured. The measured phase ends
+- Warm-up requests run first and are not measured (a closed loop at the point's concurrency, or
+  at ``max_concurrency`` (8 if unset) for a rate). The measured phase ends
   after ``num_requests`` requests or ``duration`` seconds of scheduling, whichever comes first;
   requests in flight then complete and count.
 
