@@ -11,6 +11,8 @@ import re
 import string
 from typing import Any
 
+from nim_async.guided import resolve_ref
+
 __all__ = [
     "GuidedError",
     "check_regex",
@@ -218,14 +220,9 @@ def schema_task_key(schema: Any) -> str:
 
 
 def _resolve(ref: str, root: dict[str, Any]) -> Any:
-    if not ref.startswith("#/"):
-        raise GuidedError(f"guided_json $ref {ref!r} is not a local reference")
-    node: Any = root
-    for part in ref[2:].split("/"):
-        part = part.replace("~1", "/").replace("~0", "~")
-        if not isinstance(node, dict) or part not in node:
-            raise GuidedError(f"guided_json $ref {ref!r} does not resolve")
-        node = node[part]
+    node = resolve_ref(ref, root) if ref.startswith("#/") else None
+    if node is None:
+        raise GuidedError(f"guided_json $ref {ref!r} is not a local reference that resolves")
     return node
 
 

@@ -18,12 +18,8 @@ from nim_async.errors import (
     RateLimitError,
     ServerError,
 )
-from nim_async.predictor import (
-    _server_error,
-    check_guided_output,
-    validate_json_schema,
-    wire_format_for,
-)
+from nim_async.guided import check_guided_output, validate_json_schema
+from nim_async.predictor import _server_error, wire_format_for
 from nim_async.tasks import get_task
 
 SCHEMAS: list[dict[str, Any]] = [
@@ -139,3 +135,13 @@ def test_wire_format_choice() -> None:
     assert nim2.guided == "guided"
     assert wire_format_for({"version": "0.12.1"}, {}).guided == "structured_outputs"
     assert wire_format_for({"version": "0.10.1"}, {}).guided == "guided"
+
+
+def test_resolve_ref_follows_local_pointers_only() -> None:
+    from nim_async.guided import resolve_ref
+
+    root = {"$defs": {"box": {"type": "array"}, "a/b": {"const": 1}}}
+    assert resolve_ref("#/$defs/box", root) == {"type": "array"}
+    assert resolve_ref("#/$defs/a~1b", root) == {"const": 1}
+    assert resolve_ref("#/$defs/missing", root) is None
+    assert resolve_ref("https://example.com/schema.json", root) is None

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from nim_async.config import NIMSamplingParams
 from nim_async.errors import GuidedDecodingError, PredictionParseError
-from nim_async.predictor import AsyncNIMPredictor, check_guided_output
+from nim_async.guided import check_guided_output
+from nim_async.predictor import AsyncNIMPredictor
 from nim_async.tasks import ParseContext, get_task
 
 from .conftest import MODEL, Recorder
