@@ -17,25 +17,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import shlex
 import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
-import orjson
 
 from nim_async.config import NIMConfig
 from nim_async.deployer import AsyncNIMDeployer
 from nim_async.docker import DockerClient, RegistryAuth
+from nim_async.emulator.image import build_emulator_variant
 from nim_async.errors import ContainerExitedError
 
 ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"
@@ -78,16 +76,9 @@ async def derived(env: dict[str, str], *args: str) -> str:
             )
             async for _ in docker.pull(env["NIM_TEST_IMAGE"], auth):
                 pass
-        cmd = ["python3", "-m", "nim_async.emulator", "--host", "0.0.0.0", *args]
-        dockerfile = f"FROM {env['NIM_TEST_IMAGE']}\nCMD {orjson.dumps(cmd).decode()}\n".encode()
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            info = tarfile.TarInfo("Dockerfile")
-            info.size = len(dockerfile)
-            tar.addfile(info, io.BytesIO(dockerfile))
-        buf.seek(0)
-        async for _ in docker.build_image(buf, ref, labels={"nim_async.test.derived": "true"}):
-            pass
+        await build_emulator_variant(
+            docker, env["NIM_TEST_IMAGE"], ref, args, labels={"nim_async.test.derived": "true"}
+        )
     return tag
 
 

@@ -32,7 +32,7 @@ import sys
 import sysconfig
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -431,6 +431,42 @@ async def build_emulator_image(tag: str, *, quiet: bool = False) -> str:
     if not quiet:
         print(f"emulator image: built {tag} ({image_id[:19]}, {info.get('Size', 0) / 1e6:.0f} MB)")
     return image_id
+
+
+async def build_emulator_variant(
+    docker: DockerClient,
+    base: str,
+    tag: str,
+    emulator_args: Iterable[str],
+    *,
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """Build ``tag`` from the emulator image ``base``, running the emulator with extra flags.
+
+    For tests and benchmarks that need a container that misbehaves on purpose, e.g.
+    ``("--exit-after", "1")`` or ``("--startup-seconds", "30")``. ``base`` must be present
+    locally (pull it first).
+
+    Args:
+        docker: A connected Docker client.
+        base: The emulator image to build on.
+        tag: Reference to tag the new image with.
+        emulator_args: Flags appended to the emulator's command line.
+        labels: Image labels.
+
+    Raises:
+        APIError: If the engine fails to build the image.
+    """
+    cmd = [*CMD, *emulator_args]
+    dockerfile = f"FROM {base}\nCMD {orjson.dumps(cmd).decode()}\n".encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    async for _ in docker.build_image(context, tag, labels=labels):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

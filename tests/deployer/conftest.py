@@ -17,11 +17,9 @@ General enough for other test directories that deploy (e.g. custom weights):
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import shlex
 import socket
-import tarfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ import pytest
 
 from nim_async.config import NIMConfig
 from nim_async.docker import DockerClient, RegistryAuth
+from nim_async.emulator.image import build_emulator_variant
 from nim_async.errors import DockerUnavailableError
 
 ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"
@@ -214,16 +213,9 @@ def derived_image(
             if await client.image_exists(ref):
                 return tag
             await _ensure_base_image(client, docker_env)
-            cmd = ["python3", "-m", "nim_async.emulator", "--host", "0.0.0.0", *emulator_args]
-            dockerfile = f"FROM {docker_env.image}\nCMD {orjson.dumps(cmd).decode()}\n".encode()
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w") as tar:
-                info = tarfile.TarInfo("Dockerfile")
-                info.size = len(dockerfile)
-                tar.addfile(info, io.BytesIO(dockerfile))
-            buf.seek(0)
-            async for _ in client.build_image(buf, ref, labels={DERIVED_LABEL: "true"}):
-                pass
+            await build_emulator_variant(
+                client, docker_env.image, ref, emulator_args, labels={DERIVED_LABEL: "true"}
+            )
         return tag
 
     return build
