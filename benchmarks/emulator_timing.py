@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import socket
 import statistics
 import sys
@@ -27,6 +26,8 @@ from dataclasses import dataclass, field
 
 import httpx
 import orjson
+
+from nim_async.bench.server_metrics import parse_prometheus
 
 
 @dataclass
@@ -183,10 +184,9 @@ async def queueing(
             tasks = [asyncio.create_task(one_request(client, tokens)) for _ in range(concurrency)]
             while not all(t.done() for t in tasks):
                 text = (await client.get("/v1/metrics")).text
-                w = re.search(r"^vllm:num_requests_waiting\{[^}]*\} (\S+)", text, re.M)
-                r = re.search(r"^vllm:num_requests_running\{[^}]*\} (\S+)", text, re.M)
-                peak_waiting = max(peak_waiting, float(w.group(1)) if w else 0.0)
-                peak_running = max(peak_running, float(r.group(1)) if r else 0.0)
+                values = parse_prometheus(text)
+                peak_waiting = max(peak_waiting, values.get("vllm:num_requests_waiting", 0.0))
+                peak_running = max(peak_running, values.get("vllm:num_requests_running", 0.0))
                 await asyncio.sleep(0.01)
             samples = [t.result() for t in tasks]
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from nim_async.batch import BatchResult, is_retryable, predict_many, result_record, source_label
+from nim_async.bench.server_metrics import parse_prometheus
 from nim_async.errors import (
     BadRequestError,
     NIMPredictionError,
@@ -143,12 +143,10 @@ async def test_concurrency_never_exceeds_the_limit(on_emulator: Any, shapes: lis
             async with httpx.AsyncClient(base_url=emu.url) as client:
                 while not done.is_set():
                     text = (await client.get("/v1/metrics")).text
+                    values = parse_prometheus(text)
                     for name in ("num_requests_running", "num_requests_waiting"):
-                        match = re.search(rf"^vllm:{name}\{{[^}}]*\}} (\S+)$", text, re.M)
-                        assert match, f"vllm:{name} missing from /v1/metrics"
-                    running = re.search(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M)
-                    assert running is not None
-                    peak_running = max(peak_running, int(float(running.group(1))))
+                        assert f"vllm:{name}" in values, f"vllm:{name} missing from /v1/metrics"
+                    peak_running = max(peak_running, int(values["vllm:num_requests_running"]))
                     await asyncio.sleep(0.005)
 
         watcher = asyncio.create_task(watch_metrics())

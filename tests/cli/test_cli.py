@@ -16,6 +16,7 @@ import orjson
 import pytest
 from PIL import Image
 
+from nim_async.bench.server_metrics import parse_prometheus
 from nim_async.export import to_coco
 
 COMMANDS = [
@@ -375,9 +376,9 @@ async def test_batch_concurrency_limit_seen_in_server_metrics(
         async with httpx.AsyncClient(base_url=emu.url) as client:
             while proc.returncode is None:
                 text = (await client.get("/v1/metrics")).text
-                match = re.search(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M)
-                assert match
-                peak = max(peak, int(float(match.group(1))))
+                running = parse_prometheus(text).get("vllm:num_requests_running")
+                assert running is not None
+                peak = max(peak, int(running))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), 0.005)
     assert proc.returncode == 0
