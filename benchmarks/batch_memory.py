@@ -28,9 +28,9 @@ from collections.abc import Iterator
 import orjson
 from PIL import Image, ImageDraw
 
-from nim_async.batch import predict_many
 from nim_async.emulator import Emulator, EmulatorSettings
-from nim_async.predictor import AsyncNIMPredictor
+from nim_async.predict.batch import predict_many
+from nim_async.predict.predictor import AsyncNIMPredictor
 
 
 def peak_rss_mb() -> float:

@@ -11,7 +11,7 @@ Clients (each sends the same ~100 KB JPEG as a base64 data URI):
 
 - ``raw-aiohttp``: aiohttp ClientSession + the library's bytes SSE decoder + orjson (the ceiling)
 - ``httpx``: httpx.AsyncClient with its own pool (httpcore), same parsing
-- ``httpx+aiohttp``: httpx.AsyncClient over ``nim_async.transport.AiohttpTransport``
+- ``httpx+aiohttp``: httpx.AsyncClient over ``nim_async.http.transport.AiohttpTransport``
 - ``httpx2``: the httpx2 fork (installed with the openai SDK), same parsing
 - ``openai``: the official openai SDK (``AsyncOpenAI``, streaming)
 - ``predictor``: ``AsyncNIMPredictor.stream`` with its default transport
@@ -53,8 +53,8 @@ from nim_async.bench.client import build_body
 from nim_async.bench.images import synthetic_images
 from nim_async.bench.load import LoopLagMonitor
 from nim_async.config import NIMSamplingParams
-from nim_async.sse import DONE, SSEDecoder
-from nim_async.transport import AiohttpTransport
+from nim_async.http.transport import AiohttpTransport
+from nim_async.protocol.sse import DONE, SSEDecoder
 
 PATH = "/v1/chat/completions"
 HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -216,7 +216,7 @@ def _predictor(with_transport: bool) -> ClientFactory:
     async def factory(
         url: str, body: bytes, image: bytes, c: int, n: int, counter: Counter
     ) -> AsyncIterator[OneRequest]:
-        from nim_async.predictor import AsyncNIMPredictor
+        from nim_async.predict.predictor import AsyncNIMPredictor
 
         params = NIMSamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0)
         predictor = AsyncNIMPredictor(

@@ -31,9 +31,9 @@ from pathlib import Path
 import httpx
 
 from nim_async.config import NIMConfig
-from nim_async.deployer import AsyncNIMDeployer
-from nim_async.docker import DockerClient, RegistryAuth
-from nim_async.emulator.image import build_emulator_variant
+from nim_async.deploy.deployer import AsyncNIMDeployer
+from nim_async.deploy.docker import DockerClient, RegistryAuth
+from nim_async.devtools.emulator_image import build_emulator_variant
 from nim_async.errors import ContainerExitedError
 
 ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"

@@ -17,8 +17,8 @@ import io
 import sys
 
 from nim_async import errors
-from nim_async.demo import sample_image
-from nim_async.predictor import AsyncNIMPredictor
+from nim_async.cli.demo import sample_image
+from nim_async.predict.predictor import AsyncNIMPredictor
 
 
 class VisionService:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from nim_async.batch import predict_many, result_record
-from nim_async.predictor import AsyncNIMPredictor
+from nim_async.predict.batch import predict_many, result_record
+from nim_async.predict.predictor import AsyncNIMPredictor
 
 
 def make_images(folder: Path, count: int) -> None:

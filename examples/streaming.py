@@ -12,9 +12,9 @@ import contextlib
 import sys
 import time
 
+from nim_async.cli.demo import sample_image
 from nim_async.config import NIMSamplingParams
-from nim_async.demo import sample_image
-from nim_async.predictor import AsyncNIMPredictor
+from nim_async.predict.predictor import AsyncNIMPredictor
 
 
 async def main(url: str | None) -> int:

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from nim_async.cli.demo import sample_image
 from nim_async.config import NIMSamplingParams
-from nim_async.demo import sample_image
 from nim_async.sync.predictor import NIMPredictor
 
 

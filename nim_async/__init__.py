@@ -17,9 +17,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nim_async.batch import BatchResult
     from nim_async.config import NIMConfig, NIMSamplingParams
-    from nim_async.deployer import AsyncNIMDeployer, ContainerStatus
+    from nim_async.deploy.deployer import AsyncNIMDeployer, ContainerStatus
     from nim_async.errors import (
         APIError,
         BadRequestError,
@@ -48,7 +47,8 @@ if TYPE_CHECKING:
         WeightsDownloadError,
         WeightsError,
     )
-    from nim_async.predictor import AsyncNIMPredictor, AsyncPredictionStream
+    from nim_async.predict.batch import BatchResult
+    from nim_async.predict.predictor import AsyncNIMPredictor, AsyncPredictionStream
     from nim_async.results import (
         BoundingBox,
         Grounding,
@@ -69,15 +69,15 @@ __version__ = "0.1.0"
 # load aiodocker, httpx or aiohttp until a class that needs them is touched.
 _LAZY: dict[str, str] = {
     "APIError": "nim_async.errors",
-    "AsyncNIMDeployer": "nim_async.deployer",
-    "AsyncNIMPredictor": "nim_async.predictor",
-    "AsyncPredictionStream": "nim_async.predictor",
+    "AsyncNIMDeployer": "nim_async.deploy.deployer",
+    "AsyncNIMPredictor": "nim_async.predict.predictor",
+    "AsyncPredictionStream": "nim_async.predict.predictor",
     "BadRequestError": "nim_async.errors",
-    "BatchResult": "nim_async.batch",
+    "BatchResult": "nim_async.predict.batch",
     "BoundingBox": "nim_async.results",
     "ContainerExistsError": "nim_async.errors",
     "ContainerExitedError": "nim_async.errors",
-    "ContainerStatus": "nim_async.deployer",
+    "ContainerStatus": "nim_async.deploy.deployer",
     "DockerUnavailableError": "nim_async.errors",
     "GPURuntimeError": "nim_async.errors",
     "Grounding": "nim_async.results",

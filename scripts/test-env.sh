@@ -4,7 +4,7 @@
 #   * a docker-registry with htpasswd auth on 127.0.0.1:$NIM_TEST_REGISTRY_PORT, user '$oauthtoken'
 #     (literally, as NGC uses it) and a fake 'nvapi-...' password;
 #   * the emulator image (an emulator, not a model), built offline from this checkout with
-#     `python -m nim_async.emulator.image`, pushed there as nim/nvidia/cosmos-reason1-7b:<tag>,
+#     `python -m nim_async.devtools.emulator_image`, pushed there as nim/nvidia/cosmos-reason1-7b:<tag>,
 #     and deleted locally so the tests really pull it.
 # Then it writes $NIM_TEST_STATE/env (shell exports) that tests/deployer/conftest.py reads.
 #
@@ -99,13 +99,13 @@ YAML
 
 publish_image() {
   local fp tag ref
-  fp=$("$PY" -m nim_async.emulator.image --fingerprint)
+  fp=$("$PY" -m nim_async.devtools.emulator_image --fingerprint)
   tag=emu-$fp
   ref=$REG/$REPO:$tag
   if reg_has "$tag"; then
     say "registry already holds $ref"
   else
-    "$PY" -m nim_async.emulator.image --tag "$ref"
+    "$PY" -m nim_async.devtools.emulator_image --tag "$ref"
     mkdir -p "$DOCKER_CONFIG"
     printf "%s" "$REG_PASS" | docker login -u "$REG_USER" --password-stdin "$REG" >/dev/null 2>&1 || { echo "docker login to $REG failed" >&2; exit 1; }
     docker push -q "$ref" >/dev/null

@@ -1,6 +1,7 @@
 """The benchmark's request path: one streamed chat completion per call, timed per chunk.
 
-It uses the same stack as the predictor (httpx over :class:`~nim_async.transport.AiohttpTransport`,
+It uses the same stack as the predictor (httpx over
+:class:`~nim_async.http.transport.AiohttpTransport`,
 the bytes SSE decoder, ``orjson`` on bytes, plain dict access) but prepares every request body
 before the clock starts, so image encoding is reported apart from server time, and it records
 when the response headers arrived, so upload + acceptance is apart from generation.
@@ -17,9 +18,9 @@ import httpx
 import orjson
 
 from nim_async.bench.metrics import RequestRecord
-from nim_async.sse import DONE, SSEDecoder
-from nim_async.tasks import get_task
-from nim_async.transport import AiohttpTransport
+from nim_async.http.transport import AiohttpTransport
+from nim_async.protocol.sse import DONE, SSEDecoder
+from nim_async.protocol.tasks import get_task
 
 __all__ = ["BenchClient", "PreparedRequest", "build_body"]
 

@@ -11,7 +11,7 @@ import re
 import string
 from typing import Any
 
-from nim_async.guided import resolve_ref
+from nim_async.protocol.guided import resolve_ref
 
 __all__ = [
     "GuidedError",

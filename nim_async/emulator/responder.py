@@ -13,7 +13,7 @@ from typing import Any
 
 from nim_async.catalog import BoxFormat
 from nim_async.emulator.scene import COLOR_NAMES, Region, Scene
-from nim_async.geometry import from_pixels, smart_resize
+from nim_async.protocol.geometry import from_pixels, smart_resize
 
 __all__ = [
     "answer_vqa",

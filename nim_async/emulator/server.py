@@ -38,7 +38,7 @@ from nim_async.emulator.responder import (
 from nim_async.emulator.scene import Scene, analyse_bytes
 from nim_async.emulator.settings import EmulatorSettings
 from nim_async.emulator.tokens import count_tokens, split_tokens
-from nim_async.geometry import qwen_image_tokens
+from nim_async.protocol.geometry import qwen_image_tokens
 
 __all__ = ["OWNED_BY", "Emulator", "EmulatorStartupError", "image_prompt_tokens"]
 

@@ -1,4 +1,6 @@
-"""NIMDeployer: the documented blocking API over :class:`nim_async.deployer.AsyncNIMDeployer`.
+"""NIMDeployer: the documented blocking API over the async deployer.
+
+The core is :class:`nim_async.deploy.deployer.AsyncNIMDeployer`.
 
 Every call runs on the shared portal loop (:mod:`nim_async.sync._portal`) and blocks until it
 finishes; Ctrl-C cancels the running deploy, which removes the container it created.
@@ -16,7 +18,7 @@ from typing import Self
 from rich.console import Console
 
 from nim_async.config import NIMConfig
-from nim_async.deployer import AsyncNIMDeployer, ContainerStatus
+from nim_async.deploy.deployer import AsyncNIMDeployer, ContainerStatus
 from nim_async.results import NIMDeploymentResult
 from nim_async.sync._portal import PortalLease
 
@@ -153,7 +155,7 @@ class NIMDeployer:
         """The containers managed by ``nim_async``.
 
         Returns:
-            One :class:`~nim_async.deployer.ContainerStatus` per container.
+            One :class:`~nim_async.deploy.deployer.ContainerStatus` per container.
         """
         lease = PortalLease()
         try:

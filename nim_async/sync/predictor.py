@@ -1,4 +1,6 @@
-"""``NIMPredictor``: the blocking facade over :class:`nim_async.predictor.AsyncNIMPredictor`.
+"""``NIMPredictor``: the blocking facade over the async predictor.
+
+The core is :class:`nim_async.predict.predictor.AsyncNIMPredictor`.
 
 Every call runs on the one process-wide event-loop thread (:mod:`nim_async.sync._portal`), so
 the facade works from plain scripts and from inside a running event loop (a notebook, or
@@ -14,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Literal, Self, overload
 import anyio
 
 from nim_async.config import NIMSamplingParams
-from nim_async.media import validate_source
-from nim_async.predictor import AsyncNIMPredictor, _check_params
+from nim_async.predict.media import validate_source
+from nim_async.predict.predictor import AsyncNIMPredictor, _check_params
 from nim_async.results import PredictionResponse
 from nim_async.sync._portal import Emit, PortalLease
 
 if TYPE_CHECKING:
-    from nim_async.batch import BatchResult
+    from nim_async.predict.batch import BatchResult
 
 __all__ = ["NIMPredictor"]
 
@@ -40,7 +42,7 @@ class NIMPredictor:
         model_name: Name of the NIM model (taken from ``config`` when omitted).
         task_type: Task type (``"phrase-grounding"``, ``"vqa"``).
         port: Port where the NIM service runs.
-        **kwargs: Keyword arguments of :class:`~nim_async.predictor.AsyncNIMPredictor`
+        **kwargs: Keyword arguments of :class:`~nim_async.predict.predictor.AsyncNIMPredictor`
             (``host``, ``base_url``, ``config``, ``system_prompt``, ``box_format``,
             ``dialect``, ``timeout``, ``max_connections``, ``retries``, ``transport``,
             ``max_pixels``).
@@ -195,7 +197,7 @@ class NIMPredictor:
         Args:
             sources: The inputs (any source ``__call__`` accepts).
             **kwargs: ``concurrency``, ``user_prompt``, ``sampling_params``, ``ordered``,
-                ``retries``, ``progress`` (see :func:`nim_async.batch.predict_many`).
+                ``retries``, ``progress`` (see :func:`nim_async.predict.batch.predict_many`).
 
         Returns:
             A generator of results; closing it early cancels the outstanding requests.

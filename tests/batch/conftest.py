@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nim_async.predictor import AsyncNIMPredictor
+from nim_async.predict.predictor import AsyncNIMPredictor
 
 ImageFactory = Callable[..., bytes]
 MODEL = "cosmos-reason1-7b"

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 from PIL import Image
 
-from nim_async.batch import BatchResult, result_record
 from nim_async.export import coco_from_jsonl, to_coco, write_coco
-from nim_async.predictor import AsyncNIMPredictor
+from nim_async.predict.batch import BatchResult, result_record
+from nim_async.predict.predictor import AsyncNIMPredictor
 from nim_async.results import BoundingBox, Grounding, PhraseGroundingResponse, VQAResponse
 
 MODEL = "cosmos-reason1-7b"

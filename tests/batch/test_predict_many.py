@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from nim_async.batch import BatchResult, is_retryable, predict_many, result_record, source_label
 from nim_async.bench.server_metrics import parse_prometheus
 from nim_async.errors import (
     BadRequestError,
@@ -22,7 +21,14 @@ from nim_async.errors import (
     ServiceUnavailableError,
     StreamError,
 )
-from nim_async.predictor import AsyncNIMPredictor
+from nim_async.predict.batch import (
+    BatchResult,
+    is_retryable,
+    predict_many,
+    result_record,
+    source_label,
+)
+from nim_async.predict.predictor import AsyncNIMPredictor
 from nim_async.results import VQAResponse
 
 QUESTION = "How many shapes are there?"

@@ -11,8 +11,8 @@ from nim_async.bench.images import load_folder, parse_sizes, synthetic_images
 from nim_async.bench.load import LoadSpec, arrival_gaps
 from nim_async.bench.loopback_server import LoopbackSSEServer
 from nim_async.bench.server_metrics import parse_prometheus, server_deltas
-from nim_async.sse import SSEDecoder
-from nim_async.transport import AiohttpTransport
+from nim_async.http.transport import AiohttpTransport
+from nim_async.protocol.sse import SSEDecoder
 
 PROM_BEFORE = """# HELP vllm:time_to_first_token_seconds x
 vllm:time_to_first_token_seconds_sum{model_name="m"} 1.0

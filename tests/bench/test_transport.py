@@ -6,7 +6,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nim_async.transport import AiohttpTransport
+from nim_async.http.transport import AiohttpTransport
 
 
 async def test_streams_body_in_chunks(http_server: Any) -> None:
@@ -129,7 +129,7 @@ async def test_predictor_default_transport_reuses_one_connection() -> None:
     from nim_async.bench.images import synthetic_images
     from nim_async.bench.loopback_server import LoopbackSSEServer
     from nim_async.config import NIMSamplingParams
-    from nim_async.predictor import AsyncNIMPredictor
+    from nim_async.predict.predictor import AsyncNIMPredictor
 
     server = LoopbackSSEServer()
     url = await server.start()

@@ -3,7 +3,7 @@
 General enough for other test directories that deploy (e.g. custom weights):
 
 * ``docker_env`` (session): the registry/image facts from the env file, or a skip with a reason;
-* ``docker_client``: a connected :class:`nim_async.docker.DockerClient`;
+* ``docker_client``: a connected :class:`nim_async.deploy.docker.DockerClient`;
 * ``unique_name()`` / ``free_port()``: a fresh container name / an unused loopback port;
 * ``nim_config(**overrides)``: a :class:`NIMConfig` for the test registry with a unique name and
   port, no GPU request, a small shm and a temporary cache; every container it names is
@@ -30,8 +30,8 @@ import orjson
 import pytest
 
 from nim_async.config import NIMConfig
-from nim_async.docker import DockerClient, RegistryAuth
-from nim_async.emulator.image import build_emulator_variant
+from nim_async.deploy.docker import DockerClient, RegistryAuth
+from nim_async.devtools.emulator_image import build_emulator_variant
 from nim_async.errors import DockerUnavailableError
 
 ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"

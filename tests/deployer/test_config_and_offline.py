@@ -12,10 +12,10 @@ import pytest
 from rich.console import Console
 
 from nim_async.config import NIMConfig
-from nim_async.deployer import AsyncNIMDeployer, _PullDisplay
-from nim_async.docker import DockerClient, RegistryAuth
+from nim_async.deploy.deployer import AsyncNIMDeployer, _PullDisplay
+from nim_async.deploy.docker import DockerClient, RegistryAuth
 from nim_async.errors import APIError, DockerUnavailableError, InvalidConfigError
-from nim_async.health import ReadinessProbe
+from nim_async.http.health import ReadinessProbe
 from nim_async.sync.deployer import NIMDeployer
 
 KEY = "nvapi-offline-test-key-0123456789"

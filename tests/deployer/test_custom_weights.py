@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 
 from nim_async.config import NIMConfig
-from nim_async.deployer import AsyncNIMDeployer
-from nim_async.docker import DockerClient
+from nim_async.deploy.deployer import AsyncNIMDeployer
+from nim_async.deploy.docker import DockerClient
+from nim_async.deploy.weights import CONTAINER_MODEL_DIR
 from nim_async.errors import ModelIncompatibilityError
-from nim_async.predictor import AsyncNIMPredictor
-from nim_async.weights import CONTAINER_MODEL_DIR
+from nim_async.predict.predictor import AsyncNIMPredictor
 
 pytestmark = pytest.mark.docker
 

@@ -18,8 +18,8 @@ import pytest
 from rich.console import Console
 
 from nim_async.config import CONTAINER_CACHE_DIR, NIMConfig
-from nim_async.deployer import CONFIG_HASH_LABEL, MANAGED_LABEL, AsyncNIMDeployer
-from nim_async.docker import DockerClient
+from nim_async.deploy.deployer import CONFIG_HASH_LABEL, MANAGED_LABEL, AsyncNIMDeployer
+from nim_async.deploy.docker import DockerClient
 from nim_async.errors import (
     ContainerExistsError,
     ContainerExitedError,

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from nim_async.docker import DockerClient
-from nim_async.emulator.image import (
+from nim_async.deploy.docker import DockerClient
+from nim_async.devtools.emulator_image import (
     CMD,
     IMAGE_LABEL,
     build_emulator_image,

@@ -3,8 +3,8 @@ from __future__ import annotations
 import httpx
 import orjson
 
-from nim_async.tasks import get_task
-from nim_async.tasks.base import ParseContext
+from nim_async.protocol.tasks import get_task
+from nim_async.protocol.tasks.base import ParseContext
 
 
 async def test_health_and_models(emulator):

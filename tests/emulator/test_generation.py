@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from nim_async.emulator.tokens import split_tokens
-from nim_async.tasks import get_task
-from nim_async.tasks.base import ParseContext
+from nim_async.protocol.tasks import get_task
+from nim_async.protocol.tasks.base import ParseContext
 
 Q = "Is there a red square?"
 

@@ -8,8 +8,8 @@ import orjson
 import pytest
 
 from nim_async.catalog import BOX_FORMATS
-from nim_async.geometry import qwen_image_tokens, smart_resize, to_pixels
-from nim_async.tasks import get_task
+from nim_async.protocol.geometry import qwen_image_tokens, smart_resize, to_pixels
+from nim_async.protocol.tasks import get_task
 
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "cyan", "black"]
 GROUNDING = get_task("phrase-grounding")

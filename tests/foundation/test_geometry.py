@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nim_async.catalog import BOX_FORMATS, box_format_for_model
-from nim_async.geometry import (
+from nim_async.protocol.geometry import (
     fit_within_budget,
     from_pixels,
     qwen_image_tokens,

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nim_async.errors import PredictionParseError
-from nim_async.geometry import smart_resize
+from nim_async.protocol.geometry import smart_resize
+from nim_async.protocol.tasks import TASKS, ParseContext, get_task, register_task, task_for_key
+from nim_async.protocol.tasks.parsing import find_final_json_object, split_thinking
+from nim_async.protocol.tasks.vqa import VQATask
 from nim_async.results import PhraseGroundingResponse, Usage, VQAResponse
-from nim_async.tasks import TASKS, ParseContext, get_task, register_task, task_for_key
-from nim_async.tasks.parsing import find_final_json_object, split_thinking
-from nim_async.tasks.vqa import VQATask
 
 PG = get_task("phrase-grounding")
 VQA = get_task("vqa")

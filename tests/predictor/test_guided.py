@@ -18,9 +18,9 @@ from nim_async.errors import (
     RateLimitError,
     ServerError,
 )
-from nim_async.guided import check_guided_output, validate_json_schema
-from nim_async.predictor import _server_error, wire_format_for
-from nim_async.tasks import get_task
+from nim_async.predict.predictor import _server_error, wire_format_for
+from nim_async.protocol.guided import check_guided_output, validate_json_schema
+from nim_async.protocol.tasks import get_task
 
 SCHEMAS: list[dict[str, Any]] = [
     get_task("phrase-grounding").output_schema(),
@@ -138,7 +138,7 @@ def test_wire_format_choice() -> None:
 
 
 def test_resolve_ref_follows_local_pointers_only() -> None:
-    from nim_async.guided import resolve_ref
+    from nim_async.protocol.guided import resolve_ref
 
     root = {"$defs": {"box": {"type": "array"}, "a/b": {"const": 1}}}
     assert resolve_ref("#/$defs/box", root) == {"type": "array"}

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from nim_async.errors import MediaError
-from nim_async.media import describe_source, encode_image, load_image, validate_source
+from nim_async.predict.media import describe_source, encode_image, load_image, validate_source
 
 BUDGET = 1280 * 28 * 28
 

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from nim_async.config import NIMSamplingParams
 from nim_async.errors import GuidedDecodingError, PredictionParseError
-from nim_async.guided import check_guided_output
-from nim_async.predictor import AsyncNIMPredictor
-from nim_async.tasks import ParseContext, get_task
+from nim_async.predict.predictor import AsyncNIMPredictor
+from nim_async.protocol.guided import check_guided_output
+from nim_async.protocol.tasks import ParseContext, get_task
 
 from .conftest import MODEL, Recorder
 

@@ -24,9 +24,9 @@ from nim_async.errors import (
     ServiceUnavailableError,
     StreamError,
 )
-from nim_async.predictor import AsyncNIMPredictor
+from nim_async.predict.predictor import AsyncNIMPredictor
+from nim_async.protocol.tasks import get_task
 from nim_async.results import PhraseGroundingResponse, TextResponse, VQAResponse
-from nim_async.tasks import get_task
 
 from .conftest import MODEL, Recorder, wait_until
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from nim_async.deploy.weights import CONTAINER_MODEL_DIR, MARKER_NAME, RunMetadata, prepare_weights
 from nim_async.errors import WeightsDownloadError, WeightsError
-from nim_async.weights import CONTAINER_MODEL_DIR, MARKER_NAME, RunMetadata, prepare_weights
 
 
 def _assert_no_secret(kit, *texts: str) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from nim_async.config import NIMConfig
+from nim_async.deploy.weights import CONTAINER_MODEL_DIR, LORA_WARNING, RunMetadata, prepare_weights
 from nim_async.errors import InvalidConfigError, ModelIncompatibilityError
-from nim_async.weights import CONTAINER_MODEL_DIR, LORA_WARNING, RunMetadata, prepare_weights
 
 
 def _write(root: Path, files: dict[str, bytes]) -> Path:
@@ -151,7 +151,7 @@ async def test_peft_directory_is_adapter_only(tmp_path):
 async def test_full_plus_adapter_warns_that_nim_serves_base_weights(tmp_path, kit, caplog, capsys):
     root = _write(tmp_path / "vi", kit.model_files(adapter=True))
 
-    with caplog.at_level(logging.WARNING, logger="nim_async.weights"):
+    with caplog.at_level(logging.WARNING, logger="nim_async.deploy.weights"):
         prepared = await prepare_weights(_config(root), quiet=False)
 
     assert prepared is not None
@@ -164,7 +164,7 @@ async def test_full_plus_adapter_warns_that_nim_serves_base_weights(tmp_path, ki
 async def test_full_plus_adapter_quiet_logs_but_prints_nothing(tmp_path, kit, caplog, capsys):
     root = _write(tmp_path / "vi", kit.model_files(adapter=True))
 
-    with caplog.at_level(logging.WARNING, logger="nim_async.weights"):
+    with caplog.at_level(logging.WARNING, logger="nim_async.deploy.weights"):
         prepared = await prepare_weights(_config(root), quiet=True)
 
     assert prepared is not None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nim_async.config import NIMConfig
-from nim_async.weights import RunMetadata, load_run_metadata, parse_run_json, prepare_weights
+from nim_async.deploy.weights import RunMetadata, load_run_metadata, parse_run_json, prepare_weights
 
 RUN = "run-meta"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from nim_async.deploy.weights import prepare_weights, safe_extract
 from nim_async.errors import WeightsError
-from nim_async.weights import prepare_weights, safe_extract
 
 
 def _link(name: str, target: str, *, hard: bool = False) -> tarfile.TarInfo:

@@ -16,7 +16,7 @@ import orjson
 
 from nim_async.config import NIMSamplingParams
 from nim_async.errors import GuidedDecodingError, PredictionParseError
-from nim_async.tasks.parsing import split_thinking
+from nim_async.protocol.tasks.parsing import split_thinking
 
 __all__ = ["check_guided_output", "resolve_ref", "validate_json_schema"]
 

@@ -117,7 +117,7 @@ async def run_demo(
     from rich.panel import Panel
     from rich.table import Table
 
-    from nim_async.predictor import AsyncNIMPredictor
+    from nim_async.predict.predictor import AsyncNIMPredictor
     from nim_async.results import PhraseGroundingResponse
 
     console = console or Console(highlight=False)

@@ -37,7 +37,9 @@ class ParseContext:
 
 
 class Task(ABC):
-    """A task type. Subclass it in one module and call :func:`nim_async.tasks.register_task`.
+    """A task type: subclass it in one module and register it.
+
+    Registration is :func:`nim_async.protocol.tasks.register_task`.
 
     Attributes:
         name: Task type name as users pass it (``"phrase-grounding"``).

@@ -6,10 +6,10 @@ import math
 from typing import Any, ClassVar
 
 from nim_async.errors import PredictionParseError
-from nim_async.geometry import Box, to_pixels
+from nim_async.protocol.geometry import Box, to_pixels
+from nim_async.protocol.tasks.base import ParseContext, Task
+from nim_async.protocol.tasks.parsing import find_final_json_object, no_json_error, split_thinking
 from nim_async.results import BoundingBox, Grounding, PhraseGroundingResponse
-from nim_async.tasks.base import ParseContext, Task
-from nim_async.tasks.parsing import find_final_json_object, no_json_error, split_thinking
 
 __all__ = ["PhraseGroundingTask"]
 

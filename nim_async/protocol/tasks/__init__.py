@@ -6,9 +6,9 @@ A new task joins by subclassing :class:`Task` in one module and registering an i
 
 from __future__ import annotations
 
-from nim_async.tasks.base import ParseContext, Task
-from nim_async.tasks.phrase_grounding import PhraseGroundingTask
-from nim_async.tasks.vqa import VQATask
+from nim_async.protocol.tasks.base import ParseContext, Task
+from nim_async.protocol.tasks.phrase_grounding import PhraseGroundingTask
+from nim_async.protocol.tasks.vqa import VQATask
 
 __all__ = ["TASKS", "ParseContext", "Task", "get_task", "register_task", "task_for_key"]
 

@@ -5,11 +5,11 @@ is safe to call from many tasks at once: a call never mutates the predictor (the
 state is the server dialect, discovered once when ``dialect="auto"``).
 
 Hot path, per request: the image is loaded/resized/encoded in a worker thread
-(:mod:`nim_async.media`); the JSON body is built once with ``orjson`` with the base64 image
+(:mod:`nim_async.predict.media`); the JSON body is built once with ``orjson`` with the base64 image
 spliced in as bytes, and the same bytes are re-sent on retries; the streamed body is framed
-by :class:`nim_async.sse.SSEDecoder` on bytes, each event goes to ``orjson.loads`` and is read
-with plain dict access (no model object per chunk); after ``[DONE]`` the body is read to its
-end so the connection goes back to the pool.
+by :class:`nim_async.protocol.sse.SSEDecoder` on bytes, each event goes to ``orjson.loads``
+and is read with plain dict access (no model object per chunk); after ``[DONE]`` the body is
+read to its end so the connection goes back to the pool.
 """
 
 from __future__ import annotations
@@ -42,17 +42,17 @@ from nim_async.errors import (
     ServiceUnavailableError,
     StreamError,
 )
-from nim_async.geometry import smart_resize
-from nim_async.guided import check_guided_output
-from nim_async.media import EncodedImage, load_image, validate_source
+from nim_async.http.transport import AiohttpTransport
+from nim_async.predict.media import EncodedImage, load_image, validate_source
+from nim_async.protocol.geometry import smart_resize
+from nim_async.protocol.guided import check_guided_output
+from nim_async.protocol.sse import DONE, SSEDecoder, SSEEvent
+from nim_async.protocol.tasks import ParseContext, Task, get_task
+from nim_async.protocol.tasks.parsing import split_thinking
 from nim_async.results import PredictionResponse, PredictionTimings, TextResponse, Usage
-from nim_async.sse import DONE, SSEDecoder, SSEEvent
-from nim_async.tasks import ParseContext, Task, get_task
-from nim_async.tasks.parsing import split_thinking
-from nim_async.transport import AiohttpTransport
 
 if TYPE_CHECKING:
-    from nim_async.batch import BatchResult
+    from nim_async.predict.batch import BatchResult
 
 __all__ = [
     "AsyncNIMPredictor",
@@ -187,7 +187,7 @@ class AsyncNIMPredictor:
         retries: Retries for connect errors, HTTP 429 and HTTP 503 before streaming starts,
             with jittered exponential backoff (``0`` disables).
         transport: An ``httpx.AsyncBaseTransport`` to send requests with. By default an
-            :class:`nim_async.transport.AiohttpTransport` sized to ``max_connections`` (chosen
+            :class:`nim_async.http.transport.AiohttpTransport` sized to ``max_connections`` (chosen
             by measurement, see ``benchmarks/README.md``); pass
             ``httpx.AsyncHTTPTransport()`` for httpx's own. A transport you pass keeps its own
             pool limits, so size it to ``max_connections`` yourself.
@@ -451,7 +451,9 @@ class AsyncNIMPredictor:
         return AsyncPredictionStream(self, source, user_prompt, sampling_params)
 
     def predict_many(self, sources: Iterable[Any], **kwargs: Any) -> AsyncIterator[BatchResult]:
-        """Score many inputs with bounded concurrency (see :func:`nim_async.batch.predict_many`).
+        """Score many inputs with bounded concurrency.
+
+        See :func:`nim_async.predict.batch.predict_many`.
 
         Args:
             sources: The inputs (any source :meth:`__call__` accepts), sync or async iterable.
@@ -461,7 +463,7 @@ class AsyncNIMPredictor:
         Returns:
             An async iterator of one ``BatchResult`` per input (a result or an error).
         """
-        from nim_async.batch import predict_many
+        from nim_async.predict.batch import predict_many
 
         return predict_many(self, sources, **kwargs)
 
@@ -1025,7 +1027,7 @@ class AsyncPredictionStream:
 
 def _load_run_metadata(config: NIMConfig) -> Any:
     try:
-        from nim_async.weights import load_run_metadata
+        from nim_async.deploy.weights import load_run_metadata
     except ImportError:  # pragma: no cover - weights.py is part of the package
         return None
     return load_run_metadata(config)

@@ -16,7 +16,8 @@ dependencies, application). The command is ``python3 -m nim_async.emulator --hos
 
 Usage::
 
-    python -m nim_async.emulator.image --tag 127.0.0.1:5000/nim/nvidia/cosmos-reason1-7b:emu
+    python -m nim_async.devtools.emulator_image \
+        --tag 127.0.0.1:5000/nim/nvidia/cosmos-reason1-7b:emu
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import orjson
 
-from nim_async.docker import DockerClient
+from nim_async.deploy.docker import DockerClient
 
 __all__ = ["build_emulator_image", "emulator_image_fingerprint", "main"]
 
@@ -470,7 +471,7 @@ async def build_emulator_variant(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m nim_async.emulator.image --tag REF``.
+    """Command line: ``python -m nim_async.devtools.emulator_image --tag REF``.
 
     Args:
         argv: Arguments (default: ``sys.argv[1:]``).
@@ -479,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         The process exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m nim_async.emulator.image",
+        prog="python -m nim_async.devtools.emulator_image",
         description="Build the NIM emulator's container image offline (an emulator, not a model).",
     )
     parser.add_argument("--tag", help="image reference to tag the image with")

@@ -3,13 +3,14 @@
 The flow of :meth:`AsyncNIMDeployer.deploy`::
 
     validate (cache dir) -> pull unless present or force_pull (login first: $oauthtoken / key)
-    -> custom weights (nim_async.weights.prepare_weights) -> existing container (reuse / remove
-    / ContainerExistsError) -> create + start -> stream logs (a task) -> wait ready while
-    watching the container -> GET /v1/models -> NIMDeploymentResult
+    -> custom weights (nim_async.deploy.weights.prepare_weights)
+    -> existing container (reuse / remove / ContainerExistsError) -> create + start
+    -> stream logs (a task) -> wait ready while watching the container -> GET /v1/models
+    -> NIMDeploymentResult
 
 A deploy that fails or is cancelled after creating its container removes that container; the
-image and the cache stay. All Docker calls go through :mod:`nim_async.docker`; all HTTP calls
-through :mod:`nim_async.health`. Nothing connects to Docker before :meth:`deploy`, :meth:`stop`
+image and the cache stay. All Docker calls go through :mod:`nim_async.deploy.docker`; all HTTP calls
+through :mod:`nim_async.http.health`. Nothing connects to Docker before :meth:`deploy`, :meth:`stop`
 or :meth:`list`.
 """
 
@@ -37,7 +38,7 @@ from rich.progress import (
 from rich.text import Text
 
 from nim_async.config import CONTAINER_CACHE_DIR, NIMConfig
-from nim_async.docker import DockerClient, RegistryAuth
+from nim_async.deploy.docker import DockerClient, RegistryAuth
 from nim_async.errors import (
     ContainerExistsError,
     ContainerExitedError,
@@ -45,7 +46,7 @@ from nim_async.errors import (
     RegistryAuthError,
     ServiceNotReadyError,
 )
-from nim_async.health import ReadinessProbe
+from nim_async.http.health import ReadinessProbe
 from nim_async.results import NIMDeploymentResult
 
 __all__ = [
@@ -308,7 +309,7 @@ class AsyncNIMDeployer:
         async with DockerClient(secrets=(key,)) as docker:
             await self._ensure_image(docker)
 
-            from nim_async.weights import prepare_weights
+            from nim_async.deploy.weights import prepare_weights
 
             prepared = await prepare_weights(config, quiet=self._quiet)
 

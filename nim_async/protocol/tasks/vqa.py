@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from nim_async.errors import PredictionParseError
+from nim_async.protocol.tasks.base import ParseContext, Task
+from nim_async.protocol.tasks.parsing import find_final_json_object, no_json_error, split_thinking
 from nim_async.results import VQAResponse
-from nim_async.tasks.base import ParseContext, Task
-from nim_async.tasks.parsing import find_final_json_object, no_json_error, split_thinking
 
 __all__ = ["VQATask"]
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from nim_async.config import NIMConfig, NIMSamplingParams
-    from nim_async.predictor import AsyncNIMPredictor
+    from nim_async.predict.predictor import AsyncNIMPredictor
     from nim_async.results import PredictionResponse
 
 __all__ = ["build_parser", "iter_inputs", "main"]
@@ -182,7 +182,7 @@ def _base_url(args: argparse.Namespace) -> str:
 def _make_predictor(
     args: argparse.Namespace, *, task: str, max_connections: int = 16
 ) -> AsyncNIMPredictor:
-    from nim_async.predictor import AsyncNIMPredictor
+    from nim_async.predict.predictor import AsyncNIMPredictor
 
     return AsyncNIMPredictor(
         model_name=args.model,
@@ -323,7 +323,7 @@ def config_from_args(args: argparse.Namespace) -> NIMConfig:
 
 
 async def _cmd_deploy(args: argparse.Namespace) -> int:
-    from nim_async.deployer import AsyncNIMDeployer
+    from nim_async.deploy.deployer import AsyncNIMDeployer
 
     config = config_from_args(args)
     async with AsyncNIMDeployer(config, quiet=args.quiet) as deployer:
@@ -345,7 +345,7 @@ async def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 async def _cmd_stop(args: argparse.Namespace) -> int:
-    from nim_async.deployer import AsyncNIMDeployer
+    from nim_async.deploy.deployer import AsyncNIMDeployer
 
     stopped = await AsyncNIMDeployer.stop(args.name, quiet=True)
     if stopped:
@@ -373,7 +373,7 @@ def _as_dict(item: object) -> dict[str, Any]:
 
 
 async def _cmd_ps(args: argparse.Namespace) -> int:
-    from nim_async.deployer import AsyncNIMDeployer
+    from nim_async.deploy.deployer import AsyncNIMDeployer
 
     containers = [_as_dict(c) for c in await AsyncNIMDeployer.list()]
     if args.json:
@@ -483,7 +483,7 @@ async def _cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps(_response_payload(source, response)).decode() + "\n")
     else:
-        from nim_async.demo import render_response
+        from nim_async.cli.demo import render_response
 
         render_response(_console(), response)
     if args.draw:
@@ -615,7 +615,7 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from nim_async.batch import predict_many, result_record
+    from nim_async.predict.batch import predict_many, result_record
 
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
@@ -741,7 +741,7 @@ def _chain_one(first: str, rest: Iterator[str]) -> Iterator[str]:
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
-    from nim_async.demo import run_demo
+    from nim_async.cli.demo import run_demo
 
     return await run_demo(
         url=args.url,
@@ -754,7 +754,7 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _cmd_emulator_image(args: argparse.Namespace) -> int:
-    from nim_async.emulator.image import build_emulator_image
+    from nim_async.devtools.emulator_image import build_emulator_image
 
     image_id = await build_emulator_image(args.tag, quiet=args.quiet)
     if args.quiet:

@@ -35,7 +35,7 @@ from typing import IO, Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nim_async.errors import MediaError
-from nim_async.geometry import fit_within_budget
+from nim_async.protocol.geometry import fit_within_budget
 
 __all__ = [
     "SUPPORTED_FORMATS",

@@ -1,0 +1,1 @@
+"""Deployment: the Docker adapter (the only aiodocker user), the deployer and custom weights."""

@@ -1,0 +1,1 @@
+"""Inference: the async predictor, its stream, media preparation, batches and their journal."""
