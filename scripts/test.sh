@@ -19,6 +19,7 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "test.sh: not root, so no Docker engine is started; the docker-marked tests will skip" >&2
 fi
+scripts/vllm-env.sh up
 
 .venv/bin/ruff check .
 .venv/bin/mypy

