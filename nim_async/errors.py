@@ -271,13 +271,22 @@ class ServerError(NIMPredictionError):
         status_code: HTTP status code.
         message: The server's error message.
         error_type: The server's error type string, when given.
+        retry_after: Seconds the server asked to wait (its ``Retry-After`` header), when given.
     """
 
-    def __init__(self, status_code: int, message: str, *, error_type: str | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"NIM server returned HTTP {status_code}: {message}")
         self.status_code = status_code
         self.message = message
         self.error_type = error_type
+        self.retry_after = retry_after
 
 
 class BadRequestError(ServerError):
