@@ -30,6 +30,7 @@ with ``raise ... from exc``, so callers never need to catch a third-party type.
         │   └── RateLimitError             429
         ├── PredictionTimeoutError         request exceeded its timeout
         ├── StreamError                    error mid-stream; .partial_text
+        ├── ResponseTooLargeError          answer over the client's cap; .limit, .what
         ├── PredictionParseError           also a ValueError; .raw_output
         └── GuidedDecodingError            output violates the requested constraint; .raw_output
 """
@@ -57,6 +58,7 @@ __all__ = [
     "PredictionTimeoutError",
     "RateLimitError",
     "RegistryAuthError",
+    "ResponseTooLargeError",
     "ServerError",
     "ServiceNotReadyError",
     "ServiceUnavailableError",
@@ -315,6 +317,20 @@ class StreamError(NIMPredictionError):
     def __init__(self, message: str, *, partial_text: str = "") -> None:
         super().__init__(message)
         self.partial_text = partial_text
+
+
+class ResponseTooLargeError(NIMPredictionError):
+    """Raised when a server's answer is larger than the client agreed to read.
+
+    Attributes:
+        limit: The cap in bytes that was exceeded.
+        what: What was capped (``"server-sent event"``, ``"response body"``, ...).
+    """
+
+    def __init__(self, message: str, *, limit: int, what: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.what = what
 
 
 class PredictionParseError(NIMPredictionError, ValueError):

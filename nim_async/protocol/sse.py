@@ -9,6 +9,11 @@ payload can go straight to ``orjson.loads`` without a decode/encode round trip.
 The common case of an OpenAI-style stream (LF line endings, ``data: {...}`` lines) takes a
 fast path; anything containing a CR takes the general path. Both give identical events.
 
+The work is linear in the bytes fed: a line that arrives in many chunks is kept as a list of
+pieces and joined once, when its end arrives, so a huge line costs one copy, not one per read.
+An event (its data lines plus the line still open) larger than ``max_event_bytes`` raises
+:class:`~nim_async.errors.ResponseTooLargeError` instead of growing without bound.
+
 Example:
     >>> decoder = SSEDecoder()
     >>> [e.data for e in decoder.feed(b"data: hello\\n\\ndata: [DO")]
@@ -21,7 +26,12 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DONE", "SSEDecoder", "SSEEvent"]
+from nim_async.errors import ResponseTooLargeError
+
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "DONE", "SSEDecoder", "SSEEvent"]
+
+DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
+"""The largest event a decoder accepts unless told otherwise (a token delta is ~100 bytes)."""
 
 DONE = b"[DONE]"
 """The data of the sentinel event that ends an OpenAI-style stream."""
@@ -87,15 +97,40 @@ class SSEDecoder:
     event that was not terminated by a blank line is discarded.
     """
 
-    __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_started")
+    __slots__ = (
+        "_data",
+        "_data_len",
+        "_event",
+        "_id",
+        "_max",
+        "_open",
+        "_open_len",
+        "_retry",
+        "_started",
+    )
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES) -> None:
+        """Create a decoder.
+
+        Args:
+            max_event_bytes: The largest event to accept, counted as the raw bytes of its
+                data lines (field name and line end included) plus the line still open;
+                ``None`` for no limit.
+
+        Raises:
+            ValueError: ``max_event_bytes`` is not positive.
+        """
+        if max_event_bytes is not None and max_event_bytes <= 0:
+            raise ValueError(f"max_event_bytes must be positive or None, got {max_event_bytes}")
+        self._max = max_event_bytes
+        self._open: list[bytes] = []  # the pieces of the line that has not ended yet
+        self._open_len = 0
+        self._started = False  # past a possible byte order mark
         self._data: list[bytes] = []
+        self._data_len = 0
         self._event: str | None = None
         self._id: str | None = None
         self._retry: int | None = None
-        self._started = False
 
     @property
     def last_event_id(self) -> str | None:
@@ -110,19 +145,36 @@ class SSEDecoder:
 
         Returns:
             The events completed by this chunk, in order (often empty).
+
+        Raises:
+            ResponseTooLargeError: The event being read grew past ``max_event_bytes``.
         """
-        buf = self._buf + chunk if self._buf else bytes(chunk)
+        pieces = self._open
         if not self._started:
-            if len(buf) < len(_BOM) and _BOM.startswith(buf):
-                self._buf = buf
+            head = b"".join([*pieces, chunk])
+            if len(head) < len(_BOM) and _BOM.startswith(head):
+                self._open = [head]
+                self._open_len = len(head)
                 return []
             self._started = True
-            if buf.startswith(_BOM):
-                buf = buf[len(_BOM) :]
+            pieces = self._open = []
+            self._open_len = 0
+            chunk = head[len(_BOM) :] if head.startswith(_BOM) else head
+        if b"\n" not in chunk and b"\r" not in chunk and not (pieces and pieces[-1][-1:] == b"\r"):
+            # The line is still open: keep the piece, copy nothing (linear in the bytes fed).
+            pieces.append(chunk)
+            self._open_len += len(chunk)
+            self._check_size()
+            return []
+        if pieces:
+            pieces.append(chunk)
+            buf = b"".join(pieces)
+        else:
+            buf = bytes(chunk)
         events: list[SSEEvent] = []
         if b"\r" not in buf:
             lines = buf.split(b"\n")
-            self._buf = lines.pop()
+            tail = lines.pop()
         else:
             hold = buf.endswith(b"\r")
             if hold:
@@ -132,26 +184,44 @@ class SSEDecoder:
             lines = _LINE_END.split(buf)
             tail = lines.pop()
             if hold:
-                self._buf = tail + b"\r"
-            else:
-                self._buf = tail
+                tail += b"\r"
+        self._open = [tail] if tail else []
+        self._open_len = len(tail)
         # Hot loop: "data: ..." lines and blank lines inline; other lines in _line().
         data = self._data
         for line in lines:
             if line[:6] == b"data: ":
                 data.append(line[6:])
+                self._data_len += len(line) + 1
             elif line:
                 self._line(line, events)
             elif data:
                 value = data[0] if len(data) == 1 else b"\n".join(data)
                 events.append(SSEEvent(value, self._event or "message", self._id, self._retry))
                 data = self._data = []
+                self._data_len = 0
                 self._event = None
                 self._retry = None
             else:
                 self._event = None
                 self._retry = None
+        self._check_size()
         return events
+
+    def _check_size(self) -> None:
+        limit = self._max
+        if limit is None or self._data_len + self._open_len <= limit:
+            return
+        self._open = []
+        self._open_len = 0
+        self._data = []
+        self._data_len = 0
+        raise ResponseTooLargeError(
+            f"a server-sent event exceeded {limit} bytes; raise the limit "
+            "(max_event_bytes) if such events are expected",
+            limit=limit,
+            what="server-sent event",
+        )
 
     def close(self) -> list[SSEEvent]:
         """Finish the stream.
@@ -161,11 +231,14 @@ class SSEDecoder:
             the end (no terminating blank line) is discarded, as the standard requires.
         """
         events: list[SSEEvent] = []
-        buf, self._buf = self._buf, b""
+        buf = b"".join(self._open)
+        self._open = []
+        self._open_len = 0
         if buf.endswith(b"\r"):
             for line in _LINE_END.split(buf[:-1]):
                 self._line(line, events)
         self._data = []
+        self._data_len = 0
         self._event = None
         return events
 
@@ -173,12 +246,14 @@ class SSEDecoder:
         if line.startswith(b"data:"):
             value = line[5:]
             self._data.append(value[1:] if value.startswith(b" ") else value)
+            self._data_len += len(line) + 1
             return
         if not line:
             if self._data:
                 data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
                 events.append(SSEEvent(data, self._event or "message", self._id, self._retry))
             self._data = []
+            self._data_len = 0
             self._event = None
             self._retry = None
             return
@@ -189,6 +264,7 @@ class SSEDecoder:
             value = value[1:]
         if name == b"data":  # a bare "data" line: an empty data line
             self._data.append(value)
+            self._data_len += len(line) + 1
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         elif name == b"id":
