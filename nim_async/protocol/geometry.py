@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import math
 
-from nim_async.catalog import BoxFormat
+from nim_async.catalog import (
+    QWEN3_VL_FACTOR,
+    QWEN3_VL_MAX_PIXELS,
+    QWEN3_VL_MIN_PIXELS,
+    BoxFormat,
+)
 
 __all__ = [
     "Box",
     "fit_within_budget",
     "from_pixels",
+    "qwen3_vl_resize",
     "qwen_image_tokens",
     "smart_resize",
     "to_pixels",
@@ -29,15 +35,19 @@ def smart_resize(
     min_pixels: int = 4 * 28 * 28,
     max_pixels: int = 1280 * 28 * 28,
 ) -> tuple[int, int]:
-    """Return the size Qwen2.5-VL resizes an image to before patching it.
+    """Return the size a Qwen-VL image processor resizes an image to before patching it.
 
-    Both sides become multiples of ``factor`` and the area lands within
-    ``[min_pixels, max_pixels]`` while keeping the aspect ratio as close as possible.
+    This is the rule of transformers' ``Qwen2VLImageProcessor`` (``smart_resize``), which
+    vLLM runs for Qwen2.5-VL (``factor`` 28) and Qwen3-VL (``factor`` 32, see
+    :func:`qwen3_vl_resize`): both sides become multiples of ``factor`` and the area lands
+    within ``[min_pixels, max_pixels]`` while keeping the aspect ratio as close as possible.
+    A side that rounds to 0 sends the image through the ``min_pixels`` branch, as in the
+    processor.
 
     Args:
         width: Original width in pixels.
         height: Original height in pixels.
-        factor: Patch multiple (28 for Qwen2.5-VL).
+        factor: Patch multiple (28 for Qwen2.5-VL, 32 for Qwen3-VL).
         min_pixels: Smallest allowed area.
         max_pixels: Largest allowed area.
 
@@ -45,12 +55,18 @@ def smart_resize(
         The resized ``(width, height)``.
 
     Raises:
-        ValueError: If a side is not positive.
+        ValueError: If a side is not positive, or the aspect ratio is over 200 (the processor
+            refuses such an image).
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
+    if max(width, height) / min(width, height) > 200:
+        raise ValueError(
+            f"the aspect ratio of a {width}x{height} image is over 200, which Qwen-VL models "
+            "refuse; crop or pad it"
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
@@ -60,6 +76,35 @@ def smart_resize(
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return w_bar, h_bar
+
+
+def qwen3_vl_resize(
+    width: int,
+    height: int,
+    *,
+    min_pixels: int = QWEN3_VL_MIN_PIXELS,
+    max_pixels: int = QWEN3_VL_MAX_PIXELS,
+) -> tuple[int, int]:
+    """Return the size Qwen3-VL (cosmos-reason2) resizes an image to.
+
+    :func:`smart_resize` with ``factor`` 32 (16-pixel patches merged 2 x 2) and Qwen3-VL's
+    processor defaults: at least 65536 pixels, at most 16777216.
+
+    Args:
+        width: Width of the image as sent.
+        height: Height of the image as sent.
+        min_pixels: Smallest allowed area.
+        max_pixels: Largest allowed area.
+
+    Returns:
+        The resized ``(width, height)``, both multiples of 32.
+
+    Raises:
+        ValueError: as :func:`smart_resize`.
+    """
+    return smart_resize(
+        width, height, factor=QWEN3_VL_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels
+    )
 
 
 def fit_within_budget(width: int, height: int, max_pixels: int) -> tuple[int, int]:
@@ -82,20 +127,32 @@ def fit_within_budget(width: int, height: int, max_pixels: int) -> tuple[int, in
 
 
 def qwen_image_tokens(
-    width: int, height: int, *, factor: int = 28, max_pixels: int = 1280 * 28 * 28
+    width: int,
+    height: int,
+    *,
+    factor: int = 28,
+    max_pixels: int = 1280 * 28 * 28,
+    min_pixels: int = 4 * 28 * 28,
 ) -> int:
-    """Count the prompt tokens Qwen2.5-VL spends on an image: one per 28×28 patch after resize.
+    """Count the prompt tokens a Qwen-VL model spends on an image: one per merged patch.
+
+    A merged patch is ``factor`` x ``factor`` pixels of the resized image (28 for Qwen2.5-VL,
+    32 for Qwen3-VL); the wrapper tokens around the image are not counted.
 
     Args:
         width: Image width in pixels as sent.
         height: Image height in pixels as sent.
-        factor: Patch side after merging (28).
+        factor: Patch side after merging.
         max_pixels: Pixel budget of the model.
+        min_pixels: Smallest vision input of the model.
 
     Returns:
         The number of image tokens.
+
+    Raises:
+        ValueError: as :func:`smart_resize`.
     """
-    w, h = smart_resize(width, height, factor=factor, max_pixels=max_pixels)
+    w, h = smart_resize(width, height, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return (w // factor) * (h // factor)
 
 

@@ -243,3 +243,16 @@ def test_guided_helpers() -> None:
     assert p.guided_field == "guided_json"
     assert p.guided_json_schema() == {"type": "object"}
     assert NIMSamplingParams(guided_choice=["yes", "no", "maybe"]).guided_field == "guided_choice"
+
+
+@pytest.mark.parametrize("image", ["cosmos-reason2-2b", "cosmos-reason2-8b"])
+def test_cosmos_reason2_images_are_accepted(image: str) -> None:
+    config = NIMConfig(nvidia_api_key=KEY, image_name=image)
+    assert config.image_ref == f"nvcr.io/nim/nvidia/{image}:latest"
+    assert config.container_name == image
+
+
+def test_unknown_image_names_the_supported_ones() -> None:
+    with pytest.raises(InvalidConfigError, match="cosmos-reason2-2b") as info:
+        NIMConfig(nvidia_api_key=KEY, image_name="cosmos-reason3-1b")
+    assert info.value.field == "image_name"

@@ -66,6 +66,9 @@ def test_to_pixels_clamps_to_image() -> None:
         ("nvidia/Cosmos-Reason1-7B", "qwen25-abs"),
         ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen25-abs"),
         ("Qwen/Qwen3-VL-8B-Instruct", "norm1000"),
+        ("cosmos-reason2-2b", "norm1000"),
+        ("cosmos-reason2-8b", "norm1000"),
+        ("nvidia/Cosmos-Reason2-8B", "norm1000"),
         ("my-vi-finetune", "norm1024"),
     ],
 )
