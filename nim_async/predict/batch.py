@@ -1,9 +1,19 @@
 """Bounded-concurrency scoring of many inputs against one NIM (``predict_many``).
 
 :func:`predict_many` reads its sources lazily (a generator of 10⁵ paths is never turned into a
-list), keeps at most ``concurrency`` requests in flight, retries retryable failures with
-exponential backoff and jitter, and yields exactly one :class:`BatchResult` per input: the
-response, or the error that ended that input. One bad image never aborts the batch.
+list), keeps at most ``concurrency`` requests in flight and yields exactly one
+:class:`BatchResult` per input: the response, or the error that ended that input. One bad
+image never aborts the batch.
+
+Retries follow the one policy of :mod:`nim_async.http.retry`. The predictor already applies it
+to every request (``AsyncNIMPredictor(retries=3)``: up to 4 sends), so by default the batch
+adds no attempts of its own: **each input is sent at most the predictor's attempts times
+``1 + retries``** (``retries`` of the batch, default 0), i.e. 4 sends with the defaults. Give
+the batch retries only for a predictor that does not retry by itself (``retries=0``).
+
+Progress is reported through a plain :class:`BatchProgress` object (start, advance, finish);
+``progress=True`` draws a plain text line on stderr. Rich displays live in
+:mod:`nim_async.ui.batch_progress`.
 
 Leaving the ``async for`` early (``break``, an exception, cancellation) cancels the requests in
 flight and waits for them, so no task outlives the iterator. Wrap it in
@@ -17,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import sys
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -32,21 +42,15 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING, Any, Protocol
 
-from nim_async.errors import (
-    NIMError,
-    NIMPredictionError,
-    PredictionTimeoutError,
-    RateLimitError,
-    ServerError,
-    ServiceUnavailableError,
-    StreamError,
-)
+from nim_async.errors import NIMError, NIMPredictionError
+from nim_async.http.retry import RetryPolicy
 from nim_async.results import PredictionResponse
 
 if TYPE_CHECKING:
     from nim_async.config import NIMSamplingParams
 
 __all__ = [
+    "BatchProgress",
     "BatchResult",
     "Predictor",
     "is_retryable",
@@ -78,7 +82,8 @@ class BatchResult:
         source: The input as given (path, URL, bytes, PIL image).
         response: The prediction, or ``None`` when the input failed.
         error: The error that ended the input, or ``None`` when it succeeded.
-        attempts: How many requests were made for this input (1 + retries used).
+        attempts: How many times the batch called the predictor for this input (1 + the
+            batch's retries used; the predictor's own resends are not counted here).
         elapsed: Seconds from the first attempt to the outcome, backoff included.
     """
 
@@ -95,20 +100,36 @@ class BatchResult:
         return self.error is None and self.response is not None
 
 
-def is_retryable(error: BaseException) -> bool:
-    """Whether ``error`` is worth another attempt.
+class BatchProgress(Protocol):
+    """Receives the progress of a batch (what a progress display needs)."""
 
-    Retryable: no server answering (it may be restarting), HTTP 429, HTTP 5xx, a stream that
-    broke off, and timeouts. Not retryable: bad requests, unreadable images, parse errors.
+    def start(self, total: int | None) -> None:
+        """The batch starts; ``total`` inputs when known."""
+        ...
+
+    def advance(self, ok: bool) -> None:
+        """One input finished (``ok``: it produced a response)."""
+        ...
+
+    def finish(self) -> None:
+        """The batch ended (also when it was abandoned or failed)."""
+        ...
+
+
+_DEFAULT_POLICY = RetryPolicy()
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether ``error`` is worth another attempt under the one retry policy.
+
+    Retryable: no server answering (it may be restarting), HTTP 429, 502, 503 and 504 (see
+    :class:`~nim_async.http.retry.RetryPolicy`). Not retryable: HTTP 500 and other statuses,
+    timeouts, broken streams, bad requests, unreadable images, parse errors.
 
     Args:
         error: The exception an attempt raised.
     """
-    if isinstance(error, ServiceUnavailableError | RateLimitError | StreamError):
-        return True
-    if isinstance(error, PredictionTimeoutError):
-        return True
-    return isinstance(error, ServerError) and error.status_code >= 500
+    return _DEFAULT_POLICY.is_retryable(error)
 
 
 def source_label(source: object) -> str:
@@ -177,13 +198,6 @@ def result_record(result: BatchResult) -> dict[str, Any]:
     return record
 
 
-def _backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
-    if base <= 0:
-        return 0.0
-    return random.uniform(0.0, min(cap, base * (2**attempt)))
-
-
 async def _predict_one(
     predictor: Predictor,
     index: int,
@@ -191,28 +205,27 @@ async def _predict_one(
     *,
     user_prompt: str | None,
     sampling_params: NIMSamplingParams | None,
-    retries: int,
-    backoff: float,
-    backoff_cap: float,
+    policy: RetryPolicy,
 ) -> BatchResult:
     start = time.perf_counter()
-    attempt = 0
+    retry = policy.start(label=f"batch input {index}")
     while True:
-        attempt += 1
         try:
             response = await predictor(
                 source, user_prompt=user_prompt, sampling_params=sampling_params
             )
         except NIMError as exc:
-            if attempt <= retries and is_retryable(exc):
-                await asyncio.sleep(_backoff_delay(attempt - 1, backoff, backoff_cap))
+            if await retry.backoff(exc):
                 continue
-            return BatchResult(index, source, None, exc, attempt, time.perf_counter() - start)
+            error: NIMError = exc
         except Exception as exc:  # one bad input must not abort the batch
             error = NIMPredictionError(f"{type(exc).__name__}: {exc}")
             error.__cause__ = exc
-            return BatchResult(index, source, None, error, attempt, time.perf_counter() - start)
-        return BatchResult(index, source, response, None, attempt, time.perf_counter() - start)
+        else:
+            return BatchResult(
+                index, source, response, None, retry.attempts, time.perf_counter() - start
+            )
+        return BatchResult(index, source, None, error, retry.attempts, time.perf_counter() - start)
 
 
 class _Sources:
@@ -240,57 +253,39 @@ class _Sources:
             return False, None
 
 
-class _Progress:
-    """A rich progress bar: done / total, failed, rate, ETA (on stderr)."""
+class _TextProgress:
+    """``progress=True``: one plain line on stderr, redrawn on a terminal, final at the end."""
 
-    def __init__(self, total: int | None, description: str) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+    _EVERY = 0.2  # seconds between redraws
 
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            TextColumn("[red]{task.fields[failed]} failed"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._task = self._progress.add_task(description, total=total, failed=0, rate="")
+    def __init__(self, description: str = "scoring") -> None:
+        self._description = description
+        self._total: int | None = None
+        self._done = self._failed = 0
+        self._start = self._drawn = 0.0
+        self._tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+    def start(self, total: int | None) -> None:
+        self._total = total
         self._start = time.perf_counter()
-        self._done = 0
-        self._failed = 0
-
-    def __enter__(self) -> _Progress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
 
     def advance(self, ok: bool) -> None:
         self._done += 1
-        if not ok:
-            self._failed += 1
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
-        self._progress.update(
-            self._task,
-            advance=1,
-            failed=self._failed,
-            rate=f"{self._done / elapsed:.1f}/s",
-        )
+        self._failed += not ok
+        now = time.perf_counter()
+        if self._tty and now - self._drawn >= self._EVERY:
+            self._drawn = now
+            sys.stderr.write("\r" + self._line(now))
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        sys.stderr.write(("\r" if self._tty else "") + self._line(time.perf_counter()) + "\n")
+        sys.stderr.flush()
+
+    def _line(self, now: float) -> str:
+        total = "?" if self._total is None else str(self._total)
+        rate = self._done / max(now - self._start, 1e-9)
+        return f"{self._description} {self._done}/{total}  {self._failed} failed  {rate:.1f}/s"
 
 
 async def predict_many(
@@ -301,12 +296,13 @@ async def predict_many(
     user_prompt: str | None = None,
     sampling_params: NIMSamplingParams | None = None,
     ordered: bool = False,
-    retries: int = 2,
-    progress: bool = False,
+    retries: int = 0,
+    progress: bool | BatchProgress = False,
     backoff: float = 0.5,
     backoff_cap: float = 10.0,
     reorder_window: int | None = None,
     total: int | None = None,
+    retry: RetryPolicy | None = None,
 ) -> AsyncGenerator[BatchResult, None]:
     """Predict many sources with bounded concurrency; yield one result per input.
 
@@ -322,12 +318,18 @@ async def predict_many(
         sampling_params: Sampling parameters for every request.
         ordered: Yield in input order. Completed results wait in a window of at most
             ``reorder_window`` inputs; new inputs start only while the window has room.
-        retries: Extra attempts for a retryable failure (see :func:`is_retryable`).
-        progress: Show a rich progress bar (done, failed, rate, ETA) on stderr.
-        backoff: Base of the exponential backoff in seconds (full jitter).
-        backoff_cap: Longest single backoff in seconds.
+        retries: Extra calls of the predictor for an input whose error the one retry policy
+            retries (see :func:`is_retryable`), after the predictor's own attempts: the most
+            sends per input are the predictor's attempts × ``(1 + retries)``. Default 0: the
+            predictor's policy alone applies (it retries already).
+        progress: ``True`` for a plain progress line on stderr, or a :class:`BatchProgress`
+            (e.g. :class:`nim_async.ui.batch_progress.RichBatchProgress`).
+        backoff: Base of the batch's backoff in seconds (:class:`RetryPolicy` ``base``).
+        backoff_cap: Longest single backoff of the batch in seconds.
         reorder_window: Size of the ordered window; default ``4 * concurrency``.
-        total: Number of inputs for the progress bar; taken from ``len(sources)`` if it has one.
+        total: Number of inputs for the progress display; ``len(sources)`` if it has one.
+        retry: The batch's whole retry policy (overrides ``retries``, ``backoff`` and
+            ``backoff_cap``; e.g. with a ``deadline``).
 
     Yields:
         One :class:`BatchResult` per input, with ``response`` or ``error`` set.
@@ -339,6 +341,9 @@ async def predict_many(
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     if retries < 0:
         raise ValueError(f"retries must be at least 0, got {retries}")
+    policy = retry or RetryPolicy.from_retries(
+        retries, base=max(backoff, 0.0), cap=max(backoff_cap, backoff, 0.0)
+    )
     window = reorder_window if reorder_window is not None else 4 * concurrency
     if window < concurrency:
         raise ValueError(f"reorder_window ({window}) must be at least concurrency ({concurrency})")
@@ -351,7 +356,7 @@ async def predict_many(
     waiting: dict[int, BatchResult] = {}
     next_index = 0
     next_to_yield = 0
-    bar = _Progress(total, "scoring") if progress else None
+    bar: BatchProgress | None = _TextProgress() if progress is True else progress or None
 
     def start(index: int, source: object) -> None:
         coro = _predict_one(
@@ -360,15 +365,13 @@ async def predict_many(
             source,
             user_prompt=user_prompt,
             sampling_params=sampling_params,
-            retries=retries,
-            backoff=backoff,
-            backoff_cap=backoff_cap,
+            policy=policy,
         )
         pending.add(asyncio.ensure_future(coro))
 
     try:
         if bar is not None:
-            bar.__enter__()
+            bar.start(total)
         while True:
             while len(pending) < concurrency and not feed.exhausted:
                 if ordered and next_index - next_to_yield >= window:
@@ -400,4 +403,4 @@ async def predict_many(
             await asyncio.gather(*pending, return_exceptions=True)
         pending.clear()
         if bar is not None:
-            bar.__exit__(None, None, None)
+            bar.finish()

@@ -2,29 +2,30 @@
 
 The core is :class:`nim_async.deploy.deployer.AsyncNIMDeployer`.
 
-Every call runs on the shared portal loop (:mod:`nim_async.sync._portal`) and blocks until it
-finishes; Ctrl-C cancels the running deploy, which removes the container it created.
-Exceptions cross unchanged.
+Every call runs on the one process-wide loop thread (:mod:`nim_async.sync._portal`) and blocks
+until it finishes; Ctrl-C cancels the running deploy, which removes the container it created.
+Exceptions cross unchanged. A deployer holds no connection between calls (each call opens and
+closes its own Docker client), so there is nothing to close and nothing for a finalizer to wait
+for: a script ends promptly whether its deploy succeeded or failed.
 """
 
 from __future__ import annotations
 
 import builtins
 import functools
-import threading
 from types import TracebackType
 from typing import Self
-
-from rich.console import Console
 
 from nim_async.config import NIMConfig
 from nim_async.deploy.deployer import AsyncNIMDeployer, ContainerStatus
 from nim_async.results import NIMDeploymentResult
-from nim_async.sync._portal import PortalLease
+from nim_async.sync import _portal
+from nim_async.ui.console import Console
 
 __all__ = ["NIMDeployer"]
 
 _CANCEL_CLEANUP_WAIT = 60.0
+_STOP_CLEANUP_MARGIN = 5.0
 
 
 class NIMDeployer:
@@ -50,7 +51,6 @@ class NIMDeployer:
         console: Console | None = None,
     ) -> None:
         self._core = AsyncNIMDeployer(config, quiet, console=console)
-        self._lease: PortalLease | None = None
 
     @property
     def config(self) -> NIMConfig:
@@ -78,28 +78,11 @@ class NIMDeployer:
             ServiceNotReadyError: Not ready within ``config.startup_timeout``.
             APIError: Docker operations fail (see :meth:`AsyncNIMDeployer.deploy`).
         """
-        if self._lease is None:
-            self._lease = PortalLease()
-        finished = threading.Event()
-
-        async def run() -> NIMDeploymentResult:
-            try:
-                return await self._core.deploy()
-            finally:
-                finished.set()
-
-        try:
-            return self._lease.call(run)
-        except KeyboardInterrupt:
-            # The deploy was cancelled on the loop; let it remove the container it created.
-            finished.wait(_CANCEL_CLEANUP_WAIT)
-            raise
+        # Ctrl-C cancels the deploy on the loop; it may take a while to remove its container.
+        return _portal.call(self._core.deploy, cleanup_wait=_CANCEL_CLEANUP_WAIT)
 
     def close(self) -> None:
-        """Release the event-loop thread (the deployed container keeps running)."""
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            lease.release()
+        """Nothing to release (kept for the documented API); the container keeps running."""
 
     def __enter__(self) -> Self:
         return self
@@ -111,11 +94,6 @@ class NIMDeployer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        lease = getattr(self, "_lease", None)
-        if lease is not None:
-            lease.release()
 
     @classmethod
     def stop(cls, container_name: str, quiet: bool = False, *, grace: float = 10.0) -> bool:
@@ -129,13 +107,10 @@ class NIMDeployer:
         Returns:
             ``True`` if stopped, ``False`` if not found.
         """
-        lease = PortalLease()
-        try:
-            return lease.call(
-                functools.partial(AsyncNIMDeployer.stop, container_name, quiet, grace=grace)
-            )
-        finally:
-            lease.release()
+        return _portal.call(
+            functools.partial(AsyncNIMDeployer.stop, container_name, quiet, grace=grace),
+            cleanup_wait=grace + _STOP_CLEANUP_MARGIN,
+        )
 
     @classmethod
     def status(cls, container_name: str) -> ContainerStatus | None:
@@ -144,11 +119,7 @@ class NIMDeployer:
         Args:
             container_name: Container name or ID.
         """
-        lease = PortalLease()
-        try:
-            return lease.call(AsyncNIMDeployer.status, container_name)
-        finally:
-            lease.release()
+        return _portal.call(AsyncNIMDeployer.status, container_name)
 
     @classmethod
     def list(cls) -> builtins.list[ContainerStatus]:
@@ -157,8 +128,4 @@ class NIMDeployer:
         Returns:
             One :class:`~nim_async.deploy.deployer.ContainerStatus` per container.
         """
-        lease = PortalLease()
-        try:
-            return lease.call(AsyncNIMDeployer.list)
-        finally:
-            lease.release()
+        return _portal.call(AsyncNIMDeployer.list)

@@ -4,7 +4,11 @@ The core is :class:`nim_async.predict.predictor.AsyncNIMPredictor`.
 
 Every call runs on the one process-wide event-loop thread (:mod:`nim_async.sync._portal`), so
 the facade works from plain scripts and from inside a running event loop (a notebook, or
-code under ``asyncio.run``) alike. Ctrl-C while a call blocks cancels the request.
+code under ``asyncio.run``) alike, and one predictor may be used from many threads at once.
+Ctrl-C while a call blocks cancels the request.
+
+A predictor that is never closed is closed for you: when it is garbage-collected (the close is
+scheduled, never waited for) or, at the latest, when the interpreter exits.
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ from nim_async.config import NIMSamplingParams
 from nim_async.predict.media import validate_source
 from nim_async.predict.predictor import AsyncNIMPredictor, _check_params
 from nim_async.results import PredictionResponse
-from nim_async.sync._portal import Emit, PortalLease
+from nim_async.sync import _portal
+from nim_async.sync._portal import Closer, Send
 
 if TYPE_CHECKING:
     from nim_async.predict.batch import BatchResult
 
-__all__ = ["NIMPredictor"]
+__all__ = ["BATCH_WINDOW", "STREAM_WINDOW", "NIMPredictor"]
+
+#: Token batches (one per network read) a blocking stream lets wait for the caller.
+STREAM_WINDOW = 4
+#: Results a blocking ``predict_many`` lets wait for the caller.
+BATCH_WINDOW = 1
 
 
 class NIMPredictor:
@@ -60,7 +70,7 @@ class NIMPredictor:
     ) -> None:
         core = AsyncNIMPredictor(model_name, task_type, port, **kwargs)
         self._core = core
-        self._lease = PortalLease()
+        self._closer = Closer(core.aclose)
 
     # ------------------------------------------------------------------ properties
 
@@ -93,13 +103,18 @@ class NIMPredictor:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Close the connection pool and release the loop thread. Idempotent."""
-        if self._lease.closed:
-            return
-        try:
-            self._lease.call(self._core.aclose)
-        finally:
-            self._lease.release()
+        """Close the connection pool. Idempotent; later calls raise ``RuntimeError``."""
+        self._closer.close()
+
+    def __del__(self) -> None:
+        # Never waits: the close is scheduled on the loop thread (or done by the exit hook).
+        closer = getattr(self, "_closer", None)
+        if closer is not None:
+            closer.close_soon()
+
+    def _check_open(self) -> None:
+        if self._closer.closed:
+            raise RuntimeError("this NIMPredictor is closed; create a new one")
 
     def __enter__(self) -> Self:
         return self
@@ -171,7 +186,9 @@ class NIMPredictor:
             ``Generator[str, None, PredictionResponse]`` yielding content tokens whose return
             value (``StopIteration.value``) is the final response. The request is checked at
             once and sent at the first ``next()``; leaving the loop early closes the HTTP
-            response.
+            response. Tokens cross threads through a bounded channel: while the caller does
+            not take them, at most ``STREAM_WINDOW`` network reads' worth wait and the
+            response is not read further (TCP backpressure reaches the server).
 
         Raises:
             MediaError: the image cannot be loaded (a missing file is reported at once).
@@ -185,29 +202,44 @@ class NIMPredictor:
         _check_params(sampling_params)
         if stream:
             validate_source(source)
-            _ = self._lease.portal  # raises if closed
+            self._check_open()
             return self._stream(source, user_prompt, sampling_params)
-        return self._lease.call(self._core.__call__, source, user_prompt, sampling_params)
+        self._check_open()
+        return _portal.call(self._core.__call__, source, user_prompt, sampling_params)
 
     def predict_many(
         self, sources: Iterable[Any], **kwargs: Any
     ) -> Generator[BatchResult, None, None]:
         """Score many inputs with bounded concurrency; yield one ``BatchResult`` per input.
 
+        Backpressure: results cross to the caller's thread through a channel of
+        ``BATCH_WINDOW`` (1) result, so a caller that does not take results holds the batch.
+        At any moment the inputs pulled from ``sources`` are at most the results taken
+        plus ``concurrency + 2`` (unordered) or ``reorder_window + 2`` (``ordered=True``).
+        Each input is sent at most the predictor's own attempts (``retries + 1``) times
+        ``1 + retries`` of the batch (default 0): see :mod:`nim_async.predict.batch`.
+
         Args:
-            sources: The inputs (any source ``__call__`` accepts).
+            sources: The inputs (any source ``__call__`` accepts), read lazily.
             **kwargs: ``concurrency``, ``user_prompt``, ``sampling_params``, ``ordered``,
-                ``retries``, ``progress`` (see :func:`nim_async.predict.batch.predict_many`).
+                ``retries``, ``progress`` (``True``: a progress bar on stderr, or a
+                :class:`~nim_async.predict.batch.BatchProgress`), ``total``
+                (see :func:`nim_async.predict.batch.predict_many`).
 
         Returns:
             A generator of results; closing it early cancels the outstanding requests.
         """
-        _ = self._lease.portal  # raises if closed
+        self._check_open()
+        if kwargs.get("progress") is True:
+            from nim_async.ui.batch_progress import RichBatchProgress
+
+            kwargs = {**kwargs, "progress": RichBatchProgress()}
         return self._batch(sources, kwargs)
 
     def health_ready(self) -> bool:
         """Return whether the server reports ready (``/v1/health/ready`` answers 200)."""
-        return self._lease.call(self._core.health_ready)
+        self._check_open()
+        return _portal.call(self._core.health_ready)
 
     def list_models(self) -> list[str]:
         """Return the model ids the server serves.
@@ -216,7 +248,8 @@ class NIMPredictor:
             ServiceUnavailableError: no server answers.
             ServerError: the server answered with an HTTP error.
         """
-        return self._lease.call(self._core.list_models)
+        self._check_open()
+        return _portal.call(self._core.list_models)
 
     # ------------------------------------------------------------------ internals
 
@@ -228,28 +261,28 @@ class NIMPredictor:
     ) -> Generator[str, None, PredictionResponse]:
         core = self._core
 
-        async def produce(emit: Emit[str]) -> PredictionResponse:
+        async def produce(send: Send[str]) -> PredictionResponse:
             async with core.stream(source, user_prompt, sampling_params) as stream:
                 async for batch in stream.batches():
-                    emit(batch)
+                    await send(batch)
                 return await stream.get_final_response()
 
-        return self._lease.iterate(produce)
+        return _portal.iterate(produce, window=STREAM_WINDOW)
 
     def _batch(
         self, sources: Iterable[Any], kwargs: dict[str, Any]
     ) -> Generator[BatchResult, None, None]:
         core = self._core
 
-        async def produce(emit: Emit[BatchResult]) -> None:
+        async def produce(send: Send[BatchResult]) -> None:
             results = core.predict_many(sources, **kwargs)
             try:
                 async for item in results:
-                    emit((item,))
+                    await send((item,))
             finally:
                 aclose = getattr(results, "aclose", None)
                 if aclose is not None:
                     with anyio.CancelScope(shield=True):
                         await aclose()
 
-        return self._lease.iterate(produce)
+        return _portal.iterate(produce, window=BATCH_WINDOW)

@@ -224,7 +224,7 @@ async def test_cancelling_the_consumer_leaves_no_tasks(
         assert batch_tasks() == []
 
 
-@pytest.mark.parametrize("status", [503, 429, 500])
+@pytest.mark.parametrize("status", [503, 429, 502])
 async def test_retryable_failures_are_retried(
     on_emulator: Any, shapes: list[bytes], status: int
 ) -> None:
@@ -268,6 +268,16 @@ async def test_client_errors_are_not_retried(on_emulator: Any, shapes: list[byte
     async with on_emulator(fail_rate=1.0, fail_status=400) as (_emu, predictor):
         results = await collect(predict_many(predictor, shapes[:4], retries=5))
     assert all(isinstance(r.error, BadRequestError) and r.attempts == 1 for r in results)
+
+
+async def test_internal_server_errors_are_not_retried(
+    on_emulator: Any, shapes: list[bytes]
+) -> None:
+    # One retry policy (nim_async.http.retry): a 500 is deterministic for the same request.
+    async with on_emulator(fail_rate=1.0, fail_status=500) as (emu, predictor):
+        results = await collect(predict_many(predictor, shapes[:4], retries=5, backoff=0.001))
+        assert emu.metrics.errors == {500: 4}
+    assert all(isinstance(r.error, ServerError) and r.attempts == 1 for r in results)
 
 
 async def test_disconnects_end_as_errors_after_retries(
@@ -330,9 +340,10 @@ async def test_invalid_arguments(
 
 def test_retryable_classification() -> None:
     assert is_retryable(ServerError(503, "busy"))
-    assert is_retryable(ServerError(500, "boom"))
+    assert not is_retryable(ServerError(500, "boom"))
+    assert is_retryable(ServerError(502, "bad gateway"))
     assert is_retryable(RateLimitError(429, "slow down"))
-    assert is_retryable(StreamError("cut", partial_text="{"))
+    assert not is_retryable(StreamError("cut", partial_text="{"))
     assert is_retryable(ServiceUnavailableError("http://x"))
     assert not is_retryable(BadRequestError(400, "bad"))
     assert not is_retryable(PredictionParseError("no json", raw_output="x"))

@@ -183,10 +183,7 @@ PENDING: set[tuple[str, str]] = {
     ("nim_async.emulator.responder", "nim_async.protocol.geometry.smart_resize"),
     ("nim_async.emulator.server", "nim_async.protocol.geometry"),
     ("nim_async.emulator.server", "nim_async.protocol.geometry.qwen_image_tokens"),
-    ("nim_async.predict.batch", "rich.console"),
-    ("nim_async.predict.batch", "rich.progress"),
     ("nim_async.predict.predictor", "httpx"),
-    ("nim_async.sync.deployer", "rich.console"),
 }
 
 
