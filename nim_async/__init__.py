@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from nim_async.deploy import events as _deploy_events
+
 if TYPE_CHECKING:
     from nim_async.config import NIMConfig, NIMSamplingParams
     from nim_async.deploy.deployer import AsyncNIMDeployer, ContainerStatus
@@ -113,6 +115,17 @@ _LAZY: dict[str, str] = {
     "WeightsDownloadError": "nim_async.errors",
     "WeightsError": "nim_async.errors",
 }
+
+
+def _console_reporter(console: Any) -> Any:
+    from nim_async.ui.deploy import console_reporter
+
+    return console_reporter(console)
+
+
+# The library reports deploys as plain events; this wires nim_async.ui's rich drawing in as the
+# default console sink, so that deploy/ (core) never imports ui/ (the layer above it).
+_deploy_events.set_console_reporter(_console_reporter)
 
 
 def __getattr__(name: str) -> Any:

@@ -4,14 +4,16 @@ The flow of :meth:`AsyncNIMDeployer.deploy`::
 
     validate (cache dir) -> pull unless present or force_pull (login first: $oauthtoken / key)
     -> custom weights (nim_async.deploy.weights.prepare_weights)
-    -> existing container (reuse / remove / ContainerExistsError) -> create + start
+    -> existing container (reuse / remove / ContainerExistsError)
+    -> create (the body from nim_async.deploy.spec) + start
     -> stream logs (a task) -> wait ready while watching the container -> GET /v1/models
     -> NIMDeploymentResult
 
 A deploy that fails or is cancelled after creating its container removes that container; the
 image and the cache stay. All Docker calls go through :mod:`nim_async.deploy.docker`; all HTTP calls
 through :mod:`nim_async.http.health`. Nothing connects to Docker before :meth:`deploy`, :meth:`stop`
-or :meth:`list`.
+or :meth:`list`. Progress, logs and state changes are :mod:`nim_async.deploy.events` values; the
+deployer draws nothing itself.
 """
 
 from __future__ import annotations
@@ -26,19 +28,32 @@ from typing import Any, Self
 
 import anyio
 from pydantic import BaseModel, ConfigDict
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
 
-from nim_async.config import CONTAINER_CACHE_DIR, NIMConfig
+from nim_async.config import NIMConfig
 from nim_async.deploy.docker import DockerClient, RegistryAuth
+from nim_async.deploy.events import (
+    DeployEvent,
+    DeployState,
+    EventSink,
+    Level,
+    LogLine,
+    Notice,
+    PullTracker,
+    StateChanged,
+    TransferFinished,
+    resolve_sink,
+)
+from nim_async.deploy.spec import (
+    CONFIG_HASH_LABEL,
+    CONTAINER_PORT,
+    LABEL_PREFIX,
+    MANAGED_LABEL,
+    ModelMount,
+    container_spec,
+    describe_state,
+    env_value,
+    published_port,
+)
 from nim_async.errors import (
     ContainerExistsError,
     ContainerExitedError,
@@ -47,6 +62,7 @@ from nim_async.errors import (
     ServiceNotReadyError,
 )
 from nim_async.http.health import ReadinessProbe
+from nim_async.protocol.scrub import scrub
 from nim_async.results import NIMDeploymentResult
 
 __all__ = [
@@ -58,10 +74,6 @@ __all__ = [
     "DeployTimings",
 ]
 
-CONTAINER_PORT = 8000
-MANAGED_LABEL = "nim_async.managed"
-CONFIG_HASH_LABEL = "nim_async.config_hash"
-_LABEL_PREFIX = "nim_async."
 REGISTRY_USER = "$oauthtoken"
 LOG_TAIL = 50
 
@@ -112,120 +124,19 @@ class DeployTimings(BaseModel):
     finished: float | None = None
 
 
-def _device_requests(gpus: Any) -> list[dict[str, Any]] | None:
-    if gpus is None:
-        return None
-    request: dict[str, Any] = {"Driver": "", "Capabilities": [["gpu"]]}
-    if gpus == "all":
-        request["Count"] = -1
-    elif isinstance(gpus, int):
-        request["Count"] = gpus
-    else:
-        request["DeviceIDs"] = [str(g) for g in gpus]
-    return [request]
-
-
-def _published(info: dict[str, Any]) -> tuple[str | None, int | None]:
-    bindings = (info.get("HostConfig") or {}).get("PortBindings") or {}
-    entries = bindings.get(f"{CONTAINER_PORT}/tcp") or []
-    if not entries:
-        return None, None
-    host = entries[0].get("HostIp") or "0.0.0.0"
-    port = entries[0].get("HostPort")
-    return host, int(port) if port else None
-
-
-def _env_value(info: dict[str, Any], name: str) -> str | None:
-    for item in (info.get("Config") or {}).get("Env") or []:
-        key, _, value = str(item).partition("=")
-        if key == name:
-            return value
-    return None
-
-
-def _describe_state(state: dict[str, Any]) -> str:
-    status = str(state.get("Status", "unknown"))
-    if status == "running":
-        return f"running since {state.get('StartedAt', '?')}"
-    if status == "exited":
-        oom = ", OOM-killed" if state.get("OOMKilled") else ""
-        return f"exited ({state.get('ExitCode', '?')}{oom}) at {state.get('FinishedAt', '?')}"
-    return status
-
-
-class _PullDisplay:
-    """Per-layer rich progress (bytes and speed) for one pull."""
-
-    def __init__(self, console: Console, ref: str) -> None:
-        self.console = console
-        self.ref = ref
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=30),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[phase]}"),
-            console=console,
-            transient=False,
-        )
-        self.tasks: dict[str, TaskID] = {}
-        self.phase: dict[str, str] = {}
-        self.layer_bytes: dict[str, int] = {}
-        self.started = time.perf_counter()
-
-    def __enter__(self) -> Self:
-        self.console.print(f"Pulling [bold]{self.ref}[/]")
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.progress.stop()
-
-    def update(self, event: dict[str, Any]) -> None:
-        status = str(event.get("status", ""))
-        layer = event.get("id")
-        detail = event.get("progressDetail") or {}
-        if not layer or status.startswith("Pulling from"):
-            if status and not status.startswith("Pulling from"):
-                self.console.print(status, markup=False, highlight=False)
-            return
-        layer = str(layer)
-        task = self.tasks.get(layer)
-        if task is None:
-            task = self.progress.add_task(f"layer {layer}", total=None, phase=status)
-            self.tasks[layer] = task
-        total = detail.get("total")
-        current = detail.get("current")
-        if status in ("Downloading", "Extracting") and self.phase.get(layer) != status:
-            self.phase[layer] = status
-            self.progress.reset(task, total=total, phase=status)
-        if status == "Downloading" and isinstance(total, int):
-            self.layer_bytes[layer] = total
-        if isinstance(current, int):
-            self.progress.update(task, completed=current, total=total, phase=status)
-        elif status in ("Pull complete", "Already exists", "Download complete"):
-            t = self.progress.tasks[self.tasks[layer]]
-            self.progress.update(task, completed=t.total or 0, phase=status)
-        else:
-            self.progress.update(task, phase=status)
-
-    def summary(self) -> str:
-        elapsed = max(time.perf_counter() - self.started, 1e-6)
-        size = sum(self.layer_bytes.values())
-        return (
-            f"Pulled {self.ref}: {len(self.tasks)} layers, {size / 1e6:.1f} MB in "
-            f"{elapsed:.1f} s ({size / 1e6 / elapsed:.1f} MB/s)"
-        )
-
-
 class AsyncNIMDeployer:
     """Deploys a NIM container (async core of :class:`nim_async.NIMDeployer`).
+
+    Progress (image pull, weights download), container logs and state changes are reported as
+    :mod:`nim_async.deploy.events` values: to ``on_event`` when given, else drawn on ``console``
+    unless ``quiet``.
 
     Args:
         config: Deployment configuration; ``None`` builds one from the environment
             (``NGC_API_KEY`` required).
         quiet: Print nothing at all.
-        console: Where progress and logs go (default: a rich console on stderr).
+        console: Where progress and logs are drawn (a rich console; default: one on stderr).
+        on_event: Receives every deploy event instead of the console (also when ``quiet``).
 
     Raises:
         InvalidConfigError: If ``config`` is ``None`` and the environment gives no valid key.
@@ -236,11 +147,12 @@ class AsyncNIMDeployer:
         config: NIMConfig | None = None,
         quiet: bool = False,
         *,
-        console: Console | None = None,
+        console: Any = None,
+        on_event: EventSink | None = None,
     ) -> None:
         self._config = config if config is not None else NIMConfig()
         self._quiet = quiet
-        self._console: Console | None = None if quiet else (console or Console(stderr=True))
+        self._sink = resolve_sink(quiet=quiet, on_event=on_event, console=console)
         self._log_task: asyncio.Task[None] | None = None
         self.timings = DeployTimings()
 
@@ -270,9 +182,12 @@ class AsyncNIMDeployer:
 
     # ------------------------------------------------------------------ output
 
-    def _say(self, message: str) -> None:
-        if self._console is not None:
-            self._console.print(message)
+    def _emit(self, event: DeployEvent) -> None:
+        if self._sink is not None:
+            self._sink(event)
+
+    def _state(self, state: DeployState, container: str, message: str) -> None:
+        self._emit(StateChanged(state, container, message))
 
     # ------------------------------------------------------------------ deploy
 
@@ -305,100 +220,32 @@ class AsyncNIMDeployer:
     async def _deploy(self) -> NIMDeploymentResult:
         config = self._config
         cache_dir = config.ensure_cache_dir()
-        key = config.nvidia_api_key.get_secret_value()
-        async with DockerClient(secrets=(key,)) as docker:
+        async with DockerClient(secrets=(config.nvidia_api_key.get_secret_value(),)) as docker:
             await self._ensure_image(docker)
 
             from nim_async.deploy.weights import prepare_weights
 
-            prepared = await prepare_weights(config, quiet=self._quiet)
-
-            name = config.container_name
-            existing = await docker.inspect_container(name)
+            prepared = await prepare_weights(config, quiet=self._quiet, on_event=self._sink)
+            existing = await docker.inspect_container(config.container_name)
             if existing is not None:
                 running = bool((existing.get("State") or {}).get("Running"))
                 if running and config.use_existing_container:
                     return await self._reuse(docker, existing)
-                if not config.auto_kill_existing_container:
-                    raise ContainerExistsError(name)
-                self._say(f"Removing the existing container [bold]{name}[/]")
-                await docker.remove_container(str(existing["Id"]), force=True)
-
-            env = [f"NGC_API_KEY={key}", f"NIM_MAX_MODEL_LEN={config.max_model_len}"]
-            if config.served_model_name:
-                env.append(f"NIM_SERVED_MODEL_NAME={config.served_model_name}")
-            mounts: list[dict[str, Any]] = [
-                {
-                    "Type": "bind",
-                    "Source": str(cache_dir.resolve()),
-                    "Target": CONTAINER_CACHE_DIR,
-                    "ReadOnly": False,
-                }
-            ]
+                await self._remove_existing(docker, existing)
+            model = None
             if prepared is not None:
-                env.append(f"NIM_MODEL_NAME={prepared.container_dir}")
-                mounts.append(
-                    {
-                        "Type": "bind",
-                        "Source": str(prepared.host_dir.resolve()),
-                        "Target": prepared.container_dir,
-                        "ReadOnly": True,
-                    }
-                )
-            labels = {
-                MANAGED_LABEL: "true",
-                CONFIG_HASH_LABEL: config.config_hash(),
-                f"{_LABEL_PREFIX}image": config.image_ref,
-            }
-            if config.served_model_name:
-                labels[f"{_LABEL_PREFIX}served_model_name"] = config.served_model_name
-            host_config: dict[str, Any] = {
-                "PortBindings": {
-                    f"{CONTAINER_PORT}/tcp": [{"HostIp": config.host, "HostPort": str(config.port)}]
-                },
-                "ShmSize": config.shm_size_bytes,
-                "Mounts": mounts,
-                "AutoRemove": False,
-            }
-            devices = _device_requests(config.gpus)
-            if devices is not None:
-                host_config["DeviceRequests"] = devices
-            body: dict[str, Any] = {
-                "Image": config.image_ref,
-                "Env": env,
-                "User": f"{os.getuid()}:{os.getgid()}",
-                "ExposedPorts": {f"{CONTAINER_PORT}/tcp": {}},
-                "Labels": labels,
-                "HostConfig": host_config,
-            }
+                model = ModelMount(prepared.host_dir, prepared.container_dir)
+            body = container_spec(
+                config, cache_dir=cache_dir, model=model, user=(os.getuid(), os.getgid())
+            )
+            container_id = await self._create(docker, body)
             try:
-                container_id = await docker.create_container(name, body)
-            except asyncio.CancelledError:
-                # cancelled mid-request: the engine may have created it anyway
-                await self._remove_if_ours(docker, name)
-                raise
-            try:
-                self._say(
-                    f"Starting [bold]{name}[/] ({config.image_ref}) on "
-                    f"{config.host}:{config.port} -> {CONTAINER_PORT}/tcp"
-                )
-                await docker.start_container(container_id, port=config.port)
-                self.timings.container_started = time.perf_counter()
-                if config.stream_logs and self._console is not None:
-                    self._log_task = asyncio.create_task(
-                        self._stream_logs(docker, container_id, name)
-                    )
-                try:
-                    await self._wait_ready(
-                        docker, container_id, name, config.base_url, created=True
-                    )
-                    models = await self._models(config.base_url)
-                finally:
-                    await self._stop_log_task()
+                models = await self._start_and_wait(docker, container_id)
             except BaseException:
                 await self._remove_quietly(docker, container_id)
                 raise
-        self._say(f"[green]Ready[/]: {name} at {config.base_url}")
+        name = config.container_name
+        self._state(DeployState.READY, name, f"{name} at {config.base_url}")
         return NIMDeploymentResult(
             container_id=container_id,
             container_name=name,
@@ -408,11 +255,50 @@ class AsyncNIMDeployer:
             host=config.host,
         )
 
+    async def _remove_existing(self, docker: DockerClient, existing: dict[str, Any]) -> None:
+        name = self._config.container_name
+        if not self._config.auto_kill_existing_container:
+            raise ContainerExistsError(name)
+        self._state(DeployState.REMOVING_EXISTING, name, f"Removing the existing container {name}")
+        await docker.remove_container(str(existing["Id"]), force=True)
+
+    async def _create(self, docker: DockerClient, body: dict[str, Any]) -> str:
+        name = self._config.container_name
+        try:
+            return await docker.create_container(name, body)
+        except asyncio.CancelledError:
+            # cancelled mid-request: the engine may have created it anyway
+            await self._remove_if_ours(docker, name)
+            raise
+
+    async def _start_and_wait(self, docker: DockerClient, container_id: str) -> list[str] | None:
+        config = self._config
+        name = config.container_name
+        self._state(
+            DeployState.STARTING,
+            name,
+            f"Starting {name} ({config.image_ref}) on "
+            f"{config.host}:{config.port} -> {CONTAINER_PORT}/tcp",
+        )
+        await docker.start_container(container_id, port=config.port)
+        self.timings.container_started = time.perf_counter()
+        if config.stream_logs and self._sink is not None:
+            self._log_task = asyncio.create_task(self._stream_logs(docker, container_id, name))
+        try:
+            await self._wait_ready(docker, container_id, name, config.base_url, created=True)
+            return await self._models(config.base_url)
+        finally:
+            await self._stop_log_task()
+
     async def _ensure_image(self, docker: DockerClient) -> None:
         config = self._config
         ref = config.image_ref
         if not config.force_pull and await docker.image_exists(ref):
-            self._say(f"Image {ref} is present; not pulling (force_pull=True pulls anyway)")
+            self._state(
+                DeployState.IMAGE_PRESENT,
+                config.container_name,
+                f"Image {ref} is present; not pulling (force_pull=True pulls anyway)",
+            )
             return
         auth = RegistryAuth(config.registry_server, REGISTRY_USER, config.nvidia_api_key)
         try:
@@ -425,17 +311,18 @@ class AsyncNIMDeployer:
                 f"Registry said: {exc}",
                 status_code=exc.status_code,
             ) from exc
-        events = docker.pull(ref, auth)
-        if self._console is None:
-            async with contextlib.aclosing(events):
-                async for _ in events:
-                    pass
-            return
-        with _PullDisplay(self._console, ref) as display:
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    display.update(event)
-        self._say(display.summary())
+        tracker = PullTracker(ref)
+        self._emit(tracker.start())
+        summary: str | None = None
+        try:
+            async with contextlib.aclosing(docker.pull(ref, auth)) as events:
+                async for raw in events:
+                    event = tracker.feed(raw)
+                    if event is not None:
+                        self._emit(event)
+            summary = tracker.summary()
+        finally:
+            self._emit(TransferFinished(summary))
 
     async def _reuse(self, docker: DockerClient, info: dict[str, Any]) -> NIMDeploymentResult:
         config = self._config
@@ -443,21 +330,26 @@ class AsyncNIMDeployer:
         container_id = str(info["Id"])
         labels = (info.get("Config") or {}).get("Labels") or {}
         if labels.get(CONFIG_HASH_LABEL) not in (None, config.config_hash()):
-            self._say(
-                f"[yellow]Note[/]: the running container {name} was started with different "
-                "settings; reusing it anyway (auto_kill_existing_container=True and "
-                "use_existing_container=False replace it)"
+            self._emit(
+                Notice(
+                    f"the running container {name} was started with different settings; "
+                    "reusing it anyway (auto_kill_existing_container=True and "
+                    "use_existing_container=False replace it)",
+                    Level.NOTE,
+                )
             )
-        host, port = _published(info)
+        host, port = published_port(info)
         port = port or config.port
         host = host or config.host
         base_url = NIMDeploymentResult(
             container_id=container_id, container_name=name, port=port, host=host
         ).base_url
-        self._say(f"Reusing the running container [bold]{name}[/] at {base_url}")
+        self._state(
+            DeployState.REUSING, name, f"Reusing the running container {name} at {base_url}"
+        )
         await self._wait_ready(docker, container_id, name, base_url, created=False)
         models = await self._models(base_url)
-        served = _env_value(info, "NIM_SERVED_MODEL_NAME")
+        served = env_value(info, "NIM_SERVED_MODEL_NAME")
         return NIMDeploymentResult(
             container_id=container_id,
             container_name=name,
@@ -519,8 +411,7 @@ class AsyncNIMDeployer:
         return [self._scrub(line) for line in lines]
 
     def _scrub(self, text: str) -> str:
-        key = self._config.nvidia_api_key.get_secret_value()
-        return text.replace(key, "***") if key else text
+        return scrub(text, (self._config.nvidia_api_key,))
 
     async def _models(self, base_url: str) -> list[str] | None:
         async with ReadinessProbe(base_url) as probe:
@@ -529,21 +420,17 @@ class AsyncNIMDeployer:
                     return await probe.models()
                 except NIMError as exc:
                     if attempt == 2:
-                        self._say(f"[yellow]Warning[/]: could not list the models: {exc}")
+                        self._emit(Notice(f"could not list the models: {exc}", Level.WARNING))
                     else:
                         await asyncio.sleep(0.1)
         return None
 
     async def _stream_logs(self, docker: DockerClient, container_id: str, name: str) -> None:
-        console = self._console
-        if console is None:
-            return
-        prefix = Text(f"{name} | ", style="dim")
         lines = docker.follow_logs(container_id)
         with contextlib.suppress(NIMError):
             async with contextlib.aclosing(lines):
                 async for line in lines:
-                    console.print(prefix + Text(self._scrub(line)), highlight=False)
+                    self._emit(LogLine(name, self._scrub(line)))
 
     async def _stop_log_task(self) -> None:
         task, self._log_task = self._log_task, None
@@ -566,18 +453,27 @@ class AsyncNIMDeployer:
             try:
                 await docker.remove_container(container_id, force=True)
             except NIMError as exc:
-                self._say(f"[yellow]Warning[/]: could not remove container {container_id}: {exc}")
+                message = f"could not remove container {container_id}: {exc}"
+                self._emit(Notice(message, Level.WARNING))
 
     # ------------------------------------------------------------------ stop / list
 
     @classmethod
-    async def stop(cls, container_name: str, quiet: bool = False, *, grace: float = 10.0) -> bool:
+    async def stop(
+        cls,
+        container_name: str,
+        quiet: bool = False,
+        *,
+        grace: float = 10.0,
+        on_event: EventSink | None = None,
+    ) -> bool:
         """Stop a NIM container (SIGTERM, SIGKILL after ``grace`` seconds) and remove it.
 
         Args:
             container_name: Container name or id.
             quiet: Print nothing.
             grace: Seconds between SIGTERM and SIGKILL.
+            on_event: Receives the state changes instead of the console.
 
         Returns:
             ``True`` if the container was found (and is now gone), ``False`` if not.
@@ -586,21 +482,23 @@ class AsyncNIMDeployer:
             DockerUnavailableError: If the Docker daemon cannot be reached.
             APIError: For other Docker failures.
         """
-        console = None if quiet else Console(stderr=True)
+        sink = resolve_sink(quiet=quiet, on_event=on_event)
+
+        def state(state: DeployState, message: str) -> None:
+            if sink is not None:
+                sink(StateChanged(state, container_name, message))
+
         async with DockerClient() as docker:
             info = await docker.inspect_container(container_name)
             if info is None:
-                if console is not None:
-                    console.print(f"No container named {container_name!r}")
+                state(DeployState.NOT_FOUND, f"No container named {container_name!r}")
                 return False
             container_id = str(info["Id"])
             if (info.get("State") or {}).get("Running"):
-                if console is not None:
-                    console.print(f"Stopping {container_name} (grace {grace:g} s)")
+                state(DeployState.STOPPING, f"Stopping {container_name} (grace {grace:g} s)")
                 await docker.stop_container(container_id, grace=grace)
             removed = await docker.remove_container(container_id, force=True)
-        if console is not None:
-            console.print(f"Removed {container_name}")
+        state(DeployState.REMOVED, f"Removed {container_name}")
         return removed or info is not None
 
     @classmethod
@@ -619,16 +517,16 @@ class AsyncNIMDeployer:
             return None
         state = info.get("State") or {}
         labels = (info.get("Config") or {}).get("Labels") or {}
-        host, port = _published(info)
+        host, port = published_port(info)
         return ContainerStatus(
             name=str(info.get("Name", "")).lstrip("/"),
             container_id=str(info.get("Id", "")),
             image=str((info.get("Config") or {}).get("Image", "")),
             state=str(state.get("Status", "")),
-            status=_describe_state(state),
+            status=describe_state(state),
             host=host,
             port=port,
-            served_model_name=_env_value(info, "NIM_SERVED_MODEL_NAME"),
+            served_model_name=env_value(info, "NIM_SERVED_MODEL_NAME"),
             config_hash=labels.get(CONFIG_HASH_LABEL),
         )
 
@@ -662,7 +560,7 @@ class AsyncNIMDeployer:
                     status=str(item.get("Status", "")),
                     host=host,
                     port=port,
-                    served_model_name=labels.get(f"{_LABEL_PREFIX}served_model_name"),
+                    served_model_name=labels.get(f"{LABEL_PREFIX}served_model_name"),
                     config_hash=labels.get(CONFIG_HASH_LABEL),
                 )
             )

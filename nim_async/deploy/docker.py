@@ -44,6 +44,7 @@ from nim_async.errors import (
     PortInUseError,
     RegistryAuthError,
 )
+from nim_async.protocol.scrub import Scrubber
 
 __all__ = [
     "DEFAULT_DOCKER_HOST",
@@ -134,7 +135,7 @@ class DockerClient:
     def __init__(self, url: str | None = None, *, secrets: tuple[str, ...] = ()) -> None:
         self._url = url
         self._docker: aiodocker.Docker | None = None
-        self._secrets = tuple(s for s in secrets if s)
+        self._scrub = Scrubber(secrets)
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -156,19 +157,13 @@ class DockerClient:
             raise RuntimeError("DockerClient is not connected; use `async with DockerClient()`")
         return self._docker
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
     def add_secret(self, secret: str) -> None:
         """Scrub ``secret`` from every later error message too.
 
         Args:
             secret: The text to hide.
         """
-        if secret and secret not in self._secrets:
-            self._secrets = (*self._secrets, secret)
+        self._scrub.add(secret)
 
     def _translate(
         self,

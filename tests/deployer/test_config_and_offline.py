@@ -12,11 +12,12 @@ import pytest
 from rich.console import Console
 
 from nim_async.config import NIMConfig
-from nim_async.deploy.deployer import AsyncNIMDeployer, _PullDisplay
+from nim_async.deploy.deployer import AsyncNIMDeployer
 from nim_async.deploy.docker import DockerClient, RegistryAuth
 from nim_async.errors import APIError, DockerUnavailableError, InvalidConfigError
 from nim_async.http.health import ReadinessProbe
 from nim_async.sync.deployer import NIMDeployer
+from nim_async.ui.deploy import PullDisplay as _PullDisplay
 
 KEY = "nvapi-offline-test-key-0123456789"
 DATA = Path(__file__).parent / "data"

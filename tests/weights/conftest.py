@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-import nim_async.deploy.weights as weights_module
+import nim_async.deploy.weights.download as weights_module
 from nim_async.config import NIMConfig
 
 SECRET = "vi-sk-TOPSECRET-0123456789abcdef"

@@ -1,0 +1,182 @@
+"""The NIM container as the Docker engine is asked for it, built from a :class:`NIMConfig`.
+
+IO-free: :func:`container_spec` returns the engine's container-create body (environment,
+labels, port binding, shared memory, mounts, GPU request, user), and the helpers below read
+the same facts back from ``docker inspect`` / ``docker ps`` documents. Testable without Docker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nim_async.config import CONTAINER_CACHE_DIR, NIMConfig
+
+__all__ = [
+    "CONFIG_HASH_LABEL",
+    "CONTAINER_PORT",
+    "LABEL_PREFIX",
+    "MANAGED_LABEL",
+    "ModelMount",
+    "container_spec",
+    "describe_state",
+    "device_requests",
+    "env_value",
+    "published_port",
+]
+
+CONTAINER_PORT = 8000
+"""The port the NIM listens on inside the container."""
+MANAGED_LABEL = "nim_async.managed"
+"""Label marking containers started by ``nim_async``."""
+CONFIG_HASH_LABEL = "nim_async.config_hash"
+"""Label holding :meth:`NIMConfig.config_hash` of the settings a container was started with."""
+LABEL_PREFIX = "nim_async."
+"""Prefix of every ``nim_async`` label."""
+
+
+@dataclass(frozen=True)
+class ModelMount:
+    """A custom model directory to mount read-only and name through ``NIM_MODEL_NAME``.
+
+    Attributes:
+        host_dir: The directory on the host.
+        container_dir: Where it appears inside the container.
+    """
+
+    host_dir: Path
+    container_dir: str
+
+
+def device_requests(gpus: Any) -> list[dict[str, Any]] | None:
+    """The engine's ``DeviceRequests`` for ``NIMConfig.gpus``.
+
+    Args:
+        gpus: ``"all"``, a count, device ids, or ``None`` for no GPU request.
+
+    Returns:
+        One NVIDIA GPU request, or ``None`` when no GPU is asked for.
+    """
+    if gpus is None:
+        return None
+    request: dict[str, Any] = {"Driver": "", "Capabilities": [["gpu"]]}
+    if gpus == "all":
+        request["Count"] = -1
+    elif isinstance(gpus, int):
+        request["Count"] = gpus
+    else:
+        request["DeviceIDs"] = [str(g) for g in gpus]
+    return [request]
+
+
+def _mount(source: Path, target: str, *, read_only: bool) -> dict[str, Any]:
+    return {
+        "Type": "bind",
+        "Source": str(source.resolve()),
+        "Target": target,
+        "ReadOnly": read_only,
+    }
+
+
+def container_spec(
+    config: NIMConfig,
+    *,
+    cache_dir: Path,
+    model: ModelMount | None = None,
+    user: tuple[int, int],
+) -> dict[str, Any]:
+    """The container-create body for ``config``.
+
+    Args:
+        config: The deployment configuration (its NGC key goes into the environment).
+        cache_dir: The host cache directory, mounted read-write at ``CONTAINER_CACHE_DIR``.
+        model: Custom weights to mount read-only, if any.
+        user: ``(uid, gid)`` the container runs as (files in the cache stay the user's).
+
+    Returns:
+        The body of ``POST /containers/create``.
+    """
+    env = [
+        f"NGC_API_KEY={config.nvidia_api_key.get_secret_value()}",
+        f"NIM_MAX_MODEL_LEN={config.max_model_len}",
+    ]
+    labels = {
+        MANAGED_LABEL: "true",
+        CONFIG_HASH_LABEL: config.config_hash(),
+        f"{LABEL_PREFIX}image": config.image_ref,
+    }
+    if config.served_model_name:
+        env.append(f"NIM_SERVED_MODEL_NAME={config.served_model_name}")
+        labels[f"{LABEL_PREFIX}served_model_name"] = config.served_model_name
+    mounts = [_mount(cache_dir, CONTAINER_CACHE_DIR, read_only=False)]
+    if model is not None:
+        env.append(f"NIM_MODEL_NAME={model.container_dir}")
+        mounts.append(_mount(model.host_dir, model.container_dir, read_only=True))
+    host_config: dict[str, Any] = {
+        "PortBindings": {
+            f"{CONTAINER_PORT}/tcp": [{"HostIp": config.host, "HostPort": str(config.port)}]
+        },
+        "ShmSize": config.shm_size_bytes,
+        "Mounts": mounts,
+        "AutoRemove": False,
+    }
+    devices = device_requests(config.gpus)
+    if devices is not None:
+        host_config["DeviceRequests"] = devices
+    return {
+        "Image": config.image_ref,
+        "Env": env,
+        "User": f"{user[0]}:{user[1]}",
+        "ExposedPorts": {f"{CONTAINER_PORT}/tcp": {}},
+        "Labels": labels,
+        "HostConfig": host_config,
+    }
+
+
+def published_port(info: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """The host address and port the NIM port is published on, from ``docker inspect``.
+
+    Args:
+        info: The container's inspect document.
+
+    Returns:
+        ``(host, port)``, either ``None`` when not published.
+    """
+    bindings = (info.get("HostConfig") or {}).get("PortBindings") or {}
+    entries = bindings.get(f"{CONTAINER_PORT}/tcp") or []
+    if not entries:
+        return None, None
+    host = entries[0].get("HostIp") or "0.0.0.0"
+    port = entries[0].get("HostPort")
+    return host, int(port) if port else None
+
+
+def env_value(info: Mapping[str, Any], name: str) -> str | None:
+    """The value of environment variable ``name`` in a container's inspect document.
+
+    Args:
+        info: The container's inspect document.
+        name: The variable.
+    """
+    for item in (info.get("Config") or {}).get("Env") or []:
+        key, _, value = str(item).partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def describe_state(state: Mapping[str, Any]) -> str:
+    """A short human line for an inspect document's ``State`` (``exited (137, OOM-killed)``).
+
+    Args:
+        state: The ``State`` object.
+    """
+    status = str(state.get("Status", "unknown"))
+    if status == "running":
+        return f"running since {state.get('StartedAt', '?')}"
+    if status == "exited":
+        oom = ", OOM-killed" if state.get("OOMKilled") else ""
+        return f"exited ({state.get('ExitCode', '?')}{oom}) at {state.get('FinishedAt', '?')}"
+    return status
