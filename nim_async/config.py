@@ -8,6 +8,7 @@ error that names the field.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -93,6 +95,8 @@ class NIMSamplingParams(BaseModel):
     ``0 < top_p <= 1``, ``top_k == -1 or >= 1``, ``0 <= min_p <= 1``, presence and frequency
     penalties in ``[-2, 2]``, ``0 < repetition_penalty <= 2``, ``max_tokens >= 1``,
     ``0 <= min_tokens <= max_tokens``, and at most one ``guided_*`` field.
+    ``media_io_kwargs`` and ``mm_processor_kwargs`` (vi-sdk's video options for cosmos-reason2)
+    must be dicts of plain JSON data; they are passed to the server as given.
 
     Raises:
         ValueError: (a pydantic ``ValidationError``) naming the offending field.
@@ -120,6 +124,26 @@ class NIMSamplingParams(BaseModel):
     guided_regex: str | None = Field(None, description="Regular expression the output matches.")
     guided_choice: list[str] | None = Field(None, description="The output is one of these.")
     guided_grammar: str | None = Field(None, description="Grammar (EBNF) for the output.")
+    media_io_kwargs: dict[str, Any] | None = Field(
+        None,
+        description="Options for loading media on the server, passed through as given (vLLM's "
+        'media_io_kwargs; for video e.g. {"fps": 2.0} or {"num_frames": 16}).',
+    )
+    mm_processor_kwargs: dict[str, Any] | None = Field(
+        None,
+        description="Options for the server's multimodal processor, passed through as given "
+        '(e.g. {"shortest_edge": 336, "longest_edge": 672} for Qwen3-VL video frames).',
+    )
+
+    @field_validator("media_io_kwargs", "mm_processor_kwargs", mode="before")
+    @classmethod
+    def _check_passthrough(cls, value: object, info: ValidationInfo) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError(f"{info.field_name} must be a dict, got {type(value).__name__}")
+        _check_json_safe(value, info.field_name or "value")
+        return value
 
     @field_validator("top_k")
     @classmethod
@@ -184,6 +208,31 @@ class NIMSamplingParams(BaseModel):
             parsed: dict[str, Any] = orjson.loads(self.guided_json)
             return parsed
         return self.guided_json
+
+
+def _check_json_safe(value: object, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` unless ``value`` is plain JSON data.
+
+    Plain JSON data: ``None``, booleans, integers, finite floats, strings, and lists or dicts
+    (with string keys) of those.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number, got {value!r}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_json_safe(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} keys must be strings, got {key!r}")
+            _check_json_safe(item, f"{where}[{key!r}]")
+        return
+    raise ValueError(f"{where} must be JSON data (numbers, text, lists, dicts), got {value!r:.60}")
 
 
 def _env(name: str) -> str | None:

@@ -162,13 +162,22 @@ class ModelIncompatibilityError(NIMDeploymentError):
     Attributes:
         image_name: Name of the container image.
         details: Error details.
+        incompatibility_details: The same text as :attr:`details` (vi-sdk's name for it).
     """
 
-    def __init__(self, image_name: str, details: str | None = None) -> None:
+    def __init__(
+        self,
+        image_name: str,
+        details: str | None = None,
+        *,
+        incompatibility_details: str | None = None,
+    ) -> None:
+        details = details if details is not None else incompatibility_details
         message = f"The model is incompatible with the NIM image {image_name!r}"
         super().__init__(f"{message}: {details}" if details else f"{message}.")
         self.image_name = image_name
         self.details = details
+        self.incompatibility_details = details
 
 
 class APIError(NIMDeploymentError):

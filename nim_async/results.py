@@ -1,4 +1,14 @@
-"""Result types: deployment results and per-task prediction responses (pydantic, no IO)."""
+"""Result types: deployment results and per-task prediction responses (pydantic, no IO).
+
+Every prediction response carries vi-sdk's result shape as :attr:`PredictionResponse.result`
+(so a script written for ``vi.deployment.nim`` reads ``r.result.sentence``,
+``r.result.groundings[0].grounding``, ``r.result.answer``, ``r.result.caption`` or, for the
+generic task, ``r.result`` as text), with boxes in the model's own coordinates as vi-sdk gives
+them. The richer fields sit beside it on the response: boxes converted to pixels of the original
+image (:attr:`PhraseGroundingResponse.groundings`), usage, timings and the reasoning text.
+:attr:`PredictionResponse.plain_result` is the result as plain JSON values with boxes in
+original-image pixels (what ``.result`` returned before vi-sdk parity).
+"""
 
 from __future__ import annotations
 
@@ -13,15 +23,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BoundingBox",
+    "FreeformCaption",
+    "FreeformResponse",
+    "GenericResponse",
+    "GroundedPhrase",
     "Grounding",
     "NIMDeploymentResult",
+    "PhraseGrounding",
     "PhraseGroundingResponse",
     "PredictionResponse",
     "PredictionTimings",
     "TextResponse",
     "Usage",
+    "VQAAnswer",
     "VQAResponse",
 ]
+
+Coordinate = int | float
+"""One box coordinate as the model wrote it (integers stay integers)."""
 
 
 class NIMDeploymentResult(BaseModel):
@@ -110,8 +129,74 @@ class PredictionResponse(BaseModel):
 
     @property
     def result(self) -> Any:
-        """The task-specific result (overridden by each response type)."""
+        """The task-specific result in vi-sdk's shape (overridden by each response type)."""
         return self.raw_output
+
+    @property
+    def plain_result(self) -> Any:
+        """The result as plain JSON values (text, or dicts and lists; boxes in pixels)."""
+        return self.result
+
+
+# ---------------------------------------------------------------- vi-sdk's result models
+
+
+class GroundedPhrase(BaseModel):
+    """A phrase and its boxes as the model emitted them (vi-sdk's ``GroundedPhrase``).
+
+    Attributes:
+        phrase: The words of the sentence the boxes ground.
+        grounding: ``[[xmin, ymin, xmax, ymax], ...]`` in the model's own coordinates (0-1024
+            for models trained on Vi, 0-1000 for Qwen3-VL, resized-input pixels for
+            Qwen2.5-VL); see :attr:`PhraseGroundingResponse.groundings` for pixels.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    phrase: str
+    grounding: list[list[Coordinate]] = Field(default_factory=list)
+
+
+class PhraseGrounding(BaseModel):
+    """A sentence and its grounded phrases (vi-sdk's ``PhraseGrounding``).
+
+    Attributes:
+        sentence: The sentence about the image.
+        groundings: One entry per grounded phrase.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    sentence: str
+    groundings: list[GroundedPhrase] = Field(default_factory=list)
+
+
+class VQAAnswer(BaseModel):
+    """The answer to a question about the image (vi-sdk's ``VQAAnswer``).
+
+    Attributes:
+        answer: The answer text.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    answer: str
+
+
+class FreeformCaption(BaseModel):
+    """A free-form text answer (vi-sdk's ``FreeformCaption``).
+
+    Attributes:
+        caption: The text.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    caption: str
+
+
+def _model_number(value: float) -> Coordinate:
+    return int(value) if value.is_integer() else value
 
 
 class BoundingBox(BaseModel):
@@ -147,7 +232,25 @@ class PhraseGroundingResponse(PredictionResponse):
     groundings: list[Grounding] = Field(default_factory=list)
 
     @property
-    def result(self) -> dict[str, Any]:
+    def result(self) -> PhraseGrounding:
+        """vi-sdk's shape: ``sentence`` and ``groundings[i].phrase`` / ``.grounding``.
+
+        Boxes are in the model's own coordinates; :attr:`groundings` has them in pixels of the
+        original image.
+        """
+        return PhraseGrounding(
+            sentence=self.sentence,
+            groundings=[
+                GroundedPhrase(
+                    phrase=g.phrase,
+                    grounding=[[_model_number(v) for v in b.model_coords] for b in g.boxes],
+                )
+                for g in self.groundings
+            ],
+        )
+
+    @property
+    def plain_result(self) -> dict[str, Any]:
         """The grounding as the task's JSON shape, boxes in original-image pixels."""
         return {
             "sentence": self.sentence,
@@ -180,9 +283,51 @@ class VQAResponse(PredictionResponse):
     answer: str
 
     @property
-    def result(self) -> str:
+    def result(self) -> VQAAnswer:
+        """vi-sdk's shape: ``result.answer``."""
+        return VQAAnswer(answer=self.answer)
+
+    @property
+    def plain_result(self) -> str:
         """The answer text."""
         return self.answer
+
+
+class FreeformResponse(PredictionResponse):
+    """Free-form answer: ``{"freeform": {"caption": ...}}`` (also the video task's response).
+
+    Attributes:
+        caption: The text the model wrote.
+    """
+
+    task_type: str = "freeform"
+    caption: str
+
+    @property
+    def result(self) -> FreeformCaption:
+        """vi-sdk's shape: ``result.caption``."""
+        return FreeformCaption(caption=self.caption)
+
+    @property
+    def plain_result(self) -> str:
+        """The caption text."""
+        return self.caption
+
+
+class GenericResponse(PredictionResponse):
+    """The model's answer as text, unparsed (the ``generic`` task).
+
+    Attributes:
+        text: The answer with any ``<think>`` block removed (:attr:`raw_output` keeps it).
+    """
+
+    task_type: str = "generic"
+    text: str
+
+    @property
+    def result(self) -> str:
+        """The answer text (vi-sdk's ``GenericResponse.result``)."""
+        return self.text
 
 
 class TextResponse(PredictionResponse):

@@ -82,7 +82,7 @@ async def test_every_input_gets_one_result(vqa: AsyncNIMPredictor, shapes: list[
         assert r.attempts == 1
         assert r.elapsed > 0
     # The emulator counts the rectangles it sees: 1..3 per image.
-    answers = {r.index: r.response.result for r in results if r.response is not None}
+    answers = {r.index: r.response.result.answer for r in results if r.response is not None}
     assert answers[0] == "1"
     assert answers[1] == "2"
     assert answers[2] == "3"
@@ -351,5 +351,5 @@ def test_retryable_classification() -> None:
 
 async def test_the_predictor_method_delegates(vqa: AsyncNIMPredictor, shapes: list[bytes]) -> None:
     results = vqa.predict_many(shapes[:3], concurrency=2, user_prompt=QUESTION, ordered=True)
-    got = [(r.index, r.response.result if r.response else None) async for r in results]
+    got = [(r.index, r.response.result.answer if r.response else None) async for r in results]
     assert got == [(0, "1"), (1, "2"), (2, "3")]

@@ -52,7 +52,7 @@ def test_sync_predict_many_yields_one_result_per_input(
         )
     assert sorted(r.index for r in results) == list(range(25))
     assert all(r.ok for r in results)
-    assert all(r.response is not None and r.response.result == "1" for r in results)
+    assert all(r.response is not None and r.response.result.answer == "1" for r in results)
 
 
 def test_closing_the_sync_generator_early(threaded_emulator: str, image_factory: Any) -> None:

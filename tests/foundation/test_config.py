@@ -201,7 +201,8 @@ def test_sampling_documented_defaults() -> None:
     )
     assert (p.logprobs, p.prompt_logprobs) == (None, None)
     assert (p.guided_json, p.guided_regex, p.guided_choice, p.guided_grammar) == (None,) * 4
-    assert len(NIMSamplingParams.model_fields) == 18
+    assert len(NIMSamplingParams.model_fields) == 18 + 2  # the seed's 18, vi-sdk's two video fields
+    assert (p.media_io_kwargs, p.mm_processor_kwargs) == (None, None)
 
 
 @pytest.mark.parametrize(
@@ -256,3 +257,38 @@ def test_unknown_image_names_the_supported_ones() -> None:
     with pytest.raises(InvalidConfigError, match="cosmos-reason2-2b") as info:
         NIMConfig(nvidia_api_key=KEY, image_name="cosmos-reason3-1b")
     assert info.value.field == "image_name"
+
+
+def test_video_passthrough_options_are_kept_as_given() -> None:
+    params = NIMSamplingParams(
+        media_io_kwargs={"fps": 2.0},
+        mm_processor_kwargs={"shortest_edge": 336, "longest_edge": 672, "extra": [1, "a", None]},
+    )
+    assert params.media_io_kwargs == {"fps": 2.0}
+    assert params.mm_processor_kwargs == {
+        "shortest_edge": 336,
+        "longest_edge": 672,
+        "extra": [1, "a", None],
+    }
+    assert NIMSamplingParams().media_io_kwargs is None
+    assert NIMSamplingParams().mm_processor_kwargs is None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fps=2", "must be a dict"),
+        ({"fps": float("nan")}, "finite"),
+        ({"fps": float("inf")}, "finite"),
+        ({1: 2}, "keys must be strings"),
+        ({"nested": {"a": object()}}, "JSON data"),
+        ({"frames": [1, {2: 3}]}, "keys must be strings"),
+    ],
+)
+@pytest.mark.parametrize("field", ["media_io_kwargs", "mm_processor_kwargs"])
+def test_video_passthrough_options_must_be_json_data(
+    field: str, value: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        NIMSamplingParams(**{field: value})
+    assert field in str(info.value)

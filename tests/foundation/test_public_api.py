@@ -163,4 +163,9 @@ def test_config_and_sampling_field_names_match_the_seed() -> None:
         "guided_choice",
         "guided_grammar",
     ]
-    assert list(NIMSamplingParams.model_fields) == seed_sampling
+    # vi-sdk 0.1.0b7's two video fields follow the seed's (same names, same order).
+    assert list(NIMSamplingParams.model_fields) == [
+        *seed_sampling,
+        "media_io_kwargs",
+        "mm_processor_kwargs",
+    ]

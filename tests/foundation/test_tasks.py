@@ -14,7 +14,7 @@ from nim_async.protocol.geometry import smart_resize
 from nim_async.protocol.tasks import TASKS, ParseContext, get_task, register_task, task_for_key
 from nim_async.protocol.tasks.parsing import find_final_json_object, split_thinking
 from nim_async.protocol.tasks.vqa import VQATask
-from nim_async.results import PhraseGroundingResponse, Usage, VQAResponse
+from nim_async.results import PhraseGroundingResponse, Usage, VQAAnswer, VQAResponse
 
 PG = get_task("phrase-grounding")
 VQA = get_task("vqa")
@@ -30,7 +30,10 @@ def test_registry_lookup() -> None:
     assert get_task("phrase_grounding") is PG
     assert task_for_key("vqa") is VQA
     assert task_for_key("nope") is None
-    with pytest.raises(ValueError, match="'phrase-grounding', 'vqa'"):
+    with pytest.raises(
+        ValueError,
+        match="'freeform', 'generic', 'phrase-grounding', 'video-freeform', 'vqa'",
+    ):
         get_task("detection")
 
 
@@ -66,7 +69,8 @@ def test_vqa_parses_common_shapes(text: str) -> None:
     result = VQA.parse(text, _ctx(usage=Usage(prompt_tokens=3), finish_reason="stop"))
     assert isinstance(result, VQAResponse)
     assert result.answer == "red"
-    assert result.result == "red"
+    assert result.result == VQAAnswer(answer="red")  # vi-sdk's shape
+    assert result.result.answer == result.plain_result == "red"
     assert result.raw_output == text
     assert result.usage == Usage(prompt_tokens=3)
     assert result.finish_reason == "stop"
@@ -124,7 +128,10 @@ def test_phrase_grounding_converts_boxes_per_convention() -> None:
         _ctx(box_format="qwen25-abs", original_size=original, model_input_size=model_input),
     )
     assert res.groundings[0].boxes[0].pixels == pytest.approx((500, 0, 1000, 250))
-    assert res.result["groundings"][0]["phrase"] == "red square"
+    # vi-sdk's shape keeps the model's own coordinates; plain_result has pixels
+    assert res.result.groundings[0].phrase == "red square"
+    assert res.result.groundings[0].grounding == [[mw / 2, 0, mw, mh / 2]]
+    assert res.plain_result["groundings"][0]["grounding"] == [pytest.approx([500, 0, 1000, 250])]
 
 
 def test_single_box_without_outer_list_and_swapped_corners() -> None:

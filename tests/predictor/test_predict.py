@@ -151,7 +151,7 @@ async def test_stream_get_final_without_iterating_and_batches(
     async with AsyncNIMPredictor(MODEL, "vqa", port=emulator.port) as p:
         async with p.stream(image, "What color is the square?") as s:
             final = await s.get_final_response()
-        assert final.result == "red"
+        assert final.result.answer == "red"
         async with p.stream(image, "What color is the square?") as s2:
             batches = [b async for b in s2.batches()]
         assert all(batches)
@@ -183,7 +183,7 @@ async def test_reasoning_goes_to_thinking(start_emulator: Any, image_factory: An
         async with p.stream(image, "What color is the square?") as s:
             streamed = await s.get_final_response()
     assert result.thinking
-    assert result.result == "yellow"
+    assert result.result.answer == "yellow"
     assert streamed.thinking == result.thinking
 
 
@@ -369,7 +369,7 @@ async def test_auto_dialect_asks_the_server_once(emulator: Any, image_factory: A
         assert await p.wire_format() is wire
         assert not wire.extensions_in_nvext
         result = await p(image, "What color is the square?")
-    assert result.result == "red"
+    assert result.result.answer == "red"
 
 
 # ---------------------------------------------------------------- errors
@@ -420,7 +420,7 @@ async def test_503_is_retried_then_succeeds(start_emulator: Any, image_factory: 
         AsyncNIMPredictor(MODEL, "vqa", port=emu.port, retries=8) as p,
     ):
         results = await asyncio.gather(*(p(image, "What color?") for _ in range(12)))
-    assert all(r.result == "red" for r in results)
+    assert all(r.result.answer == "red" for r in results)
     assert emu.metrics.errors.get(503, 0) > 0  # failures happened and were absorbed
 
 
@@ -442,7 +442,7 @@ async def test_429_and_retry_after_from_recorder(recorder: Recorder, image_facto
     ]
     async with AsyncNIMPredictor(MODEL, "vqa", base_url=recorder.url) as p:
         result = await p(image_factory())
-    assert result.result == "red"
+    assert result.result.answer == "red"
     assert len(recorder.bodies) == 3
     # the body is built once and re-sent unchanged
     assert recorder.bodies[0] == recorder.bodies[1] == recorder.bodies[2]
@@ -511,7 +511,7 @@ async def test_config_supplies_model_host_port(
         assert p.model_name == MODEL
         assert p.base_url == emulator.url
         result = await p(image_factory(shapes=[("red", (0, 0, 50, 50))]), "What color?")
-    assert result.result == "red"
+    assert result.result.answer == "red"
     with pytest.raises(ValueError, match="task_type"):
         AsyncNIMPredictor(config=config)
 
@@ -572,7 +572,7 @@ async def test_predict_many_delegates_to_batch(emulator: Any, image_factory: Any
     for i, color in enumerate(COLORS[:5]):
         response = got[i].response
         assert response is not None
-        assert response.result == color
+        assert response.result.answer == color
 
 
 @pytest.mark.parametrize(

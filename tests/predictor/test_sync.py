@@ -107,7 +107,7 @@ async def test_stream_generator_returns_final_response(emulator: Any, image_fact
                     return tokens, stop.value
 
     tokens, final = await asyncio.to_thread(run)
-    assert final.result == "green"
+    assert final.result.answer == "green"
     assert "".join(tokens) == final.raw_output
 
 
@@ -160,7 +160,7 @@ async def test_facade_inside_asyncio_run(emulator: Any, image_factory: Any) -> N
                 streamed = "".join(predictor(image, "What color is the rectangle?", stream=True))
             finally:
                 predictor.close()
-            return str(plain.result), streamed
+            return plain.result.answer, streamed
 
         return asyncio.run(cell())
 
@@ -211,7 +211,7 @@ async def test_predict_many_generator(emulator: Any, image_factory: Any) -> None
     def run() -> dict[int, Any]:
         with NIMPredictor(MODEL, "vqa", port=emulator.port) as p:
             return {
-                r.index: r.response.result if r.response else r.error
+                r.index: r.response.result.answer if r.response else r.error
                 for r in p.predict_many(images, concurrency=2, user_prompt="What color?")
             }
 

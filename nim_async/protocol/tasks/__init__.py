@@ -7,7 +7,10 @@ A new task joins by subclassing :class:`Task` in one module and registering an i
 from __future__ import annotations
 
 from nim_async.protocol.tasks.base import ParseContext, Task
+from nim_async.protocol.tasks.freeform import FreeformTask
+from nim_async.protocol.tasks.generic import GenericTask
 from nim_async.protocol.tasks.phrase_grounding import PhraseGroundingTask
+from nim_async.protocol.tasks.video_freeform import VideoFreeformTask
 from nim_async.protocol.tasks.vqa import VQATask
 
 __all__ = ["TASKS", "ParseContext", "Task", "get_task", "register_task", "task_for_key"]
@@ -43,7 +46,11 @@ def get_task(name: str) -> Task:
 
 
 def task_for_key(key: str) -> Task | None:
-    """Return the task whose output JSON has top-level ``key``, or ``None``."""
+    """Return the first registered task whose output JSON has top-level ``key``, or ``None``.
+
+    ``freeform`` and ``video-freeform`` share the key ``"freeform"``; the image task, registered
+    first, is returned.
+    """
     for task in TASKS.values():
         if task.key == key:
             return task
@@ -52,3 +59,6 @@ def task_for_key(key: str) -> Task | None:
 
 register_task(PhraseGroundingTask())
 register_task(VQATask())
+register_task(FreeformTask())
+register_task(GenericTask())
+register_task(VideoFreeformTask())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from nim_async.catalog import BoxFormat
 from nim_async.results import PredictionResponse, Usage
@@ -46,12 +46,14 @@ class Task(ABC):
         key: Top-level key of the output JSON (``"phrase_grounding"``).
         default_prompt: User prompt used when the caller gives none.
         system_prompt: System prompt sent before the user turn, or ``None``.
+        media: What the task is asked about: ``"image"`` or ``"video"``.
     """
 
     name: ClassVar[str]
     key: ClassVar[str]
     default_prompt: ClassVar[str]
     system_prompt: ClassVar[str | None] = None
+    media: ClassVar[Literal["image", "video"]] = "image"
 
     @abstractmethod
     def output_schema(self) -> dict[str, Any]:
