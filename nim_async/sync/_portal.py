@@ -195,8 +195,14 @@ class _Job(Generic[T]):
         return self._done.wait(timeout)
 
     def result(self) -> T:
-        """Block for the outcome: the return value, or the task's error re-raised."""
+        """Block for the outcome: the return value, or the task's error re-raised.
+
+        Raises:
+            RuntimeError: the exit hook cancelled the task (the interpreter is exiting).
+        """
         self._done.wait()
+        if isinstance(self._error, asyncio.CancelledError):
+            raise RuntimeError("nim_async's event loop stopped: the interpreter is exiting")
         if self._error is not None:
             error, self._error = self._error, None
             try:

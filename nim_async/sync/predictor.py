@@ -259,10 +259,10 @@ class NIMPredictor:
         user_prompt: str | None,
         sampling_params: NIMSamplingParams | None,
     ) -> Generator[str, None, PredictionResponse]:
-        core = self._core
-
         async def produce(send: Send[str]) -> PredictionResponse:
-            async with core.stream(source, user_prompt, sampling_params) as stream:
+            # Reaching the core through ``self`` keeps the facade (and so its connection
+            # pool) alive as long as the generator: ``NIMPredictor(...)(..., stream=True)``.
+            async with self._core.stream(source, user_prompt, sampling_params) as stream:
                 async for batch in stream.batches():
                     await send(batch)
                 return await stream.get_final_response()
@@ -272,10 +272,8 @@ class NIMPredictor:
     def _batch(
         self, sources: Iterable[Any], kwargs: dict[str, Any]
     ) -> Generator[BatchResult, None, None]:
-        core = self._core
-
         async def produce(send: Send[BatchResult]) -> None:
-            results = core.predict_many(sources, **kwargs)
+            results = self._core.predict_many(sources, **kwargs)  # ``self``: as in _stream
             try:
                 async for item in results:
                     await send((item,))
