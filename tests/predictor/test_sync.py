@@ -11,6 +11,9 @@ import os
 import signal
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +326,93 @@ async def test_predict_many_generator_closed_early(start_emulator: Any, image_fa
         assert await asyncio.to_thread(run) in range(20)
         await wait_until(lambda: emu.metrics.running == 0)
         assert sum(emu.metrics.success.values()) < 20
+
+
+async def test_one_predictor_from_sixteen_threads(emulator: Any, image_factory: Any) -> None:
+    # Thread i asks about its own image (colour i % 4, i // 4 + 1 shapes): every answer must
+    # be its own, for plain calls and streams interleaved on the one loop thread.
+    colours = ["red", "blue", "green", "orange"]
+    images = [
+        image_factory(
+            size=(320, 80),
+            shapes=[
+                (colours[i % 4], (10 + 70 * k, 10, 60 + 70 * k, 60)) for k in range(i // 4 + 1)
+            ],
+            fmt="PNG",
+        )
+        for i in range(16)
+    ]
+
+    def run() -> dict[int, list[tuple[str, str]]]:
+        answers: dict[int, list[tuple[str, str]]] = {}
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(16)
+        with NIMPredictor(MODEL, "vqa", port=emulator.port, max_connections=16) as p:
+
+            def work(i: int) -> None:
+                try:
+                    barrier.wait()
+                    got = []
+                    for _ in range(4):
+                        count = p(images[i], "How many shapes are there?").result.answer
+                        gen = p(images[i], "What color are the shapes?", stream=True)
+                        text = "".join(gen)
+                        got.append((str(count), text))
+                    answers[i] = got
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert not errors, errors
+        return answers
+
+    answers = await asyncio.to_thread(run)
+    assert sorted(answers) == list(range(16))
+    for i, got in answers.items():
+        for count, text in got:
+            assert count == str(i // 4 + 1)
+            assert colours[i % 4] in text
+            assert not any(c in text for c in colours if c != colours[i % 4])
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_blocking_batch_holds_an_endless_generator(
+    emulator: Any, image_factory: Any, ordered: bool
+) -> None:
+    # Backpressure: while the caller holds a result, the batch pulls no more than
+    # concurrency + 2 inputs beyond those whose results were taken (reorder_window + 2 ordered).
+    image = image_factory(size=(120, 80), shapes=[("red", (10, 10, 50, 60))], fmt="PNG")
+    concurrency = 4
+    pulled = 0
+
+    def endless() -> Iterator[bytes]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield image
+
+    def run() -> list[tuple[int, int]]:
+        seen: list[tuple[int, int]] = []
+        with NIMPredictor(MODEL, "vqa", port=emulator.port) as p:
+            results = p.predict_many(
+                endless(), concurrency=concurrency, ordered=ordered, reorder_window=8
+            )
+            for taken, result in enumerate(results, start=1):
+                assert result.ok, result.error
+                if taken in (1, 10, 30):
+                    time.sleep(1.0)  # a slow caller: the producer must wait, not run ahead
+                    seen.append((taken, pulled))
+                if taken == 30:
+                    break
+            results.close()
+        return seen
+
+    seen = await asyncio.to_thread(run)
+    allowance = (8 if ordered else concurrency) + 2
+    assert [taken for taken, _ in seen] == [1, 10, 30]
+    for taken, at in seen:
+        assert at <= taken + allowance, (taken, at)
