@@ -251,6 +251,12 @@ class NIMConfig(BaseModel):
     ``DATATURE_VI_SECRET_KEY`` / ``DATATURE_VI_ORGANIZATION_ID``. Secrets are held as
     :class:`pydantic.SecretStr` and never appear in ``repr`` or errors.
 
+    ``merge_adapter``: when the weights (a Vi run or ``model_path``) hold a LoRA/PEFT adapter
+    beside the full weights, merge it into them before serving (cached next to the download,
+    rebuilt with ``overwrite``), so the served model is the fine-tune; needs
+    ``pip install 'nim-async[merge]'``. Off by default: NIM then serves the base weights and
+    the deploy warns that the adapter is not applied.
+
     Raises:
         InvalidConfigError: naming the field, for any invalid value.
     """
@@ -284,6 +290,9 @@ class NIMConfig(BaseModel):
     model_save_path: str | Path = Field("~/.vi/models", description="Where Vi models are saved.")
     served_model_name: str | None = Field(None, description="Name to serve the model as.")
     overwrite: bool = Field(False, description="Re-download an existing model.")
+    merge_adapter: bool = Field(
+        False, description="Merge a LoRA/PEFT adapter into the weights before serving."
+    )
 
     registry: str = Field(DEFAULT_REGISTRY, description="Registry path images are pulled from.")
     gpus: GpuSpec = Field("all", description="'all', a count, device ids, or None for no GPU.")
@@ -485,4 +494,6 @@ class NIMConfig(BaseModel):
             },
             mode="json",
         )
+        if self.merge_adapter:  # only when set: existing containers keep their hash
+            shaping["merge_adapter"] = True
         return hashlib.sha256(orjson.dumps(shaping, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
