@@ -113,15 +113,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--dialect",
         choices=DIALECTS,
-        default="both",
+        default=None,
         help="where sampling fields are read: both (top-level and nvext), openai (top-level "
-        "only, NIM 2.x), nvext (vLLM extensions only under nvext, NIM 1.x); default both",
+        "only; nvext ignored, as vLLM does), nvext (vLLM extensions only under nvext, NIM 1.x); "
+        "default openai, or both with --legacy-guided",
+    )
+    out.add_argument(
+        "--legacy-guided",
+        action="store_true",
+        help="behave as vLLM < 0.12 / NIM 1.x: enforce top-level guided_* fields and read nvext "
+        "(default: vLLM 0.32, which ignores both; structured_outputs and response_format are "
+        "always enforced)",
     )
     out.add_argument(
         "--ignore-guided",
         action="store_true",
-        help="silently ignore guided_* fields, as vLLM >= 0.12 does (response_format and "
-        "structured_outputs stay honoured)",
+        help="ignore guided_* fields everywhere, also in legacy mode and inside nvext "
+        "(structured_outputs and response_format stay honoured)",
     )
     out.add_argument(
         "--reasoning", action="store_true", help="prefix every answer with <think>...</think>"
@@ -254,6 +262,7 @@ def build_settings(args: argparse.Namespace) -> tuple[EmulatorSettings, str, int
         disconnect_after=args.disconnect_after,
         exit_after=args.exit_after,
         dialect=args.dialect,
+        legacy_guided=getattr(args, "legacy_guided", False),
         ignore_guided=args.ignore_guided,
         reasoning=args.reasoning,
         model_path=model_path,

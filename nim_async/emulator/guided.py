@@ -6,17 +6,18 @@ No IO. Unsupported constraints raise :class:`GuidedError` (the server answers 40
 from __future__ import annotations
 
 import importlib
+import json
+import math
 import random
 import re
 import string
 from typing import Any
 
-from nim_async.protocol.guided import resolve_ref
-
 __all__ = [
     "GuidedError",
     "check_regex",
     "choose",
+    "grammar_output",
     "regex_output",
     "schema_instance",
     "schema_task_key",
@@ -219,10 +220,21 @@ def schema_task_key(schema: Any) -> str:
     return ""
 
 
-def _resolve(ref: str, root: dict[str, Any]) -> Any:
-    node = resolve_ref(ref, root) if ref.startswith("#/") else None
-    if node is None:
+def _resolve(ref: str, root: Any) -> Any:
+    """Follow a local JSON pointer (RFC 6901: ``#/a/b``, ``~1`` = ``/``, ``~0`` = ``~``)."""
+    if ref == "#":
+        return root
+    if not ref.startswith("#/"):
         raise GuidedError(f"guided_json $ref {ref!r} is not a local reference that resolves")
+    node = root
+    for token in ref[2:].split("/"):
+        key = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            raise GuidedError(f"guided_json $ref {ref!r} is not a local reference that resolves")
     return node
 
 
@@ -349,9 +361,142 @@ def _number(schema: dict[str, Any], *, integer: bool) -> int | float:
         value = float(xhi) - (1 if integer else 0.5)
     mult = schema.get("multipleOf")
     if mult:
-        import math
-
         value = math.ceil(value / float(mult)) * float(mult)
     if integer:
         return round(value)
     return value
+
+
+_GRAMMAR_TOKEN = re.compile(
+    r"""\s+|\#[^\n]*|(?P<def>::=)|(?P<name>[A-Za-z_][\w-]*)|(?P<lit>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')"""
+    r"""|(?P<cls>\[(?:\\.|[^\]\\])*\])|(?P<op>[|()?*+])""",
+)
+
+
+def _grammar_tokens(text: str) -> list[tuple[str, str]] | None:
+    out: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        m = _GRAMMAR_TOKEN.match(text, pos)
+        if m is None:
+            return None
+        pos = m.end()
+        if m.lastgroup is not None:
+            out.append((m.lastgroup, m.group(m.lastgroup)))
+    return out
+
+
+def _grammar_rules(tokens: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]] | None:
+    rules: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for i, tok in enumerate(tokens):
+        if tok[0] == "name" and i + 1 < len(tokens) and tokens[i + 1][0] == "def":
+            current = rules.setdefault(tok[1], [])
+        elif tok[0] == "def":
+            continue
+        elif current is None:
+            return None
+        else:
+            current.append(tok)
+    return rules
+
+
+def _literal(tok: str) -> str:
+    body = tok[1:-1]
+    if tok[0] == "'":
+        body = body.replace('"', '\\"').replace("\\'", "'")
+    return str(json.loads(f'"{body}"'))
+
+
+def _class_char(tok: str) -> str | None:
+    body = tok[1:-1]
+    if not body or body[0] == "^":
+        return None
+    if body[0] == "\\" and len(body) > 1:
+        return {"n": "\n", "t": "\t"}.get(body[1], body[1])
+    return body[0]
+
+
+class _GrammarGen:
+    """Shortest-derivation generator over a small EBNF/GBNF subset (for the emulator)."""
+
+    def __init__(self, rules: dict[str, list[tuple[str, str]]]) -> None:
+        self.rules = rules
+
+    def alternatives(self, toks: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+        alts: list[list[tuple[str, str]]] = [[]]
+        depth = 0
+        for tok in toks:
+            if tok == ("op", "(") or tok == ("op", ")"):
+                depth += 1 if tok[1] == "(" else -1
+            if tok == ("op", "|") and depth == 0:
+                alts.append([])
+            else:
+                alts[-1].append(tok)
+        return alts
+
+    def expr(self, toks: list[tuple[str, str]], depth: int) -> str | None:
+        for alt in self.alternatives(toks):
+            out = self.sequence(alt, depth)
+            if out is not None:
+                return out
+        return None
+
+    def sequence(self, toks: list[tuple[str, str]], depth: int) -> str | None:
+        if depth > 24:
+            return None
+        out: list[str] = []
+        i = 0
+        while i < len(toks):
+            kind, val = toks[i]
+            group: list[tuple[str, str]] | None = None
+            if (kind, val) == ("op", "("):
+                level, j = 1, i + 1
+                while j < len(toks) and level:
+                    if toks[j][0] == "op":
+                        level += {"(": 1, ")": -1}.get(toks[j][1], 0)
+                    j += 1
+                group, i = toks[i + 1 : j - 1], j
+            elif kind in ("lit", "cls", "name"):
+                i += 1
+            else:
+                return None
+            rep = toks[i][1] if i < len(toks) and toks[i][0] == "op" and toks[i][1] in "?*+" else ""
+            i += 1 if rep else 0
+            if rep in ("?", "*"):
+                continue
+            text = self.expr(group, depth + 1) if group is not None else self.atom(kind, val, depth)
+            if text is None:
+                return None
+            out.append(text)
+        return "".join(out)
+
+    def atom(self, kind: str, val: str, depth: int) -> str | None:
+        if kind == "lit":
+            return _literal(val)
+        if kind == "cls":
+            return _class_char(val)
+        rule = self.rules.get(val)
+        return None if rule is None else self.expr(rule, depth + 1)
+
+
+def grammar_output(grammar: str) -> str | None:
+    """Return a string the EBNF / GBNF ``grammar`` (start rule ``root``) derives, if simple.
+
+    The subset: ``name ::= ...`` rules, quoted literals, ``[...]`` classes, rule references,
+    groups, ``|`` and the ``? * +`` quantifiers (the shortest derivation is taken).
+
+    Args:
+        grammar: The grammar text.
+
+    Returns:
+        A derived string, or None when the grammar is outside the subset.
+    """
+    tokens = _grammar_tokens(grammar)
+    rules = _grammar_rules(tokens) if tokens else None
+    if not rules or "root" not in rules:
+        return None
+    try:
+        return _GrammarGen(rules).expr(rules["root"], 0)
+    except (ValueError, RecursionError):
+        return None

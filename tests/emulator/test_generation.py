@@ -126,15 +126,34 @@ async def test_min_tokens_and_ignore_eos_extend(emulator, api, red_image):
     assert chunks[-1]["usage"]["completion_tokens"] == 50
 
 
-async def test_guided_choice(emulator, api, red_image):
-    r = await api.post(emulator.url, api.body(red_image, Q, guided_choice=["no", "yes"]))
+async def test_structured_outputs_choice(emulator, api, red_image):
+    r = await api.post(
+        emulator.url, api.body(red_image, Q, structured_outputs={"choice": ["no", "yes"]})
+    )
     assert _content(r) == "yes"
-    r = await api.post(emulator.url, api.body(red_image, Q, guided_choice=["cat", "dog"]))
-    assert _content(r) in ("cat", "dog")
     r = await api.post(
         emulator.url, api.body(red_image, Q, structured_outputs={"choice": ["maybe", "no"]})
     )
     assert _content(r) in ("maybe", "no")
+
+
+async def test_top_level_guided_choice_is_ignored_by_default_like_vllm_032(
+    emulator, api, red_image, caplog
+):
+    # vLLM 0.32 removed the guided_* fields: HTTP 200, output unconstrained, one warning.
+    caplog.set_level(logging.WARNING, logger="nim_async.emulator")
+    r = await api.post(emulator.url, api.body(red_image, Q, guided_choice=["cat", "dog"]))
+    assert orjson.loads(_content(r)) == {"vqa": {"answer": "yes"}}
+    assert "removed guided-decoding field(s) ['guided_choice']" in caplog.text
+
+
+async def test_guided_choice_in_legacy_mode(start_emulator, api, red_image):
+    # --legacy-guided: vLLM < 0.12 / NIM 1.x enforced the top-level guided_* fields.
+    async with start_emulator(legacy_guided=True) as emu:
+        r = await api.post(emu.url, api.body(red_image, Q, guided_choice=["no", "yes"]))
+        assert _content(r) == "yes"
+        r = await api.post(emu.url, api.body(red_image, Q, guided_choice=["cat", "dog"]))
+        assert _content(r) in ("cat", "dog")
 
 
 SCHEMAS = [
@@ -166,9 +185,16 @@ SCHEMAS = [
 
 
 @pytest.mark.parametrize("schema", SCHEMAS)
-@pytest.mark.parametrize("how", ["guided_json", "guided_json_str", "response_format", "nvext"])
-async def test_guided_json_validates(emulator, api, red_image, schema, how):
-    if how == "guided_json":
+@pytest.mark.parametrize(
+    "how", ["guided_json", "guided_json_str", "response_format", "structured_outputs", "nvext"]
+)
+async def test_guided_json_validates(start_emulator, api, red_image, schema, how):
+    # guided_json and nvext are legacy forms (vLLM 0.32 ignores them): legacy mode for those.
+    emulator = start_emulator(legacy_guided=how in ("guided_json", "guided_json_str", "nvext"))
+    await emulator.start()
+    if how == "structured_outputs":
+        extra = {"structured_outputs": {"json": schema}}
+    elif how == "guided_json":
         extra = {"guided_json": schema}
     elif how == "guided_json_str":
         extra = {"guided_json": orjson.dumps(schema).decode()}
@@ -190,7 +216,10 @@ async def test_guided_json_task_schema_gives_task_output(emulator, api, red_imag
     task = get_task(task_name)
     text = _content(
         await api.post(
-            emulator.url, api.body(red_image, "Anything at all", guided_json=task.output_schema())
+            emulator.url,
+            api.body(
+                red_image, "Anything at all", structured_outputs={"json": task.output_schema()}
+            ),
         )
     )
     obj = orjson.loads(text)
@@ -209,15 +238,17 @@ async def test_json_object_response_format(emulator, api, red_image):
     "pattern",
     [r"\d{3}-[a-z]+", r"(yes|no)", r"[A-Z][a-z]{2,5} \w+\.", r"^(?:cat|dog)s?$", r"[^abc]x*"],
 )
-async def test_guided_regex(emulator, api, red_image, pattern):
-    text = _content(await api.post(emulator.url, api.body(red_image, Q, guided_regex=pattern)))
-    assert re.fullmatch(pattern, text)
-    if pattern == "(yes|no)":
-        assert text == "yes"
+async def test_guided_regex(start_emulator, api, red_image, pattern):
+    async with start_emulator(legacy_guided=True) as emu:
+        for extra in ({"structured_outputs": {"regex": pattern}}, {"guided_regex": pattern}):
+            text = _content(await api.post(emu.url, api.body(red_image, Q, **extra)))
+            assert re.fullmatch(pattern, text)
+            if pattern == "(yes|no)":
+                assert text == "yes"
 
 
-async def test_ignore_guided_reproduces_vllm_012(start_emulator, api, red_image):
-    async with start_emulator(ignore_guided=True) as emu:
+async def test_ignore_guided_overrides_legacy_mode(start_emulator, api, red_image):
+    async with start_emulator(ignore_guided=True, legacy_guided=True) as emu:
         text = _content(
             await api.post(emu.url, api.body(red_image, Q, guided_choice=["cat", "dog"]))
         )
@@ -232,12 +263,19 @@ async def test_ignore_guided_reproduces_vllm_012(start_emulator, api, red_image)
 
 
 @pytest.mark.parametrize(
-    ("dialect", "top_level", "nvext"),
-    [("both", True, True), ("openai", True, False), ("nvext", False, True)],
+    ("dialect", "legacy", "top_level", "nvext"),
+    [
+        (None, False, False, False),  # the default: vLLM 0.32 ignores guided_* and nvext
+        (None, True, True, True),  # legacy mode: NIM 1.x read both
+        ("both", True, True, True),
+        ("openai", True, True, False),
+        ("nvext", True, False, True),
+        ("nvext", False, False, True),  # an explicit nvext dialect reads nvext (NIM 1.x)
+    ],
 )
-async def test_dialects(start_emulator, api, red_image, caplog, dialect, top_level, nvext):
+async def test_dialects(start_emulator, api, red_image, caplog, dialect, legacy, top_level, nvext):
     caplog.set_level(logging.WARNING, logger="nim_async.emulator")
-    async with start_emulator(dialect=dialect) as emu:
+    async with start_emulator(dialect=dialect, legacy_guided=legacy) as emu:
         r_top = await api.post(emu.url, api.body(red_image, Q, guided_choice=["cat"], top_k=5))
         r_nv = await api.post(
             emu.url, api.body(red_image, Q, nvext={"guided_choice": ["cat"], "top_k": 5})
@@ -304,11 +342,66 @@ async def test_aiperf_and_guidellm_shaped_requests(emulator, api):
     assert r.status_code == 200
 
 
-async def test_guided_grammar_is_accepted_unenforced(emulator, api, red_image, caplog):
+async def test_simple_grammar_is_enforced_others_accepted_unenforced(
+    emulator, api, red_image, caplog
+):
     caplog.set_level(logging.INFO, logger="nim_async.emulator")
-    r = await api.post(emulator.url, api.body(red_image, Q, guided_grammar='root ::= "yes"'))
+    grammar = 'root ::= answer "!"\nanswer ::= "si" | "no"'
+    r = await api.post(
+        emulator.url, api.body(red_image, Q, structured_outputs={"grammar": grammar})
+    )
+    assert _content(r) == "si!"
+    # outside the emulator's EBNF subset (a negated class): accepted, not enforced, logged
+    r = await api.post(
+        emulator.url, api.body(red_image, Q, structured_outputs={"grammar": "root ::= [^a]"})
+    )
     assert orjson.loads(_content(r)) == {"vqa": {"answer": "yes"}}
     assert "guided_grammar" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {
+                "structured_outputs": {"choice": ["a"]},
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "object"}},
+                },
+            },
+            "You can only use one kind of structured outputs constraint but multiple are specified",
+        ),
+        (
+            {"structured_outputs": {"choice": ["a"], "regex": "a"}},
+            "You can only use one kind of constraints for structured outputs ('json', 'regex' or "
+            "'choice').",
+        ),
+        (
+            {"structured_outputs": {"choice": ["a"], "grammar": 'root ::= "a"'}},
+            "You can only use one kind of structured outputs constraint but multiple are specified",
+        ),
+        (
+            {"structured_outputs": {}},
+            "You must use one kind of structured outputs constraint but none are specified",
+        ),
+    ],
+)
+async def test_conflicting_structured_outputs_get_vllms_400(
+    emulator, api, red_image, extra, message
+):
+    r = await api.post(emulator.url, api.body(red_image, Q, **extra))
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["message"].startswith(message)
+    assert (err["type"], err["code"]) == ("BadRequestError", 400)
+
+
+async def test_ignored_guided_field_beside_structured_outputs_is_no_conflict(
+    emulator, api, red_image
+):
+    body = api.body(red_image, Q, guided_regex="x", structured_outputs={"choice": ["cat"]})
+    assert _content(await api.post(emulator.url, body)) == "cat"
 
 
 async def test_constructor_overrides_settings():

@@ -56,8 +56,6 @@ BAD_400 = {
     "logprobs-string": {**GOOD, "logprobs": "x"},
     "top-logprobs-too-many": {**GOOD, "top_logprobs": 50},
     "ignore-eos-string": {**GOOD, "ignore_eos": "x"},
-    "nvext-not-object": {**GOOD, "nvext": 5},
-    "nvext-bad-value": {**GOOD, "nvext": {"top_k": -5}},
     "data-uri-not-base64": _img("data:image/png,abc"),
     "data-uri-bad-base64": _img("data:image/png;base64,@@@@"),
     "data-uri-not-image": _img("data:text/plain;base64,aGk="),
@@ -70,6 +68,25 @@ BAD_400 = {
     "max-tokens-beyond-context": {**GOOD, "max_tokens": 8192},
     "response-format-bad-type": {**GOOD, "response_format": {"type": "xml"}},
     "response-format-no-schema": {**GOOD, "response_format": {"type": "json_schema"}},
+    "structured-outputs-not-object": {**GOOD, "structured_outputs": "x"},
+    "so-choice-empty": {**GOOD, "structured_outputs": {"choice": []}},
+    "so-choice-not-strings": {**GOOD, "structured_outputs": {"choice": [1, 2]}},
+    "so-json-invalid": {**GOOD, "structured_outputs": {"json": "{not json"}},
+    "so-regex-lookahead": {**GOOD, "structured_outputs": {"regex": "(?=a)a"}},
+    "so-regex-invalid": {**GOOD, "structured_outputs": {"regex": "(unclosed"}},
+    "so-two-kinds": {**GOOD, "structured_outputs": {"choice": ["a"], "regex": "a"}},
+    "so-and-response-format": {
+        **GOOD,
+        "structured_outputs": {"regex": "a"},
+        "response_format": {"type": "json_object"},
+    },
+}
+
+# Rejected only in legacy mode (--legacy-guided: NIM 1.x read nvext and enforced guided_*);
+# vLLM 0.32 ignores these fields, and so does the emulator by default (see IGNORED_BY_DEFAULT).
+LEGACY_400 = {
+    "nvext-not-object": {**GOOD, "nvext": 5},
+    "nvext-bad-value": {**GOOD, "nvext": {"top_k": -5}},
     "guided-choice-empty": {**GOOD, "guided_choice": []},
     "guided-choice-not-strings": {**GOOD, "guided_choice": [1, 2]},
     "guided-json-invalid": {**GOOD, "guided_json": "{not json"},
@@ -78,7 +95,6 @@ BAD_400 = {
     "guided-regex-backref": {**GOOD, "guided_regex": "(a)\\1"},
     "guided-regex-invalid": {**GOOD, "guided_regex": "(unclosed"},
     "two-guided-kinds": {**GOOD, "guided_choice": ["a"], "guided_regex": "a"},
-    "structured-outputs-not-object": {**GOOD, "structured_outputs": "x"},
 }
 
 
@@ -101,6 +117,19 @@ async def _check_error(api, url, body, status):
 async def test_bad_request_then_good_request(emulator, api, name):
     err = await _check_error(api, emulator.url, BAD_400[name], 400)
     assert err["type"] == "BadRequestError"
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY_400))
+async def test_legacy_fields_rejected_in_legacy_mode(start_emulator, api, name):
+    async with start_emulator(legacy_guided=True) as emu:
+        err = await _check_error(api, emu.url, LEGACY_400[name], 400)
+    assert err["type"] == "BadRequestError"
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY_400))
+async def test_legacy_fields_ignored_by_default_like_vllm_032(emulator, api, name):
+    r = await api.post(emulator.url, LEGACY_400[name])
+    assert r.status_code == 200, r.text
 
 
 async def test_unknown_model_is_404_then_good(emulator, api):

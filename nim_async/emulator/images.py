@@ -1,0 +1,103 @@
+"""Images of a request: data URIs and http(s) URLs turned into cached :class:`Scene` objects.
+
+Fetching and analysing an image is the emulator's preprocessing: like a real server's, it runs
+before the first token is scheduled and so adds to the time to first token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+from collections import OrderedDict
+
+from aiohttp import ClientError, ClientSession, ClientTimeout
+
+from nim_async.emulator.rejection import bad
+from nim_async.emulator.scene import Scene, analyse_bytes
+
+__all__ = ["ImageLoader", "decode_data_uri"]
+
+_DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[^;,]*)*)(;base64)?,", re.ASCII)
+_CACHE_SIZE = 64
+_THREAD_ABOVE = 32 * 1024  # bytes: smaller images are analysed on the loop (cheaper than a hop)
+
+
+def decode_data_uri(url: str) -> bytes:
+    """Decode a ``data:image/...;base64,...`` URI.
+
+    Raises:
+        RequestError: 400 for a malformed URI, a non-image type or bad base64.
+    """
+    m = _DATA_URI.match(url)
+    if m is None:
+        raise bad("Invalid data URI: expected data:<mime>;base64,<data>", "messages")
+    if not m.group(3):
+        raise bad("Invalid data URI: only base64-encoded images are supported", "messages")
+    mime = m.group(1) or ""
+    if mime and not mime.startswith("image/"):
+        raise bad(f"Invalid data URI: {mime!r} is not an image type", "messages")
+    try:
+        return base64.b64decode(url[m.end() :], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise bad(
+            f"Invalid data URI: the base64 payload cannot be decoded ({exc})", "messages"
+        ) from None
+
+
+class ImageLoader:
+    """Loads and analyses request images, keeping the last 64 scenes."""
+
+    def __init__(self) -> None:
+        self._scenes: OrderedDict[tuple[int, int, str], Scene] = OrderedDict()
+        self._http: ClientSession | None = None
+
+    async def scene(self, url: str) -> Scene:
+        """Return the scene of the image at ``url`` (a data URI or an http(s) URL).
+
+        Raises:
+            RequestError: 400 when the image cannot be fetched or decoded.
+        """
+        key = (len(url), hash(url), url[-48:])
+        cached = self._scenes.get(key)
+        if cached is not None:
+            self._scenes.move_to_end(key)
+            return cached
+        if url.startswith("data:"):
+            data = decode_data_uri(url)
+        elif url.startswith(("http://", "https://")):
+            data = await self._fetch(url)
+        else:
+            raise bad(
+                "image_url must be a data: URI (data:image/...;base64,...) or an http(s) URL",
+                "messages",
+            )
+        try:
+            if len(data) > _THREAD_ABOVE:
+                scene = await asyncio.to_thread(analyse_bytes, data)
+            else:
+                scene = analyse_bytes(data)
+        except ValueError as exc:
+            raise bad(f"Failed to load image: {exc}", "messages") from None
+        self._scenes[key] = scene
+        if len(self._scenes) > _CACHE_SIZE:
+            self._scenes.popitem(last=False)
+        return scene
+
+    async def _fetch(self, url: str) -> bytes:
+        if self._http is None:
+            self._http = ClientSession(timeout=ClientTimeout(total=30))
+        try:
+            async with self._http.get(url) as resp:
+                if resp.status != 200:
+                    raise bad(f"fetching the image at {url} returned HTTP {resp.status}")
+                return await resp.read()
+        except ClientError as exc:
+            raise bad(f"cannot fetch the image at {url}: {exc}") from None
+
+    async def close(self) -> None:
+        """Close the HTTP session used to fetch images (idempotent)."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
