@@ -170,13 +170,6 @@ PENDING: set[tuple[str, str]] = {
     ("nim_async.bench.client", "httpx"),
     ("nim_async.bench.report", "rich.console"),
     ("nim_async.bench.report", "rich.table"),
-    ("nim_async.emulator.guided", "nim_async.protocol.guided"),
-    ("nim_async.emulator.guided", "nim_async.protocol.guided.resolve_ref"),
-    ("nim_async.emulator.responder", "nim_async.protocol.geometry"),
-    ("nim_async.emulator.responder", "nim_async.protocol.geometry.from_pixels"),
-    ("nim_async.emulator.responder", "nim_async.protocol.geometry.smart_resize"),
-    ("nim_async.emulator.server", "nim_async.protocol.geometry"),
-    ("nim_async.emulator.server", "nim_async.protocol.geometry.qwen_image_tokens"),
     ("nim_async.predict.predictor", "httpx"),
 }
 
