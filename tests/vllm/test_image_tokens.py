@@ -28,14 +28,7 @@ import httpx
 import pytest
 from PIL import Image
 
-# TODO(layout): remove the fallback once nim_async.protocol.geometry is the only home.
-try:
-    from nim_async.protocol.geometry import qwen_image_tokens, smart_resize
-except ImportError:  # pragma: no cover - the pre-move layout
-    from nim_async.geometry import (  # type: ignore[import-not-found,no-redef]
-        qwen_image_tokens,
-        smart_resize,
-    )
+from nim_async.protocol.geometry import qwen_image_tokens, smart_resize
 
 FACTOR = 28
 TEXT = "Describe the picture in one word."
