@@ -41,7 +41,7 @@ class VisionService:
             return {"status": 400, "error": str(exc)}
         except errors.NIMPredictionError as exc:
             return {"status": 502, "error": str(exc)}
-        return {"status": 200, "answer": response.result}
+        return {"status": 200, "answer": response.plain_result}
 
 
 async def main(url: str | None) -> int:

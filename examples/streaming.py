@@ -42,8 +42,8 @@ async def main(url: str | None) -> int:
         print()
         total = time.perf_counter() - start
         print(f"{pieces} pieces; first after {first or 0:.3f} s; done after {total:.3f} s")
-        print("sentence:", result.result["sentence"])
-        print("phrases:", [g["phrase"] for g in result.result["groundings"]])
+        print("sentence:", result.result.sentence)
+        print("phrases:", [g.phrase for g in result.result.groundings])
     return 0
 
 

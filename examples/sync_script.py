@@ -70,7 +70,7 @@ def run(url: str, workdir: Path) -> int:
         answer = predictor(
             source=str(image_path), user_prompt="How many shapes are there?", sampling_params=params
         )
-        print("answer:", answer.result)
+        print("answer:", answer.result.answer)
     return 0
 
 

@@ -172,7 +172,7 @@ def result_record(result: BatchResult) -> dict[str, Any]:
         response = result.response
         record["task_type"] = response.task_type
         record["model"] = response.model
-        record["result"] = response.result
+        record["result"] = response.plain_result
         if response.thinking:
             record["thinking"] = response.thinking
         record["finish_reason"] = response.finish_reason
