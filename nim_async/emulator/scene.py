@@ -1,7 +1,10 @@
 """What the emulator "sees" in an image: solid regions of named colours. Pillow only, no IO.
 
 The image is downsampled to at most :data:`GRID_SIDE` pixels on its long side, mapped to the
-nearest named colour, and split into connected regions (run-length union-find). Each region
+nearest named colour, and split into connected regions (run-length union-find). The per-cell
+work is Pillow's C code (quantize, point, ImageChops) and a compiled regex over the class
+bytes; the Python work is per row run, bounded by :data:`RUN_BUDGET` (busy images are analysed
+on a coarser grid). Each region
 keeps its colour name, a shape noun and its bounding box in pixels of the image as sent. This is
 the emulator's stand-in for a vision model; it is a test double, not a model.
 """
@@ -9,10 +12,10 @@ the emulator's stand-in for a vision model; it is a test double, not a model.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
-from itertools import groupby
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "COLOR_NAMES",
@@ -150,24 +153,23 @@ def analyse_image(
     rgb = img.convert("RGB")
     if (gw, gh) != (iw, ih):
         rgb = rgb.resize((gw, gh), Image.Resampling.NEAREST)
-    idx = rgb.quantize(palette=_PALETTE_IMAGE, dither=Image.Dither.NONE).tobytes()
-    names = [_INDEX_NAME[b] for b in range(256)]
-
-    # Background: white, unless another colour covers more than half of the image.
-    counts: dict[str, int] = {}
-    for value, n in zip(*_histogram(idx), strict=True):
-        counts[names[value]] = counts.get(names[value], 0) + n
+    classes = _classify(rgb)
+    while _runs(classes) > RUN_BUDGET and min(classes.size) >= 32:
+        # A busy image (noise, photos): halve the grid until its runs fit the budget, so the
+        # per-run work below stays bounded (solid scenes never get here).
+        rgb = rgb.reduce(2)
+        classes = _classify(rgb)
+    gw, gh = classes.size
     total = gw * gh
-    background = "white"
-    top = max(counts, key=lambda k: counts[k])
-    if counts[top] * 2 > total:
-        background = top
-
-    comps = _components(idx, gw, gh, names, background)
+    counts = classes.histogram()[: len(COLOR_NAMES)]
+    top = max(range(len(counts)), key=counts.__getitem__)
+    # Background: white, unless another colour covers more than half of the image.
+    background = top if counts[top] * 2 > total else _CLASS_OF["white"]
+    comps = _components(classes.tobytes(), gw, gh, background)
     min_cells = max(6, total // 2000)
     sx, sy = width / gw, height / gh
     found: list[Region] = []
-    for color, cells, x0, y0, x1, y1 in comps:
+    for cls, cells, x0, y0, x1, y1 in comps:
         bw, bh = x1 - x0 + 1, y1 - y0 + 1
         if cells < min_cells or bw < 3 or bh < 3:  # noise and JPEG fringes
             continue
@@ -175,40 +177,58 @@ def analyse_image(
         if solidity < 0.4:
             continue
         box = (x0 * sx, y0 * sy, (x1 + 1) * sx, (y1 + 1) * sy)
-        aspect = (box[2] - box[0]) / max(box[3] - box[1], 1e-9)
-        roundish = 0.9 <= aspect <= 1.11
-        if solidity >= 0.9:
-            shape = "square" if roundish else "rectangle"
-        elif solidity >= 0.7:
-            shape = "circle" if roundish else "ellipse"
-        else:
-            shape = "shape"
-        found.append(Region(color, shape, box, cells / total))
+        found.append(Region(COLOR_NAMES[cls], _shape(box, solidity), box, cells / total))
     found.sort(key=lambda r: -r.area)
     kept = sorted(found[:max_regions], key=lambda r: (round(r.box[1]), round(r.box[0])))
-    return Scene(size=(width, height), background=background, regions=tuple(kept))
+    return Scene(size=(width, height), background=COLOR_NAMES[background], regions=tuple(kept))
 
 
-def _histogram(idx: bytes) -> tuple[list[int], list[int]]:
-    values: list[int] = []
-    counts: list[int] = []
-    for value in set(idx):
-        values.append(value)
-        counts.append(idx.count(value))
-    return values, counts
+RUN_BUDGET = 4096
+"""Most same-colour row runs the component search walks; busier grids are halved first."""
+
+_CLASS_OF = {name: i for i, name in enumerate(COLOR_NAMES)}
+# palette index -> colour class (several palette entries share a name); unused entries: white
+_CLASS_LUT = [_CLASS_OF[name] for name in _INDEX_NAME]
+
+
+def _shape(box: tuple[float, float, float, float], solidity: float) -> str:
+    aspect = (box[2] - box[0]) / max(box[3] - box[1], 1e-9)
+    roundish = 0.9 <= aspect <= 1.11
+    if solidity >= 0.9:
+        return "square" if roundish else "rectangle"
+    if solidity >= 0.7:
+        return "circle" if roundish else "ellipse"
+    return "shape"
+
+
+def _classify(rgb: Image.Image) -> Image.Image:
+    """An ``L`` image of colour-class ids (nearest named colour), by Pillow's C code."""
+    indexed = rgb.quantize(palette=_PALETTE_IMAGE, dither=Image.Dither.NONE)
+    return indexed.point(_CLASS_LUT, "L")
+
+
+def _runs(classes: Image.Image) -> int:
+    """Number of same-colour row runs (colour changes along rows, plus one per row)."""
+    shifted = ImageChops.offset(classes, 1, 0)
+    changes = ImageChops.difference(classes, shifted).point([0] + [1] * 255)
+    return classes.size[0] * classes.size[1] - changes.histogram()[0] + classes.size[1]
 
 
 def _components(
-    idx: bytes, gw: int, gh: int, names: list[str], background: str
-) -> list[tuple[str, int, int, int, int, int]]:
-    """Connected components of equal colour names via row runs and union-find.
+    cls: bytes, gw: int, gh: int, background: int
+) -> list[tuple[int, int, int, int, int, int]]:
+    """Connected components of equal colour classes via row runs and union-find.
+
+    Row runs are found by a compiled regular expression over the class bytes (C code), so
+    the Python work is per run, not per cell.
 
     Returns:
-        ``(colour, cells, x0, y0, x1, y1)`` per component, in grid cells (inclusive).
+        ``(class, cells, x0, y0, x1, y1)`` per component, in grid cells (inclusive).
     """
+    run = re.compile(b"([^" + re.escape(bytes([background])) + b"])\\1*", re.DOTALL)
     parent: list[int] = []
     info: list[list[int]] = []  # cells, x0, y0, x1, y1
-    colors: list[str] = []
+    colors: list[int] = []
 
     def find(a: int) -> int:
         while parent[a] != a:
@@ -216,28 +236,25 @@ def _components(
             a = parent[a]
         return a
 
-    prev: list[tuple[int, int, str, int]] = []  # (start, end_exclusive, colour, component)
+    prev: list[tuple[int, int, int, int]] = []  # (start, end_exclusive, class, component)
     for y in range(gh):
-        row = idx[y * gw : (y + 1) * gw]
-        cur: list[tuple[int, int, str, int]] = []
-        x = 0
-        for name, grp in groupby(names[b] for b in row):
-            n = sum(1 for _ in grp)
-            if name != background:
-                comp = len(parent)
-                parent.append(comp)
-                info.append([n, x, y, x + n - 1, y])
-                colors.append(name)
-                cur.append((x, x + n, name, comp))
-            x += n
+        base = y * gw
+        cur: list[tuple[int, int, int, int]] = []
+        for m in run.finditer(cls, base, base + gw):
+            x, end = m.start() - base, m.end() - base
+            comp = len(parent)
+            parent.append(comp)
+            info.append([end - x, x, y, end - 1, y])
+            colors.append(cls[m.start()])
+            cur.append((x, end, cls[m.start()], comp))
         # union with overlapping runs of the same colour in the previous row
         j = 0
-        for start, end, name, comp in cur:
+        for start, end, color, comp in cur:
             while j < len(prev) and prev[j][1] <= start:
                 j += 1
             k = j
             while k < len(prev) and prev[k][0] < end:
-                if prev[k][2] == name:
+                if prev[k][2] == color:
                     ra, rb = find(comp), find(prev[k][3])
                     if ra != rb:
                         parent[ra] = rb

@@ -198,3 +198,46 @@ def test_exif_rotation_swaps_the_size():
     img.save(buf, "JPEG", exif=exif)
     decoded, size = decode_image(buf.getvalue())
     assert size == decoded.size == (100, 300)
+
+
+def test_busy_images_are_walked_on_a_grid_within_the_run_budget(monkeypatch):
+    # Random noise has a colour change at nearly every cell (~58k row runs on the 256 grid);
+    # the component walk is the only per-run Python work, so it must get a coarser grid.
+    import io
+    import random as _random
+
+    from PIL import Image
+
+    from nim_async.emulator import scene as scene_mod
+
+    rng = _random.Random(7)
+    noise = Image.frombytes(
+        "RGB", (256, 256), bytes(rng.randrange(256) for _ in range(256 * 256 * 3))
+    )
+    buf = io.BytesIO()
+    noise.save(buf, "PNG")
+    walked: list[int] = []
+    real = scene_mod._components
+
+    def spy(cls: bytes, gw: int, gh: int, background: int):
+        comps = real(cls, gw, gh, background)
+        walked.append(sum(1 for _ in re.finditer(rb"(.)\1*", cls, re.DOTALL)))
+        return comps
+
+    monkeypatch.setattr(scene_mod, "_components", spy)
+    full_grid = scene_mod._runs(scene_mod._classify(noise))
+    assert full_grid > scene_mod.RUN_BUDGET
+    sc = analyse_bytes(buf.getvalue())
+    assert sc.regions == ()
+    assert walked
+    assert walked[0] <= scene_mod.RUN_BUDGET + 256  # runs across row ends merge in the count
+
+
+def test_solid_scene_keeps_the_full_grid(image_factory):
+    img, size = decode_image(
+        image_factory(size=(512, 512), shapes=[("red", (100, 100, 301, 301))], fmt="PNG")
+    )
+    sc = analyse_image(img, size=size)
+    [region] = sc.regions
+    # 512 px on a 256 grid: 2 px per cell, so the box is exact to 2 px
+    assert region.box == pytest.approx((100, 100, 302, 302), abs=2)
