@@ -119,7 +119,7 @@ def test_refused_adapter_leaves_no_entry(tmp_path: Path, synth: ModuleType) -> N
 
 def test_missing_inputs(tmp_path: Path, synth: ModuleType) -> None:
     base, _ = _pair(synth, tmp_path)
-    with pytest.raises(AdapterMergeError, match="adapter .* is not a directory"):
+    with pytest.raises(AdapterMergeError, match=r"adapter .* is not a directory"):
         merged_checkpoint(base, tmp_path / "nope", tmp_path / "cache")
 
 

@@ -320,10 +320,12 @@ def _plan(base_dir: Path, adapter_dir: Path) -> _Plan:
             b = b.reshape(b.shape[0], rank)
         else:
             plain, flipped = (b.shape[0], a.shape[1]), (a.shape[1], b.shape[0])
-            if not m.embedding and plain != flipped and info.shape in (plain, flipped):
-                # PEFT resets fan_in_fan_out per layer type (Linear: off, GPT-2's Conv1D: on)
-                # and saves whichever value it set last: the stored shape is the safer guide
-                transposed = info.shape == flipped
+            if config.fan_in_fan_out and not m.embedding and info.shape == plain != flipped:
+                # PEFT switches fan_in_fan_out off for nn.Linear layers (it is meant for GPT-2's
+                # Conv1D) and may save the flag as True for a model with both: such a layer is
+                # stored (out, in). The reverse is not guessed: with the flag off, an (in, out)
+                # weight is a base mismatch.
+                transposed = False
             want = flipped if transposed else plain
         if info.shape != want:
             raise UnsupportedAdapter(
