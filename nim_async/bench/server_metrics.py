@@ -1,7 +1,9 @@
 """Scrape the server's Prometheus metrics before and after a load point.
 
 vLLM and NIM expose ``vllm:``-prefixed metrics at ``/v1/metrics`` (NIM) or ``/metrics``
-(vLLM). Names are matched by suffix, so a different prefix still works.
+(vLLM). A name matches with any ``namespace:`` prefix, but whole: ``time_per_output_token``
+must not pick up vLLM 0.32's ``request_time_per_output_token`` histogram, which counts
+requests, not tokens. :data:`SERVER_METRICS` lists every name read, newest vLLM's first.
 """
 
 from __future__ import annotations
@@ -9,9 +11,27 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 
-__all__ = ["METRIC_PATHS", "parse_prometheus", "scrape", "server_deltas"]
+__all__ = ["METRIC_PATHS", "SERVER_METRICS", "parse_prometheus", "scrape", "server_deltas"]
 
 METRIC_PATHS = ("/v1/metrics", "/metrics")
+
+SERVER_METRICS: dict[str, tuple[str, ...]] = {
+    "ttft_ms": ("time_to_first_token_seconds",),
+    # vLLM >= 0.11: per-request mean TPOT; before: the per-token histogram under either name
+    "tpot_ms": (
+        "request_time_per_output_token_seconds",
+        "time_per_output_token_seconds",
+        "inter_token_latency_seconds",
+    ),
+    "e2e_ms": ("e2e_request_latency_seconds",),
+    "queue_ms": ("request_queue_time_seconds",),
+    "generation_tokens": ("generation_tokens_total",),
+    "prompt_tokens": ("prompt_tokens_total",),
+    "running": ("num_requests_running",),
+    "waiting": ("num_requests_waiting",),
+}
+"""What :func:`server_deltas` reads: each figure's metric names, first found wins (histograms
+are read as ``<name>_sum`` / ``<name>_count``; ``requests`` is ``e2e``'s count)."""
 
 GetText = Callable[[str], Awaitable[tuple[int, str]]]
 
@@ -52,26 +72,27 @@ async def scrape(get_text: GetText) -> dict[str, float] | None:
     return None
 
 
-def _find(values: dict[str, float], suffix: str) -> float | None:
+def _find(values: dict[str, float], wanted: str) -> float | None:
     for name, value in values.items():
-        if name.endswith(suffix):
+        if name == wanted or (name.endswith(wanted) and name[-len(wanted) - 1] == ":"):
             return value
     return None
 
 
-def _delta(before: dict[str, float], after: dict[str, float], suffix: str) -> float | None:
-    a, b = _find(after, suffix), _find(before, suffix)
+def _delta(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    a, b = _find(after, name), _find(before, name)
     if a is None:
         return None
     return a - (b or 0.0)
 
 
-def _mean_ms(before: dict[str, float], after: dict[str, float], base: str) -> float | None:
-    total = _delta(before, after, f"{base}_sum")
-    count = _delta(before, after, f"{base}_count")
-    if total is None or not count:
-        return None
-    return total / count * 1000.0
+def _mean_ms(before: dict[str, float], after: dict[str, float], figure: str) -> float | None:
+    for base in SERVER_METRICS[figure]:
+        total = _delta(before, after, f"{base}_sum")
+        count = _delta(before, after, f"{base}_count")
+        if total is not None and count:
+            return total / count * 1000.0
+    return None
 
 
 def server_deltas(
@@ -79,24 +100,26 @@ def server_deltas(
 ) -> dict[str, float | None] | None:
     """Return the server's own figures over a load point (means from histogram deltas).
 
-    Keys: ``ttft_ms``, ``tpot_ms`` (``time_per_output_token`` or ``inter_token_latency``),
+    Keys: ``ttft_ms``, ``tpot_ms`` (see :data:`SERVER_METRICS` for the names),
     ``e2e_ms``, ``queue_ms``, ``requests``, ``generation_tokens``, ``prompt_tokens``,
     ``running`` and ``waiting`` (gauges after the load point). ``None`` when not scraped.
     """
     if after is None:
         return None
     before = before or {}
-    tpot = _mean_ms(before, after, "time_per_output_token_seconds")
-    if tpot is None:
-        tpot = _mean_ms(before, after, "inter_token_latency_seconds")
+    (e2e,) = SERVER_METRICS["e2e_ms"]
+    (generated,) = SERVER_METRICS["generation_tokens"]
+    (prompt,) = SERVER_METRICS["prompt_tokens"]
+    (running,) = SERVER_METRICS["running"]
+    (waiting,) = SERVER_METRICS["waiting"]
     return {
-        "ttft_ms": _mean_ms(before, after, "time_to_first_token_seconds"),
-        "tpot_ms": tpot,
-        "e2e_ms": _mean_ms(before, after, "e2e_request_latency_seconds"),
-        "queue_ms": _mean_ms(before, after, "request_queue_time_seconds"),
-        "requests": _delta(before, after, "e2e_request_latency_seconds_count"),
-        "generation_tokens": _delta(before, after, "generation_tokens_total"),
-        "prompt_tokens": _delta(before, after, "prompt_tokens_total"),
-        "running": _find(after, "num_requests_running"),
-        "waiting": _find(after, "num_requests_waiting"),
+        "ttft_ms": _mean_ms(before, after, "ttft_ms"),
+        "tpot_ms": _mean_ms(before, after, "tpot_ms"),
+        "e2e_ms": _mean_ms(before, after, "e2e_ms"),
+        "queue_ms": _mean_ms(before, after, "queue_ms"),
+        "requests": _delta(before, after, f"{e2e}_count"),
+        "generation_tokens": _delta(before, after, generated),
+        "prompt_tokens": _delta(before, after, prompt),
+        "running": _find(after, running),
+        "waiting": _find(after, waiting),
     }

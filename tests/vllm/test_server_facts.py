@@ -8,19 +8,15 @@ from typing import Any
 import httpx
 import pytest
 
-# Every server metric `nim-async bench` reads (nim_async/bench/server_metrics.py,
-# server_deltas()), by its vLLM name. The bench matches names by suffix and reads
-# histograms as <name>_sum / <name>_count. Kept here as a list on purpose: the test
-# compares what the bench asks for with what the real server exposes.
-BENCH_HISTOGRAMS = [
-    "vllm:time_to_first_token_seconds",  # ttft_ms
-    "vllm:time_per_output_token_seconds",  # tpot_ms, first choice
-    "vllm:inter_token_latency_seconds",  # tpot_ms, fallback
-    "vllm:e2e_request_latency_seconds",  # e2e_ms, requests (_count)
-    "vllm:request_queue_time_seconds",  # queue_ms
-]
-BENCH_COUNTERS = ["vllm:generation_tokens_total", "vllm:prompt_tokens_total"]
-BENCH_GAUGES = ["vllm:num_requests_running", "vllm:num_requests_waiting"]
+from nim_async.bench.server_metrics import SERVER_METRICS, parse_prometheus, server_deltas
+
+# Every server metric `nim-async bench` reads, taken from the bench itself: histograms are read
+# as <name>_sum / <name>_count, the rest as plain samples. For each figure, the name vLLM 0.32
+# exposes must be the bench's first choice (older names follow as fallbacks).
+HISTOGRAM_FIGURES = ("ttft_ms", "tpot_ms", "e2e_ms", "queue_ms")
+BENCH_HISTOGRAMS = [f"vllm:{SERVER_METRICS[f][0]}" for f in HISTOGRAM_FIGURES]
+BENCH_COUNTERS = [f"vllm:{SERVER_METRICS[f][0]}" for f in ("generation_tokens", "prompt_tokens")]
+BENCH_GAUGES = [f"vllm:{SERVER_METRICS[f][0]}" for f in ("running", "waiting")]
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
@@ -98,15 +94,23 @@ def test_health_is_vllms_and_nim_endpoints_are_absent(client: httpx.Client) -> N
 @pytest.mark.parametrize("name", BENCH_HISTOGRAMS)
 def test_bench_histogram_exists(exposition: str, name: str) -> None:
     samples, types = _samples(exposition), _types(exposition)
-    suffix = name.removeprefix("vllm:")
-    matches = sorted(n for n in types if n.endswith(suffix) and types[n] == "histogram")
     assert types.get(name) == "histogram", (
-        f"nim-async bench reads {name} (by suffix '{suffix}'); vLLM 0.32 has no such "
-        f"histogram; the suffix matches {matches or 'nothing'}"
+        f"nim-async bench reads {name} first; vLLM 0.32 has no such histogram"
     )
     assert f"{name}_sum" in samples
     assert samples[f"{name}_count"] >= 1
-    assert matches == [name], f"suffix '{suffix}' is ambiguous on vLLM: {matches}"
+
+
+def test_bench_server_figures_come_from_vllms_own_histograms(exposition: str) -> None:
+    """server_deltas() over the real exposition reads each figure from the right histogram."""
+    values = parse_prometheus(exposition)
+    figures = server_deltas({}, values)
+    assert figures is not None
+    for figure in HISTOGRAM_FIGURES:
+        name = f"vllm:{SERVER_METRICS[figure][0]}"
+        expected = values[f"{name}_sum"] / values[f"{name}_count"] * 1000.0
+        assert figures[figure] == pytest.approx(expected), figure
+    assert figures["requests"] == values["vllm:e2e_request_latency_seconds_count"]
 
 
 @pytest.mark.parametrize("name", BENCH_COUNTERS)
@@ -114,16 +118,12 @@ def test_bench_counter_exists(exposition: str, name: str) -> None:
     samples = _samples(exposition)
     assert name in samples, f"nim-async bench reads {name}; vLLM 0.32 does not expose it"
     assert samples[name] >= 1
-    ends = sorted(n for n in samples if n.endswith(name.removeprefix("vllm:")))
-    assert ends == [name], f"suffix match is ambiguous on vLLM: {ends}"
 
 
 @pytest.mark.parametrize("name", BENCH_GAUGES)
 def test_bench_gauge_exists(exposition: str, name: str) -> None:
     types = _types(exposition)
     assert types.get(name) == "gauge", f"nim-async bench reads {name}; vLLM 0.32 lacks it"
-    ends = sorted(n for n in _samples(exposition) if n.endswith(name.removeprefix("vllm:")))
-    assert ends == [name], f"suffix match is ambiguous on vLLM: {ends}"
 
 
 def test_cache_gauge_is_kv_cache_usage_perc(exposition: str) -> None:
