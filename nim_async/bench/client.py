@@ -1,10 +1,11 @@
 """The benchmark's request path: one streamed chat completion per call, timed per chunk.
 
-It uses the same stack as the predictor (httpx over
-:class:`~nim_async.http.transport.AiohttpTransport`,
-the bytes SSE decoder, ``orjson`` on bytes, plain dict access) but prepares every request body
-before the clock starts, so image encoding is reported apart from server time, and it records
-when the response headers arrived, so upload + acceptance is apart from generation.
+It uses the predictor's stack: the body comes from :mod:`nim_async.protocol.wire` (the one request
+builder), the chunks are read by :class:`~nim_async.protocol.stream.StreamAccumulator` (the one
+chunk parser) after the bytes SSE decoder, and requests go through
+:class:`~nim_async.http.client.ServerClient` over the aiohttp transport. Every request body is
+prepared before the clock starts, so image encoding is reported apart from server time, and the
+time the response headers arrived is recorded, so upload + acceptance is apart from generation.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
-import orjson
 
 from nim_async.bench.metrics import RequestRecord
-from nim_async.http.transport import AiohttpTransport
-from nim_async.protocol.sse import DONE, SSEDecoder
+from nim_async.errors import NIMPredictionError, StreamError
+from nim_async.http.client import ServerClient
+from nim_async.http.errors import failure_kind
+from nim_async.protocol import wire
+from nim_async.protocol.sse import SSEDecoder
+from nim_async.protocol.stream import BadChunkError, StreamAccumulator
 from nim_async.protocol.tasks import get_task
 
 __all__ = ["BenchClient", "PreparedRequest", "build_body"]
@@ -48,6 +49,7 @@ def build_body(
     prompt: str | None = None,
     ignore_eos: bool = True,
     temperature: float = 0.0,
+    wire_format: wire.WireFormat | None = None,
 ) -> PreparedRequest:
     """Build the OpenAI chat-completions body for one image (timed).
 
@@ -60,37 +62,23 @@ def build_body(
         prompt: User prompt; the task's default when ``None``.
         ignore_eos: Ask the server to generate exactly ``max_tokens`` (vLLM extension).
         temperature: Sampling temperature.
+        wire_format: Where fields go (top level, as vLLM and NIM 2.x read them, by default).
 
     Returns:
         The body and the seconds spent building it.
     """
     t0 = time.perf_counter()
     task = get_task(task_type)
-    messages: list[dict[str, Any]] = []
-    if task.system_prompt:
-        messages.append({"role": "system", "content": task.system_prompt})
     data_uri = f"data:{mime};base64," + base64.b64encode(image).decode("ascii")
-    messages.append(
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": data_uri}},
-                {"type": "text", "text": task.build_prompt(prompt)},
-            ],
-        }
+    body = wire.chat_body(
+        model=model,
+        messages=wire.image_messages(task.system_prompt, task.build_prompt(prompt), data_uri),
+        stream=True,
+        wire=wire_format or wire.WireFormat(),
+        fields={"max_tokens": max_tokens, "temperature": temperature},
+        extensions={"ignore_eos": True} if ignore_eos else None,
     )
-    payload: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    if ignore_eos:
-        payload["ignore_eos"] = True
-    body = orjson.dumps(payload)
-    return PreparedRequest(body=body, encode_s=time.perf_counter() - t0)
+    return PreparedRequest(body=wire.dumps(body), encode_s=time.perf_counter() - t0)
 
 
 class BenchClient:
@@ -112,16 +100,16 @@ class BenchClient:
         api_key: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.transport = AiohttpTransport(max_connections=max_connections)
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            transport=self.transport,
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._client = ServerClient(
+            self.base_url,
+            timeout=timeout,
+            connect_timeout=30.0,
+            max_connections=max_connections,
             headers=headers,
-            timeout=httpx.Timeout(timeout, connect=30.0, pool=None),
+            pool_timeout=None,
         )
-        self._url = f"{self.base_url}/v1/chat/completions"
+        self.transport = self._client.transport
 
     def __repr__(self) -> str:
         return f"BenchClient({self.base_url!r})"
@@ -138,11 +126,7 @@ class BenchClient:
 
     async def get_text(self, path: str) -> tuple[int, str]:
         """GET ``path`` and return ``(status, text)``; ``(0, message)`` when unreachable."""
-        try:
-            response = await self._client.get(f"{self.base_url}{path}", timeout=10.0)
-        except httpx.HTTPError as exc:
-            return 0, str(exc)
-        return response.status_code, response.text
+        return await self._client.get_text(path, request_timeout=10.0)
 
     async def send(self, request: PreparedRequest, record: RequestRecord) -> RequestRecord:
         """Send one request, filling ``record`` (``start`` is set here); never raises.
@@ -152,58 +136,48 @@ class BenchClient:
 
         Failures are recorded in ``record.error`` by type: ``HTTP <status>`` for an HTTP error,
         the httpx exception name for a transport failure, ``StreamError`` for an error event in
-        the stream and ``IncompleteStream`` when it ends without ``[DONE]``.
+        the stream, ``BadChunk`` for an event that is not JSON and ``IncompleteStream`` when it
+        ends without ``[DONE]``.
         """
         perf = time.perf_counter
         times = record.token_times
         record.request_bytes = len(request.body)
         record.encode_s = request.encode_s
-        loads = orjson.loads
         record.start = perf()
+        acc = StreamAccumulator()
         try:
-            async with self._client.stream("POST", self._url, content=request.body) as response:
-                record.headers_time = perf()
-                if response.status_code >= 400:
-                    await response.aread()
-                    record.error = f"HTTP {response.status_code}"
-                    record.error_message = response.text[:500]
-                    return record
-                decoder = SSEDecoder()
-                done = False
-                async for chunk in response.aiter_raw():
+            response = await self._client.post(request.body, stream=True)
+            record.headers_time = perf()
+            decoder = SSEDecoder()
+            try:
+                while (chunk := await response.next_chunk()) is not None:
                     now = perf()
-                    for event in decoder.feed(chunk):
-                        data = event.data
-                        if data == DONE:
-                            done = True
-                            continue
-                        obj = loads(data)
-                        choices = obj.get("choices")
-                        if choices:
-                            delta = choices[0].get("delta")
-                            # reasoning models stream their thinking first; it is output too
-                            if delta and (
-                                delta.get("content")
-                                or delta.get("reasoning_content")
-                                or delta.get("reasoning")
-                            ):
-                                times.append(now)
-                        elif "error" in obj:
-                            record.error = "StreamError"
-                            record.error_message = str(obj["error"])[:500]
-                        usage = obj.get("usage")
-                        if usage:
-                            record.output_tokens = usage.get("completion_tokens")
-                            record.prompt_tokens = usage.get("prompt_tokens")
-                if not done and record.error is None:
-                    record.error = "IncompleteStream"
-                    record.error_message = "the stream ended without [DONE]"
-        except httpx.HTTPError as exc:
-            record.error = type(exc).__name__
+                    before = acc.arrivals
+                    try:
+                        acc.feed(decoder.feed(chunk))
+                    finally:  # arrivals before an error event in the same read count too
+                        if acc.arrivals > before:
+                            times.extend([now] * (acc.arrivals - before))
+                acc.feed(decoder.close())
+            finally:
+                await response.aclose()
+            if not acc.saw_done:
+                record.error = "IncompleteStream"
+                record.error_message = "the stream ended without [DONE]"
+        except BadChunkError as exc:
+            record.error, record.error_message = "BadChunk", str(exc)[:500]
+        except StreamError as exc:
+            kind = failure_kind(exc)
+            record.error = "StreamError" if kind == "StreamError" else kind
             record.error_message = str(exc)[:500]
-        except orjson.JSONDecodeError as exc:
-            record.error = "BadChunk"
-            record.error_message = str(exc)[:500]
+        except NIMPredictionError as exc:
+            record.error = failure_kind(exc)
+            message = getattr(exc, "message", None)
+            record.error_message = (message if isinstance(message, str) else str(exc))[:500]
         finally:
+            usage = acc.usage
+            if usage:
+                record.output_tokens = usage.get("completion_tokens")
+                record.prompt_tokens = usage.get("prompt_tokens")
             record.end = perf()
         return record

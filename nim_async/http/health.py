@@ -1,7 +1,10 @@
-"""Readiness polling of a NIM over HTTP (``/v1/health/ready``, ``/v1/models``).
+"""Readiness polling of a NIM or vLLM server over HTTP.
 
-Used by the deployer while a container starts. Connection failures and non-200 answers mean
-"not ready yet"; only the caller decides when to give up. httpx errors never leave this module.
+Used by the deployer while a container starts. A server is ready when NIM's ``/v1/health/ready``
+or, on a server without it (vLLM), ``/health`` answers 200 (see
+:meth:`nim_async.http.client.ServerClient.health_ready`). Connection failures and other answers
+mean "not ready yet"; only the caller decides when to give up. httpx errors never leave
+``nim_async.http``.
 """
 
 from __future__ import annotations
@@ -9,18 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
-
-from nim_async.errors import APIError
+from nim_async.errors import APIError, NIMPredictionError
+from nim_async.http.client import ServerClient
 
 __all__ = ["ReadinessProbe"]
 
 
 class ReadinessProbe:
-    """Poll a NIM's readiness endpoint with a short, capped backoff.
+    """Poll a server's readiness endpoint with a short, capped backoff.
 
     Args:
-        base_url: The NIM's URL (``http://127.0.0.1:8000``).
+        base_url: The server's URL (``http://127.0.0.1:8000``).
         first_interval: Seconds between the first polls.
         max_interval: Cap of the growing interval (keeps the ready → noticed delay short).
         request_timeout: Timeout of one HTTP request.
@@ -37,9 +39,10 @@ class ReadinessProbe:
         self.base_url = base_url.rstrip("/")
         self.first_interval = first_interval
         self.max_interval = max_interval
+        self._request_timeout = request_timeout
         # trust_env=False: an HTTP(S)_PROXY in the environment must not capture loopback calls
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=request_timeout, trust_env=False
+        self._client = ServerClient(
+            self.base_url, timeout=request_timeout, max_connections=4, trust_env=False
         )
         self.polls = 0
         self.ready_at: float | None = None
@@ -55,13 +58,9 @@ class ReadinessProbe:
         await self._client.aclose()
 
     async def is_ready(self) -> bool:
-        """One poll: ``True`` when ``/v1/health/ready`` answers 200."""
+        """One poll: ``True`` when ``/v1/health/ready`` (NIM) or ``/health`` (vLLM) answers 200."""
         self.polls += 1
-        try:
-            response = await self._client.get("/v1/health/ready")
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await self._client.health_ready(request_timeout=self._request_timeout)
 
     async def wait(self) -> float:
         """Poll until ready (no time limit: the caller cancels or wraps it in a timeout).
@@ -84,12 +83,7 @@ class ReadinessProbe:
             APIError: If the server does not answer with a model list.
         """
         try:
-            response = await self._client.get("/v1/models")
-            response.raise_for_status()
-            payload = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
+            cards = await self._client.models()
+        except NIMPredictionError as exc:
             raise APIError(f"GET {self.base_url}/v1/models failed: {exc}") from exc
-        data = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(data, list):
-            raise APIError(f"GET {self.base_url}/v1/models returned no model list")
-        return [str(item["id"]) for item in data if isinstance(item, dict) and "id" in item]
+        return [str(card["id"]) for card in cards]

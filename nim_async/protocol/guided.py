@@ -70,8 +70,7 @@ def check_guided_output(
             raw_output=text,
         )
     raise GuidedDecodingError(
-        f"the server ignored the guided-decoding constraint ({kind}): {problem}. Some vLLM "
-        "versions drop guided_* fields silently; try dialect='auto' or 'nvext'.",
+        f"the server ignored the guided-decoding constraint ({kind}): {problem}.",
         raw_output=text,
         constraint=kind,
     )

@@ -136,8 +136,10 @@ async def test_predictor_default_transport_reuses_one_connection() -> None:
     image = synthetic_images(1, [(64, 48)])[0].data
     params = NIMSamplingParams(max_tokens=5, ignore_eos=True)
     try:
-        async with AsyncNIMPredictor("loopback", "vqa", base_url=url, max_connections=4) as p:
-            assert isinstance(p._client._transport, AiohttpTransport)
+        async with AsyncNIMPredictor(
+            "loopback", "vqa", base_url=url, max_connections=4, dialect="openai"
+        ) as p:
+            assert isinstance(p._http.transport, AiohttpTransport)
             for _ in range(10):
                 async with p.stream(image, sampling_params=params) as stream:
                     tokens = [t async for t in stream]

@@ -167,10 +167,8 @@ def check_tree(root: Path) -> list[Violation]:
 # shrinks; it is empty when the layout is done.
 PENDING: set[tuple[str, str]] = {
     ("nim_async.bench.cli", "rich.console"),
-    ("nim_async.bench.client", "httpx"),
     ("nim_async.bench.report", "rich.console"),
     ("nim_async.bench.report", "rich.table"),
-    ("nim_async.predict.predictor", "httpx"),
 }
 
 

@@ -18,9 +18,10 @@ from nim_async.errors import (
     RateLimitError,
     ServerError,
 )
-from nim_async.predict.predictor import _server_error, wire_format_for
 from nim_async.protocol.guided import check_guided_output, validate_json_schema
+from nim_async.protocol.status import error_for_status as _server_error
 from nim_async.protocol.tasks import get_task
+from nim_async.protocol.wire import wire_format_for
 
 SCHEMAS: list[dict[str, Any]] = [
     get_task("phrase-grounding").output_schema(),
@@ -127,14 +128,73 @@ def test_server_error_shapes() -> None:
 
 
 def test_wire_format_choice() -> None:
-    assert not wire_format_for({}, {}).extensions_in_nvext
-    assert wire_format_for({}, {}).guided == "guided"
+    # issue 12: a server that says nothing gets the current vLLM form (structured_outputs)
+    unknown = wire_format_for({}, {})
+    assert not unknown.extensions_in_nvext
+    assert unknown.guided == "structured_outputs"
     assert wire_format_for({"release": "1.2.3", "api": "1.0.0"}, {}).extensions_in_nvext
     nim2 = wire_format_for({"release": "2.0.1"}, {})
     assert not nim2.extensions_in_nvext
-    assert nim2.guided == "guided"
+    assert nim2.guided == "structured_outputs"
     assert wire_format_for({"version": "0.12.1"}, {}).guided == "structured_outputs"
     assert wire_format_for({"version": "0.10.1"}, {}).guided == "guided"
+    # vLLM's own /version: structured_outputs from 0.10.2 on (guided_* deprecated there,
+    # removed in 0.12.0), guided_* before
+    assert wire_format_for({}, {}, vllm={"version": "0.32.0"}).guided == "structured_outputs"
+    assert wire_format_for({}, {}, vllm={"version": "0.10.2"}).guided == "structured_outputs"
+    assert wire_format_for({}, {}, vllm={"version": "0.10.1.1"}).guided == "guided"
+    assert wire_format_for({}, {}, vllm={"version": "0.9.2"}).guided == "guided"
+    # a NIM 2.x that names its vLLM follows the vLLM version
+    old = wire_format_for({"release": "2.0.1", "vllm": "0.8.5"}, {})
+    assert (old.guided, old.extensions_in_nvext) == ("guided", False)
+    assert wire_format_for({}, {"vllm_version": "0.11.0"}).guided == "structured_outputs"
+    assert "vLLM" in wire_format_for({}, {}, owned_by="vllm").server
+
+
+def test_body_places_each_field_per_wire_format() -> None:
+    from nim_async.config import NIMSamplingParams
+    from nim_async.protocol import wire
+
+    def body(dialect: wire.Dialect, params: NIMSamplingParams) -> dict[str, Any]:
+        fmt = wire.wire_format_for_dialect(dialect)
+        assert fmt is not None
+        fields, extensions = wire.sampling_fields(params)
+        return wire.chat_body(
+            model="m",
+            messages=[],
+            stream=False,
+            wire=fmt,
+            fields=fields,
+            extensions=extensions,
+            constraint=wire.constraint_of(params),
+        )
+
+    choice = NIMSamplingParams(guided_choice=["a", "b"], top_k=7, prompt_logprobs=2)
+    openai = body("openai", choice)
+    assert openai["structured_outputs"] == {"choice": ["a", "b"]}
+    assert openai["top_k"] == 7
+    assert openai["prompt_logprobs"] == 2
+    assert not {"guided_choice", "nvext", "response_format"} & openai.keys()
+    legacy = body("guided", choice)
+    assert legacy["guided_choice"] == ["a", "b"]
+    assert "structured_outputs" not in legacy
+    nv = body("nvext", choice)
+    assert nv["nvext"]["guided_choice"] == ["a", "b"]
+    assert nv["nvext"]["top_k"] == 7
+    assert "top_k" not in nv
+    assert "guided_choice" not in nv
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    for dialect in ("openai", "guided"):
+        js = body(dialect, NIMSamplingParams(guided_json=schema))  # type: ignore[arg-type]
+        assert js["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": schema},
+        }
+        assert not {"guided_json", "structured_outputs"} & js.keys()
+    grammar = body("openai", NIMSamplingParams(guided_grammar="root ::= 'x'"))
+    assert grammar["structured_outputs"] == {"grammar": "root ::= 'x'"}
+    regex = body("openai", NIMSamplingParams(guided_regex="[0-9]+"))
+    assert regex["structured_outputs"] == {"regex": "[0-9]+"}
 
 
 def test_resolve_ref_follows_local_pointers_only() -> None:

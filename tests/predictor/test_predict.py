@@ -308,12 +308,19 @@ async def test_ignored_guided_decoding_is_detected(start_emulator: Any, image_fa
     params = NIMSamplingParams(guided_choice=["alpha", "beta"])
     async with (
         start_emulator(ignore_guided=True) as emu,
-        AsyncNIMPredictor(MODEL, "vqa", port=emu.port) as p,
+        # the legacy form (top-level guided_*), which this emulator mode ignores like vLLM 0.12+
+        AsyncNIMPredictor(MODEL, "vqa", port=emu.port, dialect="guided") as p,
     ):
         with pytest.raises(GuidedDecodingError) as info:
             await p(image, "Pick one", params)
     assert info.value.constraint == "choice"
     assert info.value.raw_output
+    # the advice names where it went and the dialects that would send it elsewhere
+    message = str(info.value)
+    assert "sent as guided_choice" in message
+    assert "dialect='openai'" in message
+    assert "dialect='nvext'" in message
+    assert "dialect='guided'" not in message
 
 
 async def test_nvext_dialect_places_extensions(start_emulator: Any, image_factory: Any) -> None:
@@ -580,8 +587,9 @@ async def test_predict_many_delegates_to_batch(emulator: Any, image_factory: Any
     [
         ({"release": "1.0.3", "api": "1.0.0"}, "nvext"),
         ({"version": "0.12.0"}, "structured_outputs"),
-        ({"release": "2.1.0"}, "top"),
-        (None, "top"),
+        ({"version": "0.10.1"}, "top"),
+        ({"release": "2.1.0"}, "structured_outputs"),
+        (None, "structured_outputs"),
     ],
 )
 async def test_auto_dialect_follows_the_server_version(

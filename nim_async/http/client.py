@@ -1,0 +1,370 @@
+"""A small client for a NIM or vLLM server: chat requests, health, models, version, downloads.
+
+The predictor, the deployer's readiness probe and ``nim-async bench`` all talk to servers through
+:class:`ServerClient`; httpx stays inside ``nim_async.http`` and its errors are translated by
+:mod:`nim_async.http.errors` (transport failures) and :mod:`nim_async.protocol.status` (HTTP error
+answers).
+
+Readiness: NIM serves ``/v1/health/ready``; vLLM serves ``/health`` (the NIM paths are 404 there).
+:meth:`ServerClient.health_ready` asks the NIM path and falls back to ``/health`` when the server
+does not know it, remembering which path the server has.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import httpx
+import orjson
+
+from nim_async.errors import MediaError, NIMPredictionError, ServerError
+from nim_async.http.errors import translate
+from nim_async.http.transport import AiohttpTransport
+from nim_async.protocol.status import error_for_status, retry_after_seconds
+from nim_async.protocol.wire import ServerInfo
+
+__all__ = ["CHAT_PATH", "HEALTH_PATHS", "ChatResponse", "ServerClient", "Transport"]
+
+Transport = httpx.AsyncBaseTransport
+"""The transport type a :class:`ServerClient` (and the predictor) accepts."""
+
+CHAT_PATH = "/v1/chat/completions"
+HEALTH_PATHS = ("/v1/health/ready", "/health")
+"""Readiness endpoints: NIM's, then vLLM's."""
+
+_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that stores nothing: skips httpx's per-response cookie parsing (~15 µs)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """Ignore the response's cookies."""
+
+    def add_cookie_header(self, request: Any) -> None:
+        """Add no cookie header."""
+
+
+class ChatResponse:
+    """The answer to a chat request, its body not read yet (close it with :meth:`aclose`).
+
+    Attributes:
+        status_code: The HTTP status (below 400: errors are raised by :meth:`ServerClient.post`).
+    """
+
+    __slots__ = ("_base_url", "_chunks", "_response", "_timeout", "status_code")
+
+    def __init__(self, response: httpx.Response, base_url: str, timeout: float) -> None:
+        self._response = response
+        self._base_url = base_url
+        self._timeout = timeout
+        self.status_code = response.status_code
+        raw = response.aiter_bytes() if "content-encoding" in response.headers else None
+        self._chunks: AsyncIterator[bytes] = raw or response.aiter_raw()
+
+    async def read(self) -> bytes:
+        """Read the whole body and close the response.
+
+        Raises:
+            PredictionTimeoutError: the body did not arrive within the timeout.
+            StreamError: the connection broke while reading.
+        """
+        try:
+            return await self._response.aread()
+        except httpx.HTTPError as exc:
+            raise translate(
+                exc, base_url=self._base_url, phase="read", timeout=self._timeout
+            ) from exc
+        finally:
+            await self._response.aclose()
+
+    async def next_chunk(self, partial_text: str = "") -> bytes | None:
+        """The next bytes of the body as they arrived, or ``None`` at its end.
+
+        Args:
+            partial_text: Content decoded so far, carried by a ``StreamError`` if the read fails.
+
+        Raises:
+            PredictionTimeoutError: no bytes arrived within the timeout.
+            StreamError: the connection broke.
+        """
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+        except httpx.HTTPError as exc:
+            raise translate(
+                exc,
+                base_url=self._base_url,
+                phase="read",
+                timeout=self._timeout,
+                what="streaming",
+                partial_text=partial_text,
+            ) from exc
+
+    async def aclose(self) -> None:
+        """Close the response (its connection is dropped if the body was not read to the end)."""
+        await self._response.aclose()
+
+
+class ServerClient:
+    """A pooled HTTP client for one NIM / vLLM server.
+
+    Args:
+        base_url: ``http://host:port``.
+        timeout: Seconds for a connection and between bytes of an answer.
+        connect_timeout: Seconds to connect (``min(timeout, 30)`` by default).
+        max_connections: Pool size.
+        transport: An ``httpx.AsyncBaseTransport``; by default an
+            :class:`~nim_async.http.transport.AiohttpTransport` sized to ``max_connections``.
+        headers: Extra headers on every request.
+        trust_env: Honour ``HTTP(S)_PROXY`` and friends from the environment.
+        pool_timeout: Seconds to wait for a free connection of an httpx pool (``timeout`` by
+            default; ``None`` waits as long as it takes).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 300.0,
+        connect_timeout: float | None = None,
+        max_connections: int = 256,
+        transport: Transport | None = None,
+        headers: dict[str, str] | None = None,
+        trust_env: bool = True,
+        pool_timeout: float | Literal["timeout"] | None = "timeout",
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._chat_url = httpx.URL(self.base_url + CHAT_PATH)
+        self._health_path: str | None = None
+        self.transport = (
+            transport
+            if transport is not None
+            else AiohttpTransport(max_connections=max_connections, keepalive_expiry=30.0)
+        )
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(
+                timeout,
+                connect=connect_timeout or min(timeout, 30.0),
+                pool=timeout if pool_timeout == "timeout" else pool_timeout,
+            ),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=30.0,
+            ),
+            transport=self.transport,
+            headers={"User-Agent": "nim-async", **(headers or {})},
+            cookies=_NoCookies(),
+            trust_env=trust_env,
+        )
+
+    def __repr__(self) -> str:
+        return f"ServerClient({self.base_url!r})"
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    # ------------------------------------------------------------------ chat
+
+    async def post(self, body: bytes, *, stream: bool) -> ChatResponse:
+        """POST a chat-completions body; the answer's body is left to read.
+
+        Args:
+            body: The JSON body.
+            stream: Ask for ``text/event-stream``.
+
+        Raises:
+            ServiceUnavailableError: no server answered (retryable).
+            PredictionTimeoutError: the server did not answer within the timeout.
+            ServerError: the server answered with an HTTP error (typed subclasses).
+        """
+        headers = {"Content-Type": "application/json"}
+        if stream:
+            headers["Accept"] = "text/event-stream"
+        # An absolute httpx.URL skips httpx's per-request URL parsing and merging (~20 µs).
+        request = self._client.build_request("POST", self._chat_url, content=body, headers=headers)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise translate(
+                exc,
+                base_url=self.base_url,
+                phase="connect",
+                timeout=self.timeout,
+                what=f"POST {CHAT_PATH}",
+            ) from exc
+        if response.status_code >= 400:
+            raise await self._error_of(response)
+        return ChatResponse(response, self.base_url, self.timeout)
+
+    async def _error_of(self, response: httpx.Response) -> ServerError:
+        try:
+            content = await response.aread()
+        except httpx.HTTPError:
+            content = b""
+        finally:
+            await response.aclose()
+        return error_for_status(
+            response.status_code,
+            content,
+            response.reason_phrase,
+            retry_after=retry_after_seconds(response.headers.get("retry-after")),
+        )
+
+    # ------------------------------------------------------------------ other endpoints
+
+    async def get(self, path: str, *, request_timeout: float | None = None) -> tuple[int, bytes]:
+        """GET ``path``; return ``(status, body)`` whatever the status.
+
+        Args:
+            path: Path on the server (``/v1/models``) or an absolute URL.
+            request_timeout: Seconds for this request (the client's timeout by default).
+
+        Raises:
+            ServiceUnavailableError: no server answered.
+            PredictionTimeoutError: it timed out.
+        """
+        try:
+            if request_timeout is None:
+                response = await self._client.get(path)
+            else:
+                response = await self._client.get(path, timeout=request_timeout)
+        except httpx.HTTPError as exc:
+            raise translate(
+                exc,
+                base_url=self.base_url,
+                phase="connect",
+                timeout=request_timeout or self.timeout,
+                what=f"GET {path}",
+            ) from exc
+        return response.status_code, response.content
+
+    async def get_json(self, path: str, *, request_timeout: float | None = None) -> Any:
+        """GET ``path`` and decode its JSON answer.
+
+        Raises:
+            ServiceUnavailableError: no server answered.
+            PredictionTimeoutError: it timed out.
+            ServerError: an HTTP error status, or an answer that is not JSON.
+        """
+        status, content = await self.get(path, request_timeout=request_timeout)
+        if status >= 400:
+            raise error_for_status(status, content)
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            raise ServerError(status, f"GET {path} is not JSON: {content[:200]!r}") from exc
+
+    async def health_ready(self, *, request_timeout: float = 10.0) -> bool:
+        """Whether the server says it is ready: NIM ``/v1/health/ready`` or vLLM ``/health``.
+
+        Never raises for a server that is down or answers an error: that is "not ready".
+
+        Args:
+            request_timeout: Seconds per request.
+        """
+        paths = (self._health_path,) if self._health_path else HEALTH_PATHS
+        for path in paths:
+            try:
+                status, _ = await self.get(path, request_timeout=request_timeout)
+            except NIMPredictionError:
+                return False
+            if status == 200:
+                self._health_path = path
+                return True
+            if status not in (404, 405):
+                return False  # the server knows this path: it is not ready yet
+        return False
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The model cards of ``/v1/models`` (each has at least ``id``).
+
+        Raises:
+            ServiceUnavailableError: no server answered.
+            ServerError: an HTTP error, or no model list in the answer.
+        """
+        payload = await self.get_json("/v1/models")
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise ServerError(200, f"unexpected /v1/models answer: {str(payload)[:200]!r}")
+        return [item for item in data if isinstance(item, dict) and "id" in item]
+
+    async def server_info(self, *, request_timeout: float = 10.0) -> ServerInfo:
+        """Ask the server what it is (vLLM ``/version``; NIM ``/v1/version``, ``/v1/metadata``).
+
+        Also reads ``owned_by`` in ``/v1/models``. The four are asked in turn; an endpoint that
+        is missing, failing or not JSON counts as empty.
+
+        Raises:
+            ServiceUnavailableError: no server answered.
+        """
+        # One after the other, so they share one pooled connection.
+        answers: list[dict[str, Any] | BaseException] = []
+        for path in ("/version", "/v1/version", "/v1/metadata", "/v1/models"):
+            try:
+                answers.append(await self._optional_json(path, request_timeout))
+            except NIMPredictionError as exc:
+                answers.append(exc)
+        failures = [a for a in answers if isinstance(a, BaseException)]
+        if len(failures) == len(answers):
+            raise failures[0]
+        found = [a if isinstance(a, dict) else {} for a in answers]
+        cards = found[3].get("data")
+        owned_by = None
+        if isinstance(cards, list) and cards and isinstance(cards[0], dict):
+            value = cards[0].get("owned_by")
+            owned_by = value if isinstance(value, str) else None
+        return ServerInfo(
+            vllm_version=found[0], nim_version=found[1], metadata=found[2], owned_by=owned_by
+        )
+
+    async def _optional_json(self, path: str, request_timeout: float) -> dict[str, Any]:
+        status, content = await self.get(path, request_timeout=request_timeout)
+        if status != 200:
+            return {}
+        try:
+            value = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    async def fetch(self, url: str, *, max_bytes: int = _MAX_DOWNLOAD_BYTES) -> bytes:
+        """Download ``url`` (an image) with the pooled client.
+
+        Raises:
+            MediaError: HTTP error, too large, or the download failed.
+        """
+        try:
+            async with self._client.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    raise MediaError(
+                        f"downloading the image {url} failed with HTTP {response.status_code}",
+                        source=url,
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise MediaError(
+                            f"the image at {url} is larger than {max_bytes} bytes", source=url
+                        )
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.HTTPError as exc:
+            raise MediaError(f"cannot download the image {url}: {exc}", source=url) from exc
+
+    async def get_text(self, path: str, *, request_timeout: float = 10.0) -> tuple[int, str]:
+        """GET ``path`` and return ``(status, text)``; ``(0, message)`` when unreachable."""
+        try:
+            status, content = await self.get(path, request_timeout=request_timeout)
+        except NIMPredictionError as exc:
+            return 0, str(exc)
+        return status, content.decode("utf-8", "replace")

@@ -1,0 +1,265 @@
+"""A streamed prediction: :class:`AsyncPredictionStream`, a thin object over the accumulator.
+
+The stream knows nothing of request bodies or retries: the predictor hands it an ``open``
+coroutine function that prepares and sends the request and returns an :class:`Exchange` (the
+HTTP answer plus how to finish). The stream frames the body with the SSE decoder, feeds the
+events to :class:`~nim_async.protocol.stream.StreamAccumulator`, stamps arrival times, and asks
+the exchange to turn the result into the task's response. Its lifecycle is one
+:class:`StreamState`.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Protocol, Self
+
+import anyio
+
+from nim_async.errors import NIMPredictionError, StreamError
+from nim_async.http.client import ChatResponse
+from nim_async.protocol.sse import SSEDecoder
+from nim_async.protocol.stream import StreamAccumulator, StreamResult, usage_from
+from nim_async.results import PredictionResponse, PredictionTimings, Usage
+
+__all__ = ["AsyncPredictionStream", "Exchange", "StreamState"]
+
+
+class StreamState(enum.Enum):
+    """Where a stream is in its life."""
+
+    NEW = "new"
+    """Not sent yet (sent on ``async with`` or the first iteration)."""
+    STREAMING = "streaming"
+    """The answer is arriving."""
+    ENDED = "ended"
+    """The body was read to its end."""
+    FAILED = "failed"
+    """Sending or reading failed; iterating again re-raises the error (nothing is re-sent)."""
+    CLOSED = "closed"
+    """Closed before its end (``aclose``, ``break`` out of ``async with``)."""
+
+
+class Exchange(Protocol):
+    """One sent streaming request, as the predictor hands it to the stream."""
+
+    response: ChatResponse
+    encode_seconds: float
+    sent_at: float
+
+    def finish(self, result: StreamResult, timings: PredictionTimings) -> PredictionResponse:
+        """Turn the accumulated stream into the task's response (checks, parsing)."""
+        ...
+
+
+class AsyncPredictionStream:
+    """A streamed prediction: an async iterator of content tokens and an async context manager.
+
+    Entering the context (or the first iteration) sends the request; leaving it, breaking out
+    of the loop or an error closes the HTTP response. :meth:`get_final_response` reads the
+    rest of the stream and returns the parsed response.
+
+    Reasoning sent separately by the server (``reasoning_content``) is not yielded; it is
+    kept and appears as ``thinking`` in the final response.
+
+    Attributes:
+        request_start_time: ``time.perf_counter()`` just before the request was sent.
+        first_token_time: ``perf_counter()`` when the first content token arrived.
+        token_times: ``perf_counter()`` of each content piece, in order (pieces that arrived in
+            one network read share its timestamp).
+        usage: Token accounting from the server, once the stream has finished.
+        encode_seconds: Time spent preparing the image.
+        state: The :class:`StreamState`.
+    """
+
+    def __init__(self, open_: Callable[[], Awaitable[Exchange]]) -> None:
+        self._open_exchange = open_
+        self._exchange: Exchange | None = None
+        self._decoder = SSEDecoder()
+        self._acc = StreamAccumulator()
+        self._pending: list[str] = []
+        self._pending_pos = 0
+        self._error: BaseException | None = None
+        self._final: PredictionResponse | None = None
+        self.state = StreamState.NEW
+        self.request_start_time: float | None = None
+        self.first_token_time: float | None = None
+        self.token_times: list[float] = []
+        self.usage: Usage | None = None
+        self.encode_seconds: float = 0.0
+
+    @property
+    def text(self) -> str:
+        """The content received so far."""
+        return self._acc.text
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why generation ended, once known."""
+        return self._acc.finish_reason
+
+    @property
+    def chunks(self) -> int:
+        """Number of SSE data events received."""
+        return self._acc.chunks
+
+    async def __aenter__(self) -> Self:
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._pending_pos < len(self._pending):
+            token = self._pending[self._pending_pos]
+            self._pending_pos += 1
+            return token
+        batch = await self.next_batch()
+        self._pending = batch
+        self._pending_pos = 1
+        return batch[0]
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """Yield the content tokens in batches: all tokens that arrived in one network read.
+
+        Cheaper than per-token iteration when handing tokens to another thread. Do not mix
+        with iterating the stream itself.
+        """
+        while True:
+            try:
+                batch = await self.next_batch()
+            except StopAsyncIteration:
+                return
+            yield batch
+
+    async def next_batch(self) -> list[str]:
+        """Return the next non-empty list of content tokens.
+
+        Raises:
+            StopAsyncIteration: at the end of the stream.
+            StreamError: the stream carried an error or broke off (``partial_text`` holds the
+                text so far).
+            PredictionTimeoutError: no bytes arrived within the timeout.
+        """
+        if self._error is not None:
+            raise self._error
+        if self.state is StreamState.NEW:
+            await self._open()
+        exchange = self._exchange
+        if self.state is not StreamState.STREAMING or exchange is None:
+            if self.state is StreamState.CLOSED:
+                raise StreamError("this stream is closed", partial_text=self.text)
+            raise StopAsyncIteration
+        response = exchange.response
+        acc = self._acc
+        try:
+            while True:
+                chunk = await response.next_chunk(acc.text)
+                if chunk is None:
+                    tokens = acc.feed(self._decoder.close())
+                    self._stamp(tokens)
+                    await self._end_of_body()
+                    if tokens:
+                        return tokens
+                    raise StopAsyncIteration
+                tokens = acc.feed(self._decoder.feed(chunk))
+                if tokens:
+                    self._stamp(tokens)
+                    return tokens
+        except NIMPredictionError as exc:
+            await self._fail(exc)
+            raise
+
+    def _stamp(self, tokens: list[str]) -> None:
+        # All tokens of one network read share one arrival timestamp.
+        if tokens:
+            now = time.perf_counter()
+            if self.first_token_time is None:
+                self.first_token_time = now
+            self.token_times += [now] * len(tokens)
+
+    async def get_final_response(self) -> PredictionResponse:
+        """Read the rest of the stream and return the parsed response.
+
+        Returns:
+            The task's response (or a ``TextResponse`` for a custom guided constraint).
+
+        Raises:
+            StreamError: the stream carried an error or broke off.
+            PredictionParseError: the output cannot be parsed.
+            GuidedDecodingError: the output violates the requested constraint.
+        """
+        if self._final is not None:
+            return self._final
+        while True:
+            try:
+                await self.next_batch()
+            except StopAsyncIteration:
+                break
+        exchange = self._exchange
+        if exchange is None:  # pragma: no cover - next_batch opened the stream or raised
+            raise StreamError("the stream was never opened")
+        end = self.token_times[-1] if self.token_times else time.perf_counter()
+        start = self.request_start_time or end
+        timings = PredictionTimings(
+            encode=self.encode_seconds,
+            time_to_first_token=(
+                self.first_token_time - start if self.first_token_time is not None else None
+            ),
+            total=end - start,
+        )
+        self._final = exchange.finish(self._acc.final(), timings)
+        return self._final
+
+    async def aclose(self) -> None:
+        """Close the HTTP response (the connection is dropped if the body was not finished)."""
+        if self.state in (StreamState.NEW, StreamState.STREAMING):
+            self.state = StreamState.CLOSED
+        exchange = self._exchange
+        if exchange is not None:
+            with anyio.CancelScope(shield=True):
+                await exchange.response.aclose()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _open(self) -> None:
+        if self.state is StreamState.CLOSED:
+            raise StreamError("this stream is closed", partial_text=self.text)
+        if self.state is not StreamState.NEW:
+            return
+        try:
+            exchange = await self._open_exchange()
+        except NIMPredictionError as exc:
+            self._error = exc  # iterating again re-raises; the request is never re-sent
+            self.state = StreamState.FAILED
+            raise
+        self._exchange = exchange
+        self.encode_seconds = exchange.encode_seconds
+        self.request_start_time = exchange.sent_at
+        self.state = StreamState.STREAMING
+
+    async def _end_of_body(self) -> None:
+        self.state = StreamState.ENDED
+        await self.aclose()
+        self.usage = usage_from(self._acc.usage)
+        if not self._acc.saw_done and self._acc.finish_reason is None:
+            raise StreamError(
+                "the stream ended before the answer was complete (no finish reason, no [DONE])",
+                partial_text=self.text,
+            )
+
+    async def _fail(self, error: NIMPredictionError) -> None:
+        self._error = error
+        self.state = StreamState.FAILED
+        await self.aclose()
