@@ -9,8 +9,13 @@ For contrast it also reports the size of what a naive batch holds: all N results
 (measured as RSS growth in a second phase), so the figure is read against a peer measured in the
 same run.
 
-    .venv/bin/python benchmarks/batch_memory.py            # 10,000 inputs
-    .venv/bin/python benchmarks/batch_memory.py --n 2000   # quicker
+``--blocking`` runs the N inputs through the blocking facade instead
+(``NIMPredictor.predict_many``, a plain generator fed from the loop thread through a bounded
+channel); run it as its own process so its peak RSS is its own.
+
+    .venv/bin/python benchmarks/batch_memory.py              # 10,000 inputs, async
+    .venv/bin/python benchmarks/batch_memory.py --blocking   # the same, blocking facade
+    .venv/bin/python benchmarks/batch_memory.py --n 2000     # quicker
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import orjson
 from PIL import Image, ImageDraw
 
 from nim_async.emulator import Emulator, EmulatorSettings
-from nim_async.predict.batch import predict_many
+from nim_async.predict.batch import BatchResult, predict_many
 from nim_async.predict.predictor import AsyncNIMPredictor
+from nim_async.sync.predictor import NIMPredictor
 
 
 def peak_rss_mb() -> float:
@@ -55,37 +61,55 @@ def images(n: int) -> Iterator[bytes]:
         yield buffer.getvalue()
 
 
-async def run(n: int, concurrency: int) -> dict[str, float]:
+class Meter:
+    """Counts results and takes the RSS marks at 1,000 and at the end (shared by both modes)."""
+
+    def __init__(self, marks: dict[str, float]) -> None:
+        self.marks = marks
+        self.start = time.perf_counter()
+        self.done = self.failed = 0
+
+    def observe(self, result: BatchResult) -> None:
+        self.done += 1
+        self.failed += not result.ok
+        orjson.dumps(result.response.plain_result if result.response else None)
+        if self.done == 1000:
+            gc.collect()
+            self.marks["peak_1k_mb"] = peak_rss_mb()
+            self.marks["rss_1k_mb"] = current_rss_mb()
+            self.marks["t_1k_s"] = time.perf_counter() - self.start
+
+    def end(self) -> None:
+        gc.collect()
+        self.marks["peak_all_mb"] = peak_rss_mb()
+        self.marks["rss_all_mb"] = current_rss_mb()
+        self.marks["seconds"] = time.perf_counter() - self.start
+        self.marks["failed"] = self.failed
+        self.marks["done"] = self.done
+
+
+def consume_blocking(url: str, n: int, concurrency: int, marks: dict[str, float]) -> None:
+    """The measured phase through the blocking facade (runs in a worker thread)."""
+    meter = Meter(marks)
+    with NIMPredictor("cosmos-reason1-7b", task_type="vqa", base_url=url) as predictor:
+        for result in predictor.predict_many(
+            images(n), concurrency=concurrency, user_prompt="How many shapes are there?"
+        ):
+            meter.observe(result)
+    meter.end()
+
+
+async def run(n: int, concurrency: int, blocking: bool = False) -> dict[str, float]:
     marks: dict[str, float] = {}
     settings = EmulatorSettings(ttft_ms=0.0, itl_ms=0.0)
     async with (
         Emulator(settings, host="127.0.0.1", port=0) as emu,
         AsyncNIMPredictor("cosmos-reason1-7b", task_type="vqa", base_url=emu.url) as predictor,
     ):
-        start = time.perf_counter()
-        done = failed = 0
-        results = predict_many(
-            predictor,
-            images(n),
-            concurrency=concurrency,
-            user_prompt="How many shapes are there?",
-        )
-        async with contextlib.aclosing(results):
-            async for result in results:
-                done += 1
-                failed += not result.ok
-                orjson.dumps(result.response.result if result.response else None)
-                if done == 1000:
-                    gc.collect()
-                    marks["peak_1k_mb"] = peak_rss_mb()
-                    marks["rss_1k_mb"] = current_rss_mb()
-                    marks["t_1k_s"] = time.perf_counter() - start
-        gc.collect()
-        marks["peak_all_mb"] = peak_rss_mb()
-        marks["rss_all_mb"] = current_rss_mb()
-        marks["seconds"] = time.perf_counter() - start
-        marks["failed"] = failed
-        marks["done"] = done
+        if blocking:
+            await asyncio.to_thread(consume_blocking, emu.url, n, concurrency, marks)
+        else:
+            await consume_async(predictor, n, concurrency, marks)
 
         # Peer, same run: keep every result (what a list-collecting batch would hold).
         before = current_rss_mb()
@@ -95,16 +119,34 @@ async def run(n: int, concurrency: int) -> dict[str, float]:
     return marks
 
 
+async def consume_async(
+    predictor: AsyncNIMPredictor, n: int, concurrency: int, marks: dict[str, float]
+) -> None:
+    """The measured phase through the async generator."""
+    meter = Meter(marks)
+    results = predict_many(
+        predictor, images(n), concurrency=concurrency, user_prompt="How many shapes are there?"
+    )
+    async with contextlib.aclosing(results):
+        async for result in results:
+            meter.observe(result)
+    meter.end()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--blocking", action="store_true", help="measure NIMPredictor.predict_many (blocking)"
+    )
     args = parser.parse_args()
     if args.n < 2000:
         parser.error("--n must be at least 2000 (the first mark is at 1,000)")
-    m = asyncio.run(run(args.n, args.concurrency))
+    m = asyncio.run(run(args.n, args.concurrency, args.blocking))
     growth = m["peak_all_mb"] - m["peak_1k_mb"]
-    print("predict_many memory (in-process emulator, an emulator not a model)")
+    kind = "blocking NIMPredictor.predict_many" if args.blocking else "async predict_many"
+    print(f"{kind} memory (in-process emulator, an emulator not a model)")
     print(f"  inputs: {int(m['done'])} ({int(m['failed'])} failed), concurrency {args.concurrency}")
     print(f"  peak RSS after 1k:  {m['peak_1k_mb']:.1f} MB  (current {m['rss_1k_mb']:.1f} MB)")
     print(
