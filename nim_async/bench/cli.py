@@ -22,13 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rich.console import Console
 
 from nim_async.bench.client import BenchClient, PreparedRequest, build_body
 from nim_async.bench.emulator_proc import EmulatorProcess
 from nim_async.bench.images import BenchImage, load_folder, parse_sizes, synthetic_images
 from nim_async.bench.load import LoadResult, LoadSpec, run_load
 from nim_async.bench.metrics import RequestRecord, parse_slo, summarize, summarize_values
+from nim_async.bench.report import (
+    BenchOutput,
+    PlainOutput,
+    write_csv,
+    write_json,
+    write_jsonl,
+    write_plot,
+)
 from nim_async.bench.server_metrics import scrape, server_deltas
 
 __all__ = ["CLIENT_BOUND_HEADROOM", "add_arguments", "main", "run"]
@@ -203,7 +210,7 @@ def _client_figures(result: LoadResult, point: dict[str, Any]) -> dict[str, Any]
 
 
 async def _self_check(
-    args: argparse.Namespace, images: list[BenchImage], console: Console
+    args: argparse.Namespace, images: list[BenchImage], console: BenchOutput
 ) -> float | None:
     """Measure the client's output-token ceiling against a zero-delay emulator."""
     concurrency = max(args.concurrency or [args.max_concurrency or 64])
@@ -223,10 +230,10 @@ async def _self_check(
             await client.aclose()
     point = summarize(result.records, concurrency=concurrency, duration=result.duration)
     if point["completed"] == 0:
-        console.print("[yellow]self-check: no request completed; ceiling unknown[/yellow]")
+        console.line("self-check: no request completed; ceiling unknown", "warning")
         return None
     ceiling = float(point["output_token_throughput"])
-    console.print(
+    console.line(
         f"self-check: client ceiling {ceiling:,.0f} output tokens/s at concurrency "
         f"{concurrency} against the zero-delay emulator (a lower bound: the emulator "
         "shares this machine)"
@@ -239,7 +246,7 @@ async def _run_points(
     url: str,
     images: list[BenchImage],
     ceiling: float | None,
-    console: Console,
+    console: BenchOutput,
 ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], RequestRecord, float]]]:
     slo = parse_slo(args.slo)
     points: list[dict[str, Any]] = []
@@ -295,7 +302,7 @@ async def _run_points(
             points.append(point)
             labels = {"concurrency": concurrency, "request_rate": rate}
             all_records.extend((labels, r, result.origin) for r in result.records)
-            console.print(
+            console.line(
                 f"done: {'c=' + str(concurrency) if concurrency else f'{rate:g} req/s'} "
                 f"{point['completed']}/{point['num_requests']} ok, "
                 f"{point['output_token_throughput']:,.0f} tok/s"
@@ -305,23 +312,26 @@ async def _run_points(
     return points, all_records
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, output: BenchOutput | None = None) -> int:
     """Run the suite with parsed ``args``; return the process exit code.
+
+    Args:
+        args: Parsed arguments (see :func:`add_arguments`).
+        output: Where progress lines and the table go (default: plain text on stdout).
 
     Returns:
         0 on success, 1 when no request of any load point completed, 2 on bad options.
     """
-    # Piped output (CI logs) gets a fixed width wide enough for the table instead of 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=170)
+    console = output if output is not None else PlainOutput()
     try:
         _resolve(args)
         images = _images(args)
         parse_slo(args.slo)
     except (ValueError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.line(f"error: {exc}", "error")
         return 2
     sizes = [len(i.data) for i in images]
-    console.print(
+    console.line(
         f"{len(images)} images, mean {sum(sizes) / len(sizes) / 1024:,.0f} KB; "
         f"task {args.task}; max_tokens {args.max_tokens}"
     )
@@ -332,18 +342,16 @@ async def run(args: argparse.Namespace) -> int:
         points, records = await _run_points(args, args.url, images, ceiling, console)
     else:
         settings = _emulator_settings(args)
-        console.print(f"starting the emulator (a test double, not a model): {settings}")
+        console.line(f"starting the emulator (a test double, not a model): {settings}")
         async with EmulatorProcess(settings) as emu:
             points, records = await _run_points(args, emu.url, images, ceiling, console)
-    from nim_async.bench.report import print_table, write_csv, write_json, write_jsonl, write_plot
-
-    print_table(points, console)
+    console.table(points)
     if args.json_path:
         base = Path(args.json_path)
         write_json(base, points)
         write_jsonl(args.jsonl or base.with_suffix(".requests.jsonl"), records)
         write_csv(args.csv or base.with_suffix(".csv"), points)
-        console.print(f"wrote {base}")
+        console.line(f"wrote {base}")
     else:
         if args.jsonl:
             write_jsonl(args.jsonl, records)
@@ -353,14 +361,19 @@ async def run(args: argparse.Namespace) -> int:
         try:
             write_plot(args.plot, points, records)
         except RuntimeError as exc:
-            console.print(f"[yellow]{exc}[/yellow]")
+            console.line(str(exc), "warning")
         else:
-            console.print(f"wrote {args.plot}")
+            console.line(f"wrote {args.plot}")
     return 0 if any(p["completed"] for p in points) else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the suite (``python -m nim_async.bench``)."""
+def main(argv: list[str] | None = None, output: BenchOutput | None = None) -> int:
+    """Parse ``argv`` and run the suite (``python -m nim_async.bench``, ``nim-async bench``).
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        output: Where progress lines and the table go (default: plain text on stdout).
+    """
     parser = argparse.ArgumentParser(
         prog="nim-async bench",
         description="Benchmark a NIM / vLLM server (or the emulator) with concurrent requests.",
@@ -368,6 +381,6 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return asyncio.run(run(args))
+        return asyncio.run(run(args, output))
     except KeyboardInterrupt:
         return 130

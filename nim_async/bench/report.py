@@ -1,19 +1,33 @@
-"""Outputs of the suite: a rich table, aggregate JSON, per-request JSONL, CSV and PNG plots."""
+"""Outputs of the suite: the results table, aggregate JSON, per-request JSONL, CSV and PNG plots.
+
+The table is built here as text cells (:func:`table_rows`); :class:`PlainOutput` prints it as
+fixed-width text, and :mod:`nim_async.ui.bench` draws it with rich for ``nim-async bench``.
+"""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-from rich.console import Console
-from rich.table import Table
 
 from nim_async.bench.metrics import STAT_KEYS, RequestRecord
 
-__all__ = ["print_table", "write_csv", "write_json", "write_jsonl", "write_plot"]
+__all__ = [
+    "CLIENT_BOUND",
+    "TABLE_COLUMNS",
+    "BenchOutput",
+    "PlainOutput",
+    "format_table",
+    "table_notes",
+    "table_rows",
+    "write_csv",
+    "write_json",
+    "write_jsonl",
+    "write_plot",
+]
 
 _STAT_FIELDS = (
     "ttft_ms",
@@ -42,62 +56,133 @@ def _load_label(point: dict[str, Any]) -> str:
     return f"c={point.get('concurrency')}"
 
 
-def print_table(points: Sequence[dict[str, Any]], console: Console | None = None) -> None:
-    """Print one row per load point: latencies (p50 / p99), throughput, goodput, errors."""
-    console = console or Console()
-    table = Table(title="nim-async bench", header_style="bold")
-    for name in (
-        "load",
-        "ok/n",
-        "TTFT p50/p99 ms",
-        "ITL p50/p99 ms",
-        "TPOT p50 ms",
-        "E2E p50/p99 ms",
-        "queue p99 ms",
-        "req/s",
-        "tok/s",
-        "goodput",
-        "errors",
-        "client",
-    ):
-        table.add_column(name, justify="right")
+TABLE_COLUMNS = (
+    "load",
+    "ok/n",
+    "TTFT p50/p99 ms",
+    "ITL p50/p99 ms",
+    "TPOT p50 ms",
+    "E2E p50/p99 ms",
+    "queue p99 ms",
+    "req/s",
+    "tok/s",
+    "goodput",
+    "errors",
+    "client",
+)
+"""The columns of the results table, one row per load point."""
+
+CLIENT_BOUND = "CLIENT-BOUND"
+"""Marks a row whose client had too little headroom to trust the server figures."""
+
+
+def _client_cell(point: dict[str, Any]) -> str:
+    client = point.get("client") or {}
+    headroom = client.get("headroom")
+    lag = (client.get("loop_lag_ms") or {}).get("p99")
+    text = f"{_fmt(client.get('cpu_us_per_token'))} µs/tok, lag p99 {_fmt(lag, 2)} ms"
+    if headroom is not None:
+        text += f", {headroom:.1f}× headroom"
+        if client.get("client_bound"):
+            text += f" {CLIENT_BOUND}"
+    return text
+
+
+def table_rows(points: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The results table as text cells: latencies (p50 / p99), throughput, goodput, errors.
+
+    Args:
+        points: Load points as :func:`~nim_async.bench.metrics.summarize` makes them.
+
+    Returns:
+        One row per point, in the order of :data:`TABLE_COLUMNS`.
+    """
+    rows = []
     for p in points:
-        client = p.get("client") or {}
-        headroom = client.get("headroom")
-        lag = (client.get("loop_lag_ms") or {}).get("p99")
-        client_txt = f"{_fmt(client.get('cpu_us_per_token'))} µs/tok, lag p99 {_fmt(lag, 2)} ms"
-        if headroom is not None:
-            client_txt += f", {headroom:.1f}× headroom"
-            if client.get("client_bound"):
-                client_txt += " [red]CLIENT-BOUND[/red]"
         errors = ", ".join(f"{k}: {v}" for k, v in (p.get("errors") or {}).items()) or "0"
-        table.add_row(
-            _load_label(p),
-            f"{p['completed']}/{p['num_requests']}",
-            f"{_fmt(p['ttft_ms']['p50'])} / {_fmt(p['ttft_ms']['p99'])}",
-            f"{_fmt(p['itl_ms']['p50'], 2)} / {_fmt(p['itl_ms']['p99'], 2)}",
-            _fmt(p["tpot_ms"]["p50"], 2),
-            f"{_fmt(p['e2e_ms']['p50'])} / {_fmt(p['e2e_ms']['p99'])}",
-            _fmt(p["queue_ms"]["p99"]),
-            _fmt(p["request_throughput"], 2),
-            _fmt(p["output_token_throughput"], 0),
-            _fmt(p["goodput"], 2),
-            errors,
-            client_txt,
+        rows.append(
+            [
+                _load_label(p),
+                f"{p['completed']}/{p['num_requests']}",
+                f"{_fmt(p['ttft_ms']['p50'])} / {_fmt(p['ttft_ms']['p99'])}",
+                f"{_fmt(p['itl_ms']['p50'], 2)} / {_fmt(p['itl_ms']['p99'], 2)}",
+                _fmt(p["tpot_ms"]["p50"], 2),
+                f"{_fmt(p['e2e_ms']['p50'])} / {_fmt(p['e2e_ms']['p99'])}",
+                _fmt(p["queue_ms"]["p99"]),
+                _fmt(p["request_throughput"], 2),
+                _fmt(p["output_token_throughput"], 0),
+                _fmt(p["goodput"], 2),
+                errors,
+                _client_cell(p),
+            ]
         )
-    console.print(table)
+    return rows
+
+
+def table_notes(points: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The lines printed under the table: server metrics and warnings.
+
+    Args:
+        points: Load points.
+
+    Returns:
+        ``(level, text)`` pairs; ``level`` is ``"info"`` or ``"warning"``.
+    """
+    notes: list[tuple[str, str]] = []
     for p in points:
         server = p.get("server")
         if server:
             figures = ", ".join(f"{k}={_fmt(v)}" for k, v in server.items() if v is not None)
-            console.print(f"server metrics {_load_label(p)}: {figures}")
+            notes.append(("info", f"server metrics {_load_label(p)}: {figures}"))
         if p.get("usage_chunk_mismatches"):
-            console.print(
-                f"[yellow]warning[/yellow] {_load_label(p)}: usage.completion_tokens differs "
-                f"from the chunk count in {p['usage_chunk_mismatches']} requests "
-                "(the server packs several tokens per chunk, or usage is wrong); ITL is per "
-                "chunk, TPOT per token"
+            notes.append(
+                (
+                    "warning",
+                    f"warning {_load_label(p)}: usage.completion_tokens differs from the chunk "
+                    f"count in {p['usage_chunk_mismatches']} requests (the server packs several "
+                    "tokens per chunk, or usage is wrong); ITL is per chunk, TPOT per token",
+                )
             )
+    return notes
+
+
+def format_table(points: Sequence[dict[str, Any]]) -> str:
+    """The results table as fixed-width plain text (columns right-aligned), with its notes.
+
+    Args:
+        points: Load points.
+    """
+    rows = [list(TABLE_COLUMNS), *table_rows(points)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+    lines = ["nim-async bench"]
+    for index, row in enumerate(rows):
+        lines.append("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    lines.extend(text for _, text in table_notes(points))
+    return "\n".join(lines)
+
+
+class BenchOutput(Protocol):
+    """Where the suite reports: progress lines and the results table."""
+
+    def line(self, text: str, level: str = "info") -> None:
+        """Show one line; ``level`` is ``"info"``, ``"warning"`` or ``"error"``."""
+
+    def table(self, points: Sequence[dict[str, Any]]) -> None:
+        """Show the results table of the load points."""
+
+
+class PlainOutput:
+    """:class:`BenchOutput` as plain text on stdout (``python -m nim_async.bench``)."""
+
+    def line(self, text: str, level: str = "info") -> None:
+        """Print one line."""
+        print(text, flush=True)
+
+    def table(self, points: Sequence[dict[str, Any]]) -> None:
+        """Print :func:`format_table`."""
+        print(format_table(points), flush=True)
 
 
 def write_json(path: str | Path, points: Sequence[dict[str, Any]]) -> None:

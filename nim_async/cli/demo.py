@@ -9,9 +9,12 @@ steps run against that NIM.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from nim_async.cli.parser import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -19,10 +22,16 @@ if TYPE_CHECKING:
 
     from nim_async.results import PredictionResponse
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_OUT", "render_response", "run_demo", "sample_image"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_OUT",
+    "demo",
+    "render_response",
+    "run_demo",
+    "sample_image",
+]
 
 DEFAULT_OUT = Path("nim-async-demo.png")
-DEFAULT_MODEL = "cosmos-reason1-7b"
 EMULATOR_NOTICE = (
     "No --url given: running against the embedded NIM [bold]emulator[/bold] at {url}.\n"
     "The emulator is a test double, [bold]not a model[/bold]: it finds solid colour regions "
@@ -82,7 +91,7 @@ def render_response(console: Console, response: PredictionResponse) -> None:
         table = Table(title=response.task_type)
         table.add_column("prompt")
         table.add_column("answer")
-        table.add_row(response.prompt, str(response.result))
+        table.add_row(response.prompt, str(response.plain_result))
         console.print(table)
 
 
@@ -167,7 +176,7 @@ async def run_demo(
     summary.add_column("result")
     if isinstance(grounding, PhraseGroundingResponse):
         summary.add_row("phrase-grounding", "(the task's default)", grounding.sentence)
-    summary.add_row("vqa", question, str(answer.result))
+    summary.add_row("vqa", question, str(answer.plain_result))
     console.print(summary)
     render_response(console, grounding)
 
@@ -178,3 +187,24 @@ async def run_demo(
             raise ValueError(f"cannot write {out}: {exc}") from None
         console.print(f"Annotated image written to [bold]{out}[/]")
     return 0
+
+
+async def demo(args: argparse.Namespace) -> int:
+    """Run ``nim-async demo`` (see :func:`run_demo`).
+
+    Args:
+        args: Parsed arguments (``--url``, ``--out``, ``--model``, ``--question``, ``--image``).
+
+    Returns:
+        The exit status.
+    """
+    from rich.console import Console
+
+    return await run_demo(
+        url=args.url,
+        out=Path(args.out),
+        model=args.model,
+        question=args.question,
+        image=Path(args.image) if args.image else None,
+        console=Console(highlight=False),
+    )

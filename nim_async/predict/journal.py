@@ -1,0 +1,223 @@
+"""A resumable batch: one JSON line per input in an append-only results file.
+
+:class:`BatchJournal` is what ``nim-async batch --out/--resume`` uses, for any caller of
+:func:`~nim_async.predict.batch.predict_many`. Each result is written (and flushed) as it
+finishes, so a run that is killed keeps every line it wrote; the next run with ``resume=True``
+skips the inputs already recorded and appends the rest::
+
+    with BatchJournal("results.jsonl", resume=True) as journal:
+        async with AsyncNIMPredictor(...) as predictor:
+            async for result in predict_many(predictor, journal.pending(sources)):
+                journal.record(result)
+    print(journal.ok, journal.failed, journal.skipped)
+
+Lines are :func:`~nim_async.predict.batch.result_record` objects whose ``index`` is the input's
+position in ``sources`` (stable across resumed runs). Inputs are told apart by their
+:func:`~nim_async.predict.batch.source_label` (a path or URL as given); a repeat within one run
+gets no second line. A partial last line (a write torn by a kill) is cut off when the file is
+opened again; ``retry_errors=True`` drops the error lines so those inputs run again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+import orjson
+
+from nim_async.predict.batch import BatchResult, result_record, source_label
+
+__all__ = ["BatchJournal", "JournalExistsError", "read_recorded"]
+
+
+class JournalExistsError(ValueError):
+    """The results file already holds results and neither resume nor overwrite was asked for."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"{path} already holds results; resume to continue it or overwrite to start again"
+        )
+        self.path = path
+
+
+def _repair_torn_tail(path: Path) -> bytes:
+    data = path.read_bytes()
+    keep_end = data.rfind(b"\n") + 1
+    if keep_end < len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(keep_end)
+        data = data[:keep_end]
+    return data
+
+
+def read_recorded(path: str | Path, *, drop_errors: bool = False) -> tuple[set[str], int]:
+    """Read the sources already recorded in a results file, repairing a torn last line.
+
+    A run killed mid-write can leave a partial last line; it is cut off so the file stays valid
+    JSON Lines. With ``drop_errors`` the error records are removed (atomically) so those inputs
+    run again.
+
+    Args:
+        path: The JSON Lines results file (missing: nothing recorded).
+        drop_errors: Remove error records and do not count them as recorded.
+
+    Returns:
+        The recorded sources and how many error records were dropped.
+    """
+    out = Path(path)
+    if not out.exists():
+        return set(), 0
+    recorded: set[str] = set()
+    kept: list[bytes] = []
+    dropped = 0
+    for line in _repair_torn_tail(out).splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(record, dict) or "source" not in record:
+            continue
+        if drop_errors and record.get("status") != "ok":
+            dropped += 1
+            continue
+        recorded.add(str(record["source"]))
+        kept.append(line)
+    if drop_errors and dropped:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
+        os.replace(tmp, out)
+    return recorded, dropped
+
+
+class BatchJournal:
+    """The results file of one batch run: what to skip, and one flushed line per result.
+
+    Args:
+        path: The JSON Lines results file (its folder is created).
+        resume: Keep the lines already there and skip their inputs.
+        overwrite: Start the file afresh.
+        retry_errors: With ``resume``: drop the error lines, so those inputs run again.
+
+    Raises:
+        ValueError: ``retry_errors`` without ``resume``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        retry_errors: bool = False,
+    ) -> None:
+        if retry_errors and not resume:
+            raise ValueError("retry_errors only applies together with resume")
+        self.path = Path(path)
+        self.resume = resume
+        self.overwrite = overwrite
+        self.retry_errors = retry_errors
+        self.recorded: frozenset[str] = frozenset()
+        """Sources recorded by earlier runs (set when opened with ``resume``)."""
+        self.dropped_errors = 0
+        """Error lines removed because of ``retry_errors``."""
+        self.skipped = 0
+        """Inputs skipped by :meth:`pending` because an earlier run recorded them."""
+        self.duplicates = 0
+        """Inputs skipped by :meth:`pending` because they were already given in this run."""
+        self.ok = 0
+        """Results recorded as ok."""
+        self.failed = 0
+        """Results recorded as errors."""
+        self._sink: IO[bytes] | None = None
+        self._started: set[str] = set()
+        self._positions: dict[int, int] = {}
+
+    def open(self) -> Self:
+        """Check and prepare the file, read what is recorded, and open it for appending.
+
+        Raises:
+            JournalExistsError: the file holds results and neither ``resume`` nor ``overwrite``.
+        """
+        out = self.path
+        if out.exists() and out.stat().st_size > 0 and not (self.resume or self.overwrite):
+            raise JournalExistsError(out)
+        if self.overwrite and out.exists():
+            out.unlink()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if self.resume:
+            recorded, self.dropped_errors = read_recorded(out, drop_errors=self.retry_errors)
+            self.recorded = frozenset(recorded)
+        self._sink = out.open("ab")
+        return self
+
+    def close(self) -> None:
+        """Close the file (every recorded line is already flushed)."""
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.close()
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def pending(self, sources: Iterable[Any]) -> Iterator[Any]:
+        """Yield the sources still to run, lazily, in order.
+
+        Skips those an earlier run recorded (counted in :attr:`skipped`) and repeats within
+        ``sources`` (counted in :attr:`duplicates`). Feed the result to ``predict_many`` and
+        pass its results to :meth:`record`.
+
+        Args:
+            sources: The batch's inputs (paths, URLs, anything ``predict_many`` takes).
+        """
+        for position, item in enumerate(sources):
+            label = source_label(item)
+            if label in self.recorded:
+                self.skipped += 1
+                continue
+            if label in self._started:
+                self.duplicates += 1
+                continue
+            self._started.add(label)
+            # predict_many numbers what it is given; the line carries the position in sources.
+            self._positions[len(self._started) - 1] = position
+            yield item
+
+    def record(self, result: BatchResult) -> dict[str, Any]:
+        """Append the line of one result and flush it.
+
+        Args:
+            result: A result of ``predict_many`` over :meth:`pending`.
+
+        Returns:
+            The record written (``index`` is the input's position in the sources).
+
+        Raises:
+            RuntimeError: if the journal is not open.
+        """
+        if self._sink is None:
+            raise RuntimeError("BatchJournal is not open; use `with BatchJournal(...)`")
+        record = result_record(result)
+        record["index"] = self._positions.pop(result.index, result.index)
+        self._sink.write(orjson.dumps(record) + b"\n")
+        self._sink.flush()
+        if result.ok:
+            self.ok += 1
+        else:
+            self.failed += 1
+        return record
+
+    def __repr__(self) -> str:
+        return f"BatchJournal({str(self.path)!r}, ok={self.ok}, failed={self.failed})"
