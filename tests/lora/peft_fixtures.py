@@ -19,7 +19,8 @@ Writes ``OUT_DIR/bases/<name>/`` (Hugging Face checkpoints), and per case
 set to random values: PEFT initialises it to zero, which would make the merge a no-op) and
 ``OUT_DIR/cases/<name>/reference/`` (``merge_and_unload()`` saved with the base's shard size).
 With ``generate`` it also writes greedy token ids of the base and of the peft-merged model to
-``OUT_DIR/cases/<name>/generate.json``. Everything is seeded.
+``OUT_DIR/cases/<name>/generate.json`` (with the prompt's token ids, chat template applied).
+Everything is seeded.
 """
 
 from __future__ import annotations
@@ -66,12 +67,16 @@ def load_base(path: Path, kind: str):  # type: ignore[no-untyped-def]
     return cls.from_pretrained(path, dtype=torch.bfloat16)
 
 
-def greedy(model, tokenizer, prompt: str, n: int) -> list[int]:  # type: ignore[no-untyped-def]
-    import torch
-
+def prompt_ids(tokenizer, prompt: str) -> list[int]:  # type: ignore[no-untyped-def]
     messages = [{"role": "user", "content": prompt}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    return [int(t) for t in tokenizer(text)["input_ids"]]
+
+
+def greedy(model, prompt: list[int], n: int) -> list[int]:  # type: ignore[no-untyped-def]
+    import torch
+
+    ids = torch.tensor([prompt])
     with torch.no_grad():
         out = model.generate(
             input_ids=ids,
@@ -119,10 +124,12 @@ def build_case(name: str, case: dict, bases: dict, kinds: dict, out: Path) -> No
     if gen:
         tokenizer = AutoTokenizer.from_pretrained(base_path)
         base_model = load_base(base_path, kind)
+        ids = prompt_ids(tokenizer, gen["prompt"])
         doc = {
             "prompt": gen["prompt"],
-            "base": greedy(base_model, tokenizer, gen["prompt"], gen["max_new_tokens"]),
-            "merged": greedy(merged, tokenizer, gen["prompt"], gen["max_new_tokens"]),
+            "prompt_ids": ids,
+            "base": greedy(base_model, ids, gen["max_new_tokens"]),
+            "merged": greedy(merged, ids, gen["max_new_tokens"]),
         }
         (case_dir / "generate.json").write_text(json.dumps(doc))
 
