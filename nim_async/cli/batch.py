@@ -21,6 +21,7 @@ from nim_async.cli.parser import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from nim_async.export import coco_from_jsonl
 from nim_async.predict.batch import predict_many
 from nim_async.predict.journal import BatchJournal, JournalExistsError
+from nim_async.ui.batch_progress import RichBatchProgress
 
 __all__ = ["IMAGE_SUFFIXES", "batch", "iter_inputs"]
 
@@ -142,7 +143,7 @@ async def batch(args: argparse.Namespace) -> int:
                         sampling_params=sampling,
                         retries=args.retries,
                         ordered=args.ordered,
-                        progress=progress,
+                        progress=RichBatchProgress() if progress else False,
                         total=total,
                     )
                 ) as results,
