@@ -356,3 +356,11 @@ def test_dialects_learnt_from_this_server(vllm_server: Any) -> None:
     assert wire.guided == "structured_outputs"
     assert not wire.extensions_in_nvext
     assert wire.server == f"vLLM {vllm_server.version}"
+
+
+async def test_deployer_readiness_probe_accepts_vllm_health(vllm_server: Any) -> None:
+    from nim_async.http.health import ReadinessProbe
+
+    async with ReadinessProbe(vllm_server.url) as probe:
+        assert await probe.is_ready()  # /v1/health/ready is 404 here; /health is 200
+        assert vllm_server.model in await probe.models()
