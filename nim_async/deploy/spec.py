@@ -107,9 +107,12 @@ def container_spec(
         CONFIG_HASH_LABEL: config.config_hash(),
         f"{LABEL_PREFIX}image": config.image_ref,
     }
-    if config.served_model_name:
-        env.append(f"NIM_SERVED_MODEL_NAME={config.served_model_name}")
-        labels[f"{LABEL_PREFIX}served_model_name"] = config.served_model_name
+    # Custom weights are served as served_model_name or image_name (as the seed-era vi-sdk
+    # did), the name NIMPredictor(config=...) sends; NIM would otherwise name them by path.
+    served = config.served_model_name or (config.image_name if model is not None else None)
+    if served:
+        env.append(f"NIM_SERVED_MODEL_NAME={served}")
+        labels[f"{LABEL_PREFIX}served_model_name"] = served
     mounts = [_mount(cache_dir, CONTAINER_CACHE_DIR, read_only=False)]
     if model is not None:
         env.append(f"NIM_MODEL_NAME={model.container_dir}")

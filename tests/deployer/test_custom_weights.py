@@ -69,7 +69,7 @@ async def fake_vi_url() -> AsyncIterator[str]:
     base = ""
 
     async def outputs(request: web.Request) -> web.Response:
-        if request.headers.get("X-Secret-Key") != VI_SECRET:
+        if request.headers.get("Authorization") != f"Bearer {VI_SECRET}":
             return web.json_response({"message": "unauthorized"}, status=401)
         model = {
             "runId": VI_RUN,

@@ -71,7 +71,8 @@ def test_custom_model_is_mounted_read_only_and_named(tmp_path: Path) -> None:
     model = ModelMount(tmp_path / "run" / "model_full", "/opt/nim/custom-model")
     body = container_spec(config, cache_dir=tmp_path, model=model, user=(0, 0))
     assert body["Env"][-1] == "NIM_MODEL_NAME=/opt/nim/custom-model"
-    assert not any(e.startswith("NIM_SERVED_MODEL_NAME=") for e in body["Env"])
+    # served as served_model_name or image_name: the name NIMPredictor(config=...) sends
+    assert f"NIM_SERVED_MODEL_NAME={config.image_name}" in body["Env"]
     assert body["HostConfig"]["Mounts"][1] == {
         "Type": "bind",
         "Source": str(model.host_dir.resolve()),

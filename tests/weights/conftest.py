@@ -1,6 +1,8 @@
 """A fake Datature Vi API on loopback (the Vi cloud is not reachable from here) and model archives.
 
-The fake serves the documented outputs endpoint and a "storage" route for the pre-signed
+The fake serves the documented outputs endpoint, as vi-sdk 0.1.0b7 speaks to it
+(``Authorization: Bearer <secret key>``, ``Organization-Id``; anything else is 401, and the query
+must be ``intent=sdkLocalDeploy&contents=y``), and a "storage" route for the pre-signed
 download URLs it hands out, with knobs for the failure modes the weights code must handle:
 dropped connections, expired URLs, missing contents, wrong credentials.
 """
@@ -168,10 +170,15 @@ class FakeVi:
             )
         if self.status_override is not None:
             return web.json_response({"message": "nope"}, status=self.status_override)
-        if request.headers.get("X-Secret-Key") != SECRET:
+        # Only vi-sdk's wire is accepted: Authorization: Bearer <key> and Organization-Id.
+        if request.headers.get("Authorization") != f"Bearer {SECRET}":
             return web.json_response({"message": "Invalid secret key"}, status=401)
-        if request.match_info["org"] != ORG or request.headers.get("X-Organization-Id") != ORG:
+        if "Organization-Id" not in request.headers:
+            return web.json_response({"message": "Missing Organization-Id"}, status=401)
+        if request.match_info["org"] != ORG or request.headers["Organization-Id"] != ORG:
             return web.json_response({"message": "Forbidden"}, status=403)
+        if dict(request.query) != {"intent": "sdkLocalDeploy", "contents": "y"}:
+            return web.json_response({"message": "Bad query"}, status=400)
         if request.match_info["run"] not in self.runs:
             return web.json_response({"message": "Run not found"}, status=404)
         ckpt = request.match_info.get("ckpt")

@@ -45,11 +45,13 @@ async def test_download_unpacks_model_and_shows_progress(
     # The documented request: path, query, headers.
     (api,) = fake_vi.api_requests
     assert api["path"] == f"/workspaces/{kit.ORG}/runs/{kit.RUN_ID}/outputs"
-    assert api["query"] == {"intent": "sdkLocalDeploy", "contents": "true"}
-    assert api["headers"]["X-Organization-Id"] == kit.ORG
+    assert api["query"] == {"intent": "sdkLocalDeploy", "contents": "y"}
+    assert api["headers"]["Organization-Id"] == kit.ORG
+    assert api["headers"]["Authorization"] == f"Bearer {kit.SECRET}"
+    assert "X-Secret-Key" not in api["headers"]
     # The secret goes to the Vi API only, never to the storage behind the pre-signed URL.
     (storage,) = fake_vi.storage_requests
-    assert "X-Secret-Key" not in storage["headers"]
+    assert "Authorization" not in storage["headers"]
     assert storage["range"] is None
     err = capsys.readouterr().err
     assert f"Downloading run {kit.RUN_ID}" in err

@@ -9,7 +9,8 @@ can serve, so an incompatible checkpoint fails in a second instead of after a lo
   pre-signed archive is downloaded with resume (HTTP ``Range``) into a temporary file that is
   renamed when complete, and the tar archive is checked member by member and unpacked into
   ``{model_save_path}/{run_id}/``. A complete model already there is reused unless
-  ``overwrite=True``.
+  ``overwrite=True``; with ``model_save_path`` left at its default, a complete download that
+  vi-sdk made (``~/.datature/vi/models/{run_id}/``) is reused too (latest checkpoint only).
 * ``NIMConfig(model_path=...)``: a local Hugging Face-format directory is used as it is.
 
 The model directory is bind-mounted read-only at :data:`CONTAINER_MODEL_DIR` and named to NIM
@@ -135,11 +136,30 @@ def load_run_metadata(config: NIMConfig) -> RunMetadata | None:
         if not _is_safe_name(config.run_id):
             return None
         root = config.models_dir / config.run_id
+        if not root.is_dir():
+            root = _visdk_download(config) or root
     elif config.model_path is not None:
         root = Path(config.model_path).expanduser()
     else:
         return None
     return read_run_metadata(root)
+
+
+VISDK_MODELS_DIR = "~/.datature/vi/models"
+"""Where vi-sdk stores downloaded models (``{dir}/{run_id}/model_full/``)."""
+
+
+def _visdk_download(config: NIMConfig) -> Path | None:
+    """A complete download of the run by vi-sdk, when ``model_save_path`` was left at its default.
+
+    Only the latest checkpoint can be told apart there (vi-sdk records no checkpoint), so a
+    configured ``ckpt`` is never served from it.
+    """
+    if "model_save_path" in config.model_fields_set or config.ckpt is not None:
+        return None
+    assert config.run_id is not None
+    target = Path(os.path.abspath(Path(VISDK_MODELS_DIR).expanduser())) / config.run_id
+    return target if is_complete(target) else None
 
 
 def _is_safe_name(name: str) -> bool:
@@ -187,6 +207,9 @@ def _local_state(config: NIMConfig) -> tuple[Path, bool]:
     target = models_dir / config.run_id
     if not config.overwrite and is_complete(target) and marker_matches(target, config.ckpt):
         return models_dir, True
+    visdk = None if config.overwrite or target.exists() else _visdk_download(config)
+    if visdk is not None:
+        return visdk.parent, True
     try:
         (models_dir / ".downloads").mkdir(parents=True, exist_ok=True)
     except OSError as exc:

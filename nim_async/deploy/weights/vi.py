@@ -1,7 +1,9 @@
 """The Datature Vi API: which archive holds a run's model, and where to download it.
 
-``GET {endpoint}/workspaces/{organization_id}/runs/{run_id}/outputs[/{ckpt}]`` with the secret
-key answers the run's outputs; the chosen one carries a pre-signed download URL and its expiry.
+``GET {endpoint}/workspaces/{organization_id}/runs/{run_id}/outputs[/{ckpt}]
+?intent=sdkLocalDeploy&contents=y`` with ``Authorization: Bearer <secret key>`` and
+``Organization-Id`` (as vi-sdk sends them) answers the run's outputs; the chosen one carries a
+pre-signed download URL (``status.contents.downloadUrl.url``) and its expiry (``expiresAt``).
 Errors name the credential or id at fault, never a secret's value.
 """
 
@@ -143,12 +145,13 @@ async def request_run_output(client: DownloadClient, config: NIMConfig) -> RunOu
     if config.ckpt:
         path += f"/{quote(config.ckpt, safe='')}"
     url = config.endpoint.rstrip("/") + path
+    # vi-sdk's wire (SecretKeyAuth.get_headers; ModelLinkParser, whose booleans are y/n).
     headers = {
-        "X-Secret-Key": config.secret_key.get_secret_value(),
-        "X-Organization-Id": config.organization_id,
+        "Authorization": f"Bearer {config.secret_key.get_secret_value()}",
+        "Organization-Id": config.organization_id,
         "Accept": "application/json",
     }
-    params = {"intent": "sdkLocalDeploy", "contents": "true"}
+    params = {"intent": "sdkLocalDeploy", "contents": "y"}
     for attempt in range(_API_ATTEMPTS):
         try:
             response = await client.get(url, headers=headers, params=params)
