@@ -2,10 +2,14 @@
 
 The custom-weights code (:mod:`nim_async.deploy.weights`) fetches a small JSON document and then
 streams a large archive; it does so through :class:`DownloadClient`, so httpx stays inside
-:mod:`nim_async.http`. A transport failure (no connection, a connection broken mid-body, a
-timeout) leaves this module as :class:`TransferError`, naming the failure without any URL or
-header (a pre-signed URL's query is a secret). HTTP statuses are answers, not errors: the caller
-decides what a 403 or a 416 means.
+:mod:`nim_async.http`. A transport failure leaves this module as the ``nim_async`` error that
+:func:`nim_async.http.errors.translate` (the one httpx mapping) gives it: no answer →
+:class:`~nim_async.errors.ServiceUnavailableError`, a timeout →
+:class:`~nim_async.errors.PredictionTimeoutError`, a connection broken mid-body →
+:class:`~nim_async.errors.StreamError`; :func:`~nim_async.http.errors.failure_kind` names it.
+Messages name only the server's origin, never a path, query or header (a pre-signed URL's query
+is a secret). HTTP statuses are answers, not errors: the caller decides what a 403 or a 416
+means.
 """
 
 from __future__ import annotations
@@ -15,23 +19,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-__all__ = ["Answer", "DownloadClient", "StreamedAnswer", "TransferError"]
+from nim_async.http.errors import translate
+
+__all__ = ["Answer", "DownloadClient", "StreamedAnswer"]
 
 
-class TransferError(Exception):
-    """The transfer failed before or while the answer arrived (not an HTTP status).
-
-    Args:
-        kind: What failed, as a short name (``ConnectError``, ``ReadTimeout``,
-            ``RemoteProtocolError``); never a URL or header.
-    """
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.kind = kind
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: what messages may name (a query can be a secret)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ class Answer:
 class StreamedAnswer:
     """An HTTP answer whose body is read in chunks (see :meth:`DownloadClient.stream`)."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, origin: str) -> None:
         self._response = response
+        self._origin = origin
         self.status = response.status_code
         self.headers: Mapping[str, str] = response.headers
 
@@ -66,13 +67,14 @@ class StreamedAnswer:
         """Yield the body as it arrives, undecoded (byte offsets are the stored object's).
 
         Raises:
-            TransferError: if the connection breaks or times out mid-body.
+            StreamError: if the connection breaks mid-body.
+            PredictionTimeoutError: if the server stops sending.
         """
         try:
             async for chunk in self._response.aiter_raw():
                 yield chunk
         except httpx.HTTPError as exc:
-            raise TransferError(type(exc).__name__) from exc
+            raise translate(exc, base_url=self._origin, phase="read", what="the download") from exc
 
 
 class DownloadClient:
@@ -118,12 +120,14 @@ class DownloadClient:
             params: Query parameters.
 
         Raises:
-            TransferError: if no answer arrives (connection, timeout, protocol failure).
+            ServiceUnavailableError: if no answer arrives.
+            PredictionTimeoutError: if the server does not answer in time.
         """
+        origin = _origin(url)
         try:
             response = await self._client.get(url, headers=headers, params=params)
         except httpx.HTTPError as exc:
-            raise TransferError(type(exc).__name__) from exc
+            raise translate(exc, base_url=origin, phase="connect", what="GET") from exc
         return Answer(response.status_code, response.headers, response.content)
 
     @asynccontextmanager
@@ -140,10 +144,12 @@ class DownloadClient:
             The answer; read its body with :meth:`StreamedAnswer.chunks`.
 
         Raises:
-            TransferError: if no answer arrives, or the connection fails while open.
+            ServiceUnavailableError: if no answer arrives.
+            PredictionTimeoutError: if the server does not answer in time.
         """
+        origin = _origin(url)
         try:
             async with self._client.stream("GET", url, headers=headers) as response:
-                yield StreamedAnswer(response)
+                yield StreamedAnswer(response, origin)
         except httpx.HTTPError as exc:
-            raise TransferError(type(exc).__name__) from exc
+            raise translate(exc, base_url=origin, phase="connect", what="GET") from exc

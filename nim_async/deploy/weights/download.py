@@ -17,8 +17,10 @@ from nim_async.deploy.events import (
     TransferProgress,
     TransferStarted,
 )
-from nim_async.errors import WeightsDownloadError
-from nim_async.http.download import DownloadClient, TransferError
+from nim_async.errors import NIMPredictionError, WeightsDownloadError
+from nim_async.http.download import DownloadClient
+from nim_async.http.errors import failure_kind
+from nim_async.http.retry import RetryPolicy
 from nim_async.protocol.scrub import strip_query
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "expired_error",
     "remove",
     "remove_downloads",
+    "retry_policy",
 ]
 
 logger = logging.getLogger("nim_async.deploy.weights")
@@ -38,13 +41,22 @@ _BACKOFF_BASE = 0.2
 _BACKOFF_MAX = 5.0
 
 
+def retry_policy(attempts: int) -> RetryPolicy:
+    """The retry policy of the weights' HTTP calls (:class:`~nim_async.http.retry.RetryPolicy`).
+
+    Args:
+        attempts: Total attempts, the first included.
+    """
+    return RetryPolicy(attempts=attempts, base=_BACKOFF_BASE, cap=_BACKOFF_MAX)
+
+
 def backoff(attempt: int) -> float:
-    """Seconds to wait before retry ``attempt + 1`` (exponential, capped).
+    """Seconds to wait before resuming after ``attempt + 1`` failed attempts (the policy's).
 
     Args:
         attempt: Attempts failed so far, minus one.
     """
-    return float(min(_BACKOFF_MAX, _BACKOFF_BASE * (2**attempt)))
+    return retry_policy(_DOWNLOAD_ATTEMPTS).delay(attempt + 1)
 
 
 class ExpiredURL(Exception):
@@ -102,8 +114,8 @@ async def download_archive(
             except _Retry as exc:
                 last_error = str(exc)
                 continue
-            except TransferError as exc:
-                last_error = exc.kind
+            except NIMPredictionError as exc:  # no answer, or the body broke off
+                last_error = failure_kind(exc)
                 logger.info(
                     "Model download interrupted at %d bytes (%s); resuming",
                     _file_size(part),

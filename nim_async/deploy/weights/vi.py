@@ -9,7 +9,6 @@ Errors name the credential or id at fault, never a secret's value.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,9 +17,10 @@ from urllib.parse import quote
 import orjson
 
 from nim_async.config import NIMConfig
-from nim_async.deploy.weights.download import backoff
-from nim_async.errors import WeightsDownloadError
-from nim_async.http.download import DownloadClient, TransferError
+from nim_async.deploy.weights.download import retry_policy
+from nim_async.errors import NIMPredictionError, WeightsDownloadError
+from nim_async.http.download import DownloadClient
+from nim_async.http.errors import failure_kind
 from nim_async.protocol.scrub import scrub
 
 __all__ = ["RunOutput", "parse_run_output", "request_run_output"]
@@ -126,7 +126,7 @@ def _api_error(config: NIMConfig, status_code: int, body: str) -> WeightsDownloa
 
 
 async def request_run_output(client: DownloadClient, config: NIMConfig) -> RunOutput:
-    """Ask Vi for the run's output (retrying a lost connection, 429 and 5xx a few times).
+    """Ask Vi for the run's output (retried under the one policy: no answer, 429, 502-504).
 
     Args:
         client: The HTTP client.
@@ -152,28 +152,27 @@ async def request_run_output(client: DownloadClient, config: NIMConfig) -> RunOu
         "Accept": "application/json",
     }
     params = {"intent": "sdkLocalDeploy", "contents": "y"}
-    for attempt in range(_API_ATTEMPTS):
+    retry = retry_policy(_API_ATTEMPTS).start(label="GET the run's outputs from Datature Vi")
+    while True:
         try:
-            response = await client.get(url, headers=headers, params=params)
-        except TransferError as exc:
-            if attempt + 1 < _API_ATTEMPTS:
-                await asyncio.sleep(backoff(attempt))
+            answer = await client.get(url, headers=headers, params=params)
+            if answer.status != 200:
+                raise _api_error(config, answer.status, answer.text)
+        except NIMPredictionError as exc:  # no answer (http.errors' mapping)
+            if await retry.backoff(exc):
                 continue
             raise WeightsDownloadError(
                 f"Cannot reach the Datature Vi API at {config.endpoint} "
-                f"({exc.kind}): check the network or DATATURE_VI_API_ENDPOINT."
+                f"({failure_kind(exc)}): check the network or DATATURE_VI_API_ENDPOINT."
             ) from exc
-        retryable = response.status >= 500 or response.status == 429
-        if retryable and attempt + 1 < _API_ATTEMPTS:
-            await asyncio.sleep(backoff(attempt))
-            continue
-        if response.status != 200:
-            raise _api_error(config, response.status, response.text)
+        except WeightsDownloadError as exc:  # 429 and 502/503/504 are retried
+            if await retry.backoff(exc):
+                continue
+            raise
         try:
-            body = orjson.loads(response.body)
+            body = orjson.loads(answer.body)
         except orjson.JSONDecodeError as exc:
             raise WeightsDownloadError(
                 f"Datature Vi returned a non-JSON answer for run {config.run_id!r}."
             ) from exc
         return parse_run_output(body, config)
-    raise AssertionError("unreachable")  # pragma: no cover
