@@ -6,7 +6,7 @@ For every module the adapter targets, ``W' = W + s * (B @ A)`` with ``s = alpha 
 delta; ``modules_to_save`` replace the module's parameters with the adapter's copy. Every
 other tensor is copied byte for byte.
 
-Memory stays bounded by the adapter plus one block of rows (about 16 M elements) of one
+Memory stays bounded by the adapter plus one block of rows (about 1 M elements, ~20 MiB) of one
 tensor: shard headers are read first, each output shard is written while its input is read
 tensor by tensor, and a merged tensor is processed in row blocks. Arithmetic is float32 (float64
 for float64 weights) with one round-to-nearest-even back to the stored dtype; bfloat16 is
@@ -75,7 +75,9 @@ MERGE_MARKER = ".nim_async_merge.json"
 """Written last into a merged checkpoint: what was merged (base, adapter, modules)."""
 
 INDEX_NAME = "model.safetensors.index.json"
-_BLOCK_ELEMENTS = 1 << 22  # rows of a merged tensor are processed ~4 M elements at a time
+# Rows of a merged tensor are processed ~1 M elements at a time: about 19 bytes per element are
+# live in a block (bytes read, float32 weights and delta, the rounding temporaries, the output).
+_BLOCK_ELEMENTS = 1 << 20
 _COPY_CHUNK = 8 << 20
 _FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")
 _SKIP_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".safetensors")
@@ -395,9 +397,13 @@ def bf16_bits_to_f32(np: Any, bits: Any) -> Any:
 def f32_to_bf16_bits(np: Any, values: Any) -> Any:
     """float32 to bfloat16 bit patterns, round to nearest even; NaN becomes ``0x7FC0`` (torch's)."""
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(
-        16
-    )
+    # rounded = (bits + 0x7FFF + lsb) >> 16 with lsb the lowest kept bit; uint32 wraps only for
+    # NaN payloads, which are replaced below. In place on one temporary: this is the hot loop.
+    rounded = bits >> np.uint32(16)
+    rounded &= np.uint32(1)
+    rounded += np.uint32(0x7FFF)
+    rounded += bits
+    rounded >>= np.uint32(16)
     out = rounded.astype(np.uint16)
     nan = np.isnan(values)
     if nan.any():
@@ -407,9 +413,9 @@ def f32_to_bf16_bits(np: Any, values: Any) -> Any:
 
 def _decode(np: Any, raw: bytes, dtype: str, compute: str) -> Any:
     if dtype == "BF16":
-        values = bf16_bits_to_f32(np, np.frombuffer(raw, dtype="<u2"))
-    else:
-        values = np.frombuffer(raw, dtype={"F16": "<f2", "F32": "<f4", "F64": "<f8"}[dtype])
+        values = bf16_bits_to_f32(np, np.frombuffer(raw, dtype="<u2"))  # a fresh array already
+        return values if compute == "F32" else values.astype(np.float64)
+    values = np.frombuffer(raw, dtype={"F16": "<f2", "F32": "<f4", "F64": "<f8"}[dtype])
     return values.astype(np.float64 if compute == "F64" else np.float32, copy=True)
 
 
@@ -476,7 +482,9 @@ def _write_merged(
             w = _decode(np, raw, info.dtype, compute).reshape(stop - start, cols)
         # PEFT: delta = transpose(B @ A, fan_in_fan_out) * scaling; these are its rows start:stop
         d = (b @ a[:, start:stop]).T if delta.transposed else b[start:stop] @ a
-        w += d * delta.scaling
+        d *= delta.scaling  # PEFT's order: (B @ A) * scaling, then W + delta
+        w += d
+        del d
         dst.write(_encode(np, w, info.dtype))
 
 
