@@ -303,16 +303,16 @@ class Closer:
     __slots__ = ("_key",)
 
     def __init__(self, aclose: Callable[[], Coroutine[Any, Any, object]]) -> None:
-        with _STATE.lock:
-            self._key: int | None = next(_STATE.keys)
-            _STATE.open[self._key] = aclose
+        # No lock: a finalizer may run inside any allocation, also in a thread holding one.
+        # next(count), dict assignment and dict.pop are each atomic under the GIL.
+        self._key: int | None = next(_STATE.keys)
+        _STATE.open[self._key] = aclose
 
     def _take(self) -> Callable[[], Awaitable[object]] | None:
         key, self._key = self._key, None
         if key is None:
             return None
-        with _STATE.lock:
-            return _STATE.open.pop(key, None)
+        return _STATE.open.pop(key, None)
 
     @property
     def closed(self) -> bool:
@@ -342,8 +342,12 @@ def _at_exit() -> None:
     with state.lock:
         loop = state.loop
         state.stopped = True
-        remaining = list(state.open.values())
-        state.open.clear()
+    remaining = []
+    while True:
+        try:
+            remaining.append(state.open.popitem()[1])  # atomic: a racing close wins or misses
+        except KeyError:
+            break
     if loop is None or loop.is_closed():
         return
     thread = state.thread
