@@ -60,6 +60,7 @@ def completion_body(job: Job, model: str) -> dict[str, Any]:
                 "message": {
                     "role": "assistant",
                     "content": "".join(job.pieces),
+                    "reasoning": None,
                     "reasoning_content": None,
                     "tool_calls": [],
                 },
@@ -68,7 +69,11 @@ def completion_body(job: Job, model: str) -> dict[str, Any]:
                 "stop_reason": job.stop_reason,
             }
         ],
-        "usage": usage(job.prompt_tokens, len(job.pieces)),
+        "usage": {
+            **usage(job.prompt_tokens, len(job.pieces)),
+            "prompt_tokens_details": None,
+            "completion_tokens_details": None,
+        },
         "prompt_logprobs": None,
     }
 

@@ -164,7 +164,11 @@ def parse_request(raw: bytes, settings: EmulatorSettings, fields: FieldLog) -> C
     if model is not None and model != settings.served_model_name:
         if not isinstance(model, str):
             raise bad("model must be a string", "model")
-        raise RequestError(404, f"The model `{model}` does not exist.", param="model")
+        raise RequestError(
+            404,
+            f"The model `{model}` does not exist. Valid aliases: {settings.served_model_name}.",
+            param="model",
+        )
     p = merge_fields(body, settings, fields)
     system_texts, user_texts, images, tokens = read_messages(body.get("messages"))
     stream, include_usage, continuous = _stream_options(p)
