@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 
-from nim_async.catalog import KNOWN_IMAGES, BoxFormat, ImageSpec, box_format_for_model
+from nim_async.catalog import BoxFormat
 from nim_async.config import NIMConfig, NIMSamplingParams
 from nim_async.errors import (
     GuidedDecodingError,
@@ -40,6 +40,7 @@ from nim_async.http.client import ChatResponse, ServerClient, Transport
 from nim_async.http.retry import RetryPolicy
 from nim_async.predict.media import EncodedImage, load_image, validate_source
 from nim_async.predict.stream import AsyncPredictionStream
+from nim_async.predict.target import check_numbers, resolve_target
 from nim_async.protocol import wire
 from nim_async.protocol.geometry import smart_resize
 from nim_async.protocol.guided import check_guided_output
@@ -61,7 +62,6 @@ __all__ = [
 ]
 
 _DEFAULT_PARAMS = NIMSamplingParams()
-_BOX_FORMATS = ("norm1024", "qwen25-abs", "norm1000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,82 +95,6 @@ class _Exchange:
     def finish(self, result: StreamResult, timings: PredictionTimings) -> PredictionResponse:
         """Check and parse the accumulated stream."""
         return self._predictor._finish(self._call, result, timings)
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """Where and what to predict, resolved from the constructor's arguments."""
-
-    model_name: str
-    task_type: str
-    base_url: str
-    spec: ImageSpec
-    box_format: BoxFormat
-    system_prompt: str | None
-
-
-def _resolve_target(
-    model_name: str | None,
-    task_type: str | None,
-    port: int,
-    host: str,
-    base_url: str | None,
-    config: NIMConfig | None,
-    system_prompt: str | None,
-    box_format: BoxFormat | None,
-) -> _Target:
-    spec: ImageSpec | None = None
-    custom_weights = False
-    if config is not None:
-        model_name = model_name or config.served_model_name or config.image_name
-        base_url = base_url or config.base_url
-        spec = KNOWN_IMAGES.get(config.image_name)
-        custom_weights = config.run_id is not None or config.model_path is not None
-        if task_type is None or system_prompt is None:
-            metadata = _load_run_metadata(config)
-            if metadata is not None:
-                task_type = task_type or metadata.task_type
-                if system_prompt is None:
-                    system_prompt = metadata.system_prompt
-    if not model_name:
-        raise ValueError("model_name is required (or pass config=NIMConfig(...))")
-    if not task_type:
-        raise ValueError(
-            "task_type is required: 'phrase-grounding' or 'vqa' (custom-weights runs "
-            "without stored run metadata need it too)"
-        )
-    if box_format is not None and box_format not in _BOX_FORMATS:
-        raise ValueError(f"unknown box_format {box_format!r}")
-    if base_url is None:
-        if not 1 <= port <= 65535:
-            raise ValueError(f"port must be between 1 and 65535, got {port}")
-        shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        base_url = f"http://{shown}:{port}"
-    if box_format is None:
-        box_format = "norm1024" if custom_weights else box_format_for_model(model_name)
-    return _Target(
-        model_name=model_name,
-        task_type=task_type,
-        base_url=base_url.rstrip("/"),
-        spec=spec or KNOWN_IMAGES.get(model_name) or ImageSpec(model_name, (), (), "norm1024"),
-        box_format=box_format,
-        system_prompt=system_prompt,
-    )
-
-
-def _check_numbers(
-    dialect: str, timeout: float, max_connections: int, retries: int, max_pixels: int | None
-) -> None:
-    if dialect not in wire.DIALECTS:
-        raise ValueError(f"dialect must be one of {', '.join(map(repr, wire.DIALECTS))}")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be positive, got {timeout}")
-    if max_connections < 1:
-        raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-    if retries < 0:
-        raise ValueError(f"retries must be 0 or more, got {retries}")
-    if max_pixels is not None and max_pixels < 28 * 28:
-        raise ValueError(f"max_pixels must be at least {28 * 28}, got {max_pixels}")
 
 
 class AsyncNIMPredictor:
@@ -252,10 +176,10 @@ class AsyncNIMPredictor:
         transport: Transport | None = None,
         max_pixels: int | None = None,
     ) -> None:
-        target = _resolve_target(
+        target = resolve_target(
             model_name, task_type, port, host, base_url, config, system_prompt, box_format
         )
-        _check_numbers(dialect, timeout, max_connections, retries, max_pixels)
+        check_numbers(dialect, timeout, max_connections, retries, max_pixels)
         self._task: Task = get_task(target.task_type)
         self.model_name: str = target.model_name
         self.task_type: str = self._task.name
@@ -542,7 +466,11 @@ class AsyncNIMPredictor:
             try:
                 check_guided_output(text, call.params, finish_reason=finish_reason)
             except GuidedDecodingError as exc:
-                raise _with_advice(exc, call) from None
+                raise GuidedDecodingError(
+                    f"{exc} {call.wire.advice(call.constraint)}",
+                    raw_output=exc.raw_output,
+                    constraint=exc.constraint,
+                ) from None
         if call.custom:
             thinking, answer = split_thinking(text)
             return TextResponse(
@@ -571,36 +499,6 @@ class AsyncNIMPredictor:
 
 
 # --------------------------------------------------------------------------- helpers
-
-_DIALECT_USE = {
-    "openai": "dialect='openai' (structured_outputs / response_format: vLLM >= 0.10.2)",
-    "guided": "dialect='guided' (top-level guided_*: vLLM < 0.10.2)",
-    "nvext": "dialect='nvext' (nvext.guided_*: NIM 1.x)",
-}
-
-
-def _with_advice(error: GuidedDecodingError, call: _Call) -> GuidedDecodingError:
-    """The same error with advice that names where the constraint went and what else to try."""
-    sent = call.wire
-    others = [use for name, use in _DIALECT_USE.items() if name != sent.dialect]
-    advice = (
-        f" The constraint was sent as {sent.describe(call.constraint)} for {sent.server}. "
-        f"If the server is something else, pass {' or '.join(others)}; the default "
-        "dialect='auto' asks the server what it is."
-    )
-    fresh = GuidedDecodingError(
-        str(error) + advice, raw_output=error.raw_output, constraint=error.constraint
-    )
-    fresh.__cause__ = error.__cause__
-    return fresh
-
-
-def _load_run_metadata(config: NIMConfig) -> Any:
-    try:
-        from nim_async.deploy.weights import load_run_metadata
-    except ImportError:  # pragma: no cover - weights.py is part of the package
-        return None
-    return load_run_metadata(config)
 
 
 def _check_params(params: object) -> NIMSamplingParams | None:

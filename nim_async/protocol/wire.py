@@ -124,6 +124,22 @@ class WireFormat:
             return f"guided_{constraint.kind}"
         return f"structured_outputs.{constraint.kind}"
 
+    def advice(self, constraint: Constraint | None) -> str:
+        """Advice for a constraint the server ignored: where it went, which dialects to try."""
+        others = [use for name, use in _DIALECT_USE.items() if name != self.dialect]
+        return (
+            f"The constraint was sent as {self.describe(constraint)} for {self.server}. "
+            f"If the server is something else, pass {' or '.join(others)}; the default "
+            "dialect='auto' asks the server what it is."
+        )
+
+
+_DIALECT_USE = {
+    "openai": "dialect='openai' (structured_outputs / response_format: vLLM >= 0.10.2)",
+    "guided": "dialect='guided' (top-level guided_*: vLLM < 0.10.2)",
+    "nvext": "dialect='nvext' (nvext.guided_*: NIM 1.x)",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class ServerInfo:

@@ -1,0 +1,112 @@
+"""Resolve a predictor's target (model, task, URL, box format) from its arguments (no IO).
+
+A :class:`~nim_async.config.NIMConfig` supplies the model name, URL and image spec; custom-weights
+runs supply the task type and system prompt from their stored run metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nim_async.catalog import KNOWN_IMAGES, BoxFormat, ImageSpec, box_format_for_model
+from nim_async.config import NIMConfig
+from nim_async.protocol import wire
+
+__all__ = ["Target", "check_numbers", "resolve_target"]
+
+_BOX_FORMATS = ("norm1024", "qwen25-abs", "norm1000")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where and what to predict, resolved from the constructor's arguments."""
+
+    model_name: str
+    task_type: str
+    base_url: str
+    spec: ImageSpec
+    box_format: BoxFormat
+    system_prompt: str | None
+
+
+def resolve_target(
+    model_name: str | None,
+    task_type: str | None,
+    port: int,
+    host: str,
+    base_url: str | None,
+    config: NIMConfig | None,
+    system_prompt: str | None,
+    box_format: BoxFormat | None,
+) -> Target:
+    """Resolve where and what to predict from the predictor's arguments (see its docstring).
+
+    Raises:
+        ValueError: a missing model name or task type, a bad port or box format.
+    """
+    spec: ImageSpec | None = None
+    custom_weights = False
+    if config is not None:
+        model_name = model_name or config.served_model_name or config.image_name
+        base_url = base_url or config.base_url
+        spec = KNOWN_IMAGES.get(config.image_name)
+        custom_weights = config.run_id is not None or config.model_path is not None
+        if task_type is None or system_prompt is None:
+            metadata = _load_run_metadata(config)
+            if metadata is not None:
+                task_type = task_type or metadata.task_type
+                if system_prompt is None:
+                    system_prompt = metadata.system_prompt
+    if not model_name:
+        raise ValueError("model_name is required (or pass config=NIMConfig(...))")
+    if not task_type:
+        raise ValueError(
+            "task_type is required: 'phrase-grounding' or 'vqa' (custom-weights runs "
+            "without stored run metadata need it too)"
+        )
+    if box_format is not None and box_format not in _BOX_FORMATS:
+        raise ValueError(f"unknown box_format {box_format!r}")
+    if base_url is None:
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port must be between 1 and 65535, got {port}")
+        shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        base_url = f"http://{shown}:{port}"
+    if box_format is None:
+        box_format = "norm1024" if custom_weights else box_format_for_model(model_name)
+    return Target(
+        model_name=model_name,
+        task_type=task_type,
+        base_url=base_url.rstrip("/"),
+        spec=spec or KNOWN_IMAGES.get(model_name) or ImageSpec(model_name, (), (), "norm1024"),
+        box_format=box_format,
+        system_prompt=system_prompt,
+    )
+
+
+def check_numbers(
+    dialect: str, timeout: float, max_connections: int, retries: int, max_pixels: int | None
+) -> None:
+    """Check the predictor's numeric and dialect arguments.
+
+    Raises:
+        ValueError: naming the offending argument.
+    """
+    if dialect not in wire.DIALECTS:
+        raise ValueError(f"dialect must be one of {', '.join(map(repr, wire.DIALECTS))}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+    if retries < 0:
+        raise ValueError(f"retries must be 0 or more, got {retries}")
+    if max_pixels is not None and max_pixels < 28 * 28:
+        raise ValueError(f"max_pixels must be at least {28 * 28}, got {max_pixels}")
+
+
+def _load_run_metadata(config: NIMConfig) -> Any:
+    try:
+        from nim_async.deploy.weights import load_run_metadata
+    except ImportError:  # pragma: no cover - weights.py is part of the package
+        return None
+    return load_run_metadata(config)
