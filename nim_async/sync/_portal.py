@@ -73,7 +73,7 @@ class _Loop:
             RuntimeError: after the exit hook stopped it (the interpreter is exiting).
         """
         loop = self.loop
-        if loop is not None:
+        if loop is not None and not self.stopped:
             return loop
         with self.lock:
             if self.stopped:
