@@ -104,7 +104,8 @@ class PredictionResponse(BaseModel):
     """Fields every prediction response carries.
 
     Attributes:
-        task_type: The task that produced it (``"phrase-grounding"``, ``"vqa"``).
+        task_type: The task that produced it (``"phrase-grounding"``, ``"vqa"``, ``"freeform"``,
+            ``"video-freeform"``, ``"generic"``).
         model: The served model name that answered.
         prompt: The user prompt that was sent.
         raw_output: The full text the model produced, reasoning included.
