@@ -369,3 +369,29 @@ for i, token in enumerate(p(source="image.jpg", stream=True,
     assert ended.stderr.rstrip().splitlines()[-1] == "KeyboardInterrupt"
     assert "Unclosed" not in ended.stderr
     assert "Exception ignored" not in ended.stderr
+
+
+async def test_abandoned_generators(start_emulator: Any, tmp_path: Path) -> None:
+    # Left mid-way: one by break (closed at once), the others never closed (collected or left
+    # to the exit), while their requests are still in flight.
+    async with start_emulator(itl_ms=5) as emu:
+        ended = await run_script(
+            PRELUDE.format(port=emu.port)
+            + """
+import itertools
+from nim_async import NIMPredictor, NIMSamplingParams
+p = NIMPredictor("cosmos-reason1-7b", "vqa", port=PORT)
+long = NIMSamplingParams(max_tokens=2000)
+for token in p(source="image.jpg", stream=True, sampling_params=long):
+    break
+kept = p(source="image.jpg", stream=True, sampling_params=long)
+next(kept)
+batch = p.predict_many(itertools.repeat("image.jpg"), concurrency=4)
+next(batch)
+next(p.predict_many(itertools.repeat("image.jpg"), concurrency=4))
+print("done")
+""",
+            tmp_path,
+        )
+    _ok(ended)
+    assert ended.stdout.strip() == "done"
