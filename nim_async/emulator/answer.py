@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from nim_async.emulator import guided
 from nim_async.emulator.constraints import Constraint
+from nim_async.emulator.grammar import grammar_output
 from nim_async.emulator.rejection import bad
 from nim_async.emulator.responder import detect_task, grounding_output, render_json, vqa_output
 from nim_async.emulator.scene import Scene
@@ -146,7 +147,7 @@ def answer_text(
     elif constraint[0] == "choice":
         text = guided.choose(constraint[1], [answer, natural], rng)
     elif constraint[0] == "grammar":
-        text = guided.grammar_output(constraint[1]) or ""
+        text = grammar_output(constraint[1]) or ""
     else:  # regex
         try:
             text = guided.regex_output(constraint[1], [answer, natural], rng)

@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from nim_async.emulator import guided
+from nim_async.emulator.grammar import grammar_output
 from nim_async.emulator.rejection import bad
 
 __all__ = ["GUIDED_FIELDS", "Constraint", "find_constraint"]
@@ -144,7 +145,7 @@ def _checked(kind: str, value: Any, *, param: str) -> Constraint | None:
     elif kind == "grammar":
         if not isinstance(value, str):
             raise bad("guided_grammar must be a string", param)
-        if guided.grammar_output(value) is None:
+        if grammar_output(value) is None:
             log.info("emulator: guided_grammar is accepted but not enforced by the emulator")
             return None
     elif kind == "structural_tag":

@@ -6,7 +6,6 @@ No IO. Unsupported constraints raise :class:`GuidedError` (the server answers 40
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import random
 import re
@@ -17,7 +16,6 @@ __all__ = [
     "GuidedError",
     "check_regex",
     "choose",
-    "grammar_output",
     "regex_output",
     "schema_instance",
     "schema_task_key",
@@ -272,8 +270,12 @@ def schema_instance(
         return "emulated"
     if not isinstance(schema, dict):
         raise GuidedError("guided_json schema must be an object")
+
+    def sub(part: Any) -> Any:
+        return schema_instance(part, rng, root=root, depth=depth + 1)
+
     if "$ref" in schema:
-        return schema_instance(_resolve(str(schema["$ref"]), root), rng, root=root, depth=depth + 1)
+        return sub(_resolve(str(schema["$ref"]), root))
     if "const" in schema:
         return schema["const"]
     if isinstance(schema.get("enum"), list) and schema["enum"]:
@@ -282,60 +284,16 @@ def schema_instance(
         options = schema.get(key)
         if isinstance(options, list) and options:
             non_null = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
-            return schema_instance((non_null or options)[0], rng, root=root, depth=depth + 1)
+            return sub((non_null or options)[0])
     if isinstance(schema.get("allOf"), list):
-        merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
-        for part in schema["allOf"]:
-            if isinstance(part, dict):
-                for k, v in part.items():
-                    if k == "properties" and isinstance(v, dict):
-                        merged.setdefault("properties", {}).update(v)
-                    elif k == "required" and isinstance(v, list):
-                        merged["required"] = [*merged.get("required", []), *v]
-                    else:
-                        merged.setdefault(k, v)
-        return schema_instance(merged, rng, root=root, depth=depth + 1)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), kind[0] if kind else None)
-    if kind is None:
-        if "properties" in schema:
-            kind = "object"
-        elif "items" in schema or "prefixItems" in schema:
-            kind = "array"
-        else:
-            kind = "string"
+        return sub(_merge_all_of(schema))
+    kind = _kind(schema)
     if kind == "object":
-        props = schema.get("properties") or {}
-        return {
-            str(k): schema_instance(v, rng, root=root, depth=depth + 1) for k, v in props.items()
-        }
+        return {str(k): sub(v) for k, v in (schema.get("properties") or {}).items()}
     if kind == "array":
-        prefix = schema.get("prefixItems") or []
-        items = schema.get("items", {})
-        lo = int(schema.get("minItems", 1))
-        hi = schema.get("maxItems")
-        n = max(lo, len(prefix), 1)
-        if hi is not None:
-            n = min(n, int(hi))
-        out: list[Any] = []
-        for i in range(n):
-            sub = prefix[i] if i < len(prefix) else items
-            out.append(schema_instance(sub, rng, root=root, depth=depth + 1))
-        return out
+        return _array(schema, sub)
     if kind == "string":
-        if isinstance(schema.get("pattern"), str):
-            return regex_output(schema["pattern"], [], rng)
-        if schema.get("format") in _FORMATS:
-            return _FORMATS[str(schema["format"])]
-        text = "emulated" if rng is None else rng.choice(("emulated", "emulator", "sample"))
-        lo = int(schema.get("minLength", 0))
-        hi = schema.get("maxLength")
-        if len(text) < lo:
-            text = text + "x" * (lo - len(text))
-        if hi is not None:
-            text = text[: int(hi)]
-        return text
+        return _string(schema, rng)
     if kind in ("integer", "number"):
         return _number(schema, integer=kind == "integer")
     if kind == "boolean":
@@ -343,6 +301,57 @@ def schema_instance(
     if kind == "null":
         return None
     raise GuidedError(f"guided_json type {kind!r} is not supported by the emulator")
+
+
+def _merge_all_of(schema: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
+    for part in schema["allOf"]:
+        if not isinstance(part, dict):
+            continue
+        for k, v in part.items():
+            if k == "properties" and isinstance(v, dict):
+                merged.setdefault("properties", {}).update(v)
+            elif k == "required" and isinstance(v, list):
+                merged["required"] = [*merged.get("required", []), *v]
+            else:
+                merged.setdefault(k, v)
+    return merged
+
+
+def _kind(schema: dict[str, Any]) -> Any:
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), kind[0] if kind else None)
+    if kind is not None:
+        return kind
+    if "properties" in schema:
+        return "object"
+    if "items" in schema or "prefixItems" in schema:
+        return "array"
+    return "string"
+
+
+def _array(schema: dict[str, Any], sub: Any) -> list[Any]:
+    prefix = schema.get("prefixItems") or []
+    items = schema.get("items", {})
+    n = max(int(schema.get("minItems", 1)), len(prefix), 1)
+    if schema.get("maxItems") is not None:
+        n = min(n, int(schema["maxItems"]))
+    return [sub(prefix[i] if i < len(prefix) else items) for i in range(n)]
+
+
+def _string(schema: dict[str, Any], rng: random.Random | None) -> str:
+    if isinstance(schema.get("pattern"), str):
+        return regex_output(schema["pattern"], [], rng)
+    if schema.get("format") in _FORMATS:
+        return _FORMATS[str(schema["format"])]
+    text = "emulated" if rng is None else rng.choice(("emulated", "emulator", "sample"))
+    lo = int(schema.get("minLength", 0))
+    if len(text) < lo:
+        text = text + "x" * (lo - len(text))
+    if schema.get("maxLength") is not None:
+        text = text[: int(schema["maxLength"])]
+    return text
 
 
 def _number(schema: dict[str, Any], *, integer: bool) -> int | float:
@@ -365,138 +374,3 @@ def _number(schema: dict[str, Any], *, integer: bool) -> int | float:
     if integer:
         return round(value)
     return value
-
-
-_GRAMMAR_TOKEN = re.compile(
-    r"""\s+|\#[^\n]*|(?P<def>::=)|(?P<name>[A-Za-z_][\w-]*)|(?P<lit>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')"""
-    r"""|(?P<cls>\[(?:\\.|[^\]\\])*\])|(?P<op>[|()?*+])""",
-)
-
-
-def _grammar_tokens(text: str) -> list[tuple[str, str]] | None:
-    out: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(text):
-        m = _GRAMMAR_TOKEN.match(text, pos)
-        if m is None:
-            return None
-        pos = m.end()
-        if m.lastgroup is not None:
-            out.append((m.lastgroup, m.group(m.lastgroup)))
-    return out
-
-
-def _grammar_rules(tokens: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]] | None:
-    rules: dict[str, list[tuple[str, str]]] = {}
-    current: list[tuple[str, str]] | None = None
-    for i, tok in enumerate(tokens):
-        if tok[0] == "name" and i + 1 < len(tokens) and tokens[i + 1][0] == "def":
-            current = rules.setdefault(tok[1], [])
-        elif tok[0] == "def":
-            continue
-        elif current is None:
-            return None
-        else:
-            current.append(tok)
-    return rules
-
-
-def _literal(tok: str) -> str:
-    body = tok[1:-1]
-    if tok[0] == "'":
-        body = body.replace('"', '\\"').replace("\\'", "'")
-    return str(json.loads(f'"{body}"'))
-
-
-def _class_char(tok: str) -> str | None:
-    body = tok[1:-1]
-    if not body or body[0] == "^":
-        return None
-    if body[0] == "\\" and len(body) > 1:
-        return {"n": "\n", "t": "\t"}.get(body[1], body[1])
-    return body[0]
-
-
-class _GrammarGen:
-    """Shortest-derivation generator over a small EBNF/GBNF subset (for the emulator)."""
-
-    def __init__(self, rules: dict[str, list[tuple[str, str]]]) -> None:
-        self.rules = rules
-
-    def alternatives(self, toks: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
-        alts: list[list[tuple[str, str]]] = [[]]
-        depth = 0
-        for tok in toks:
-            if tok == ("op", "(") or tok == ("op", ")"):
-                depth += 1 if tok[1] == "(" else -1
-            if tok == ("op", "|") and depth == 0:
-                alts.append([])
-            else:
-                alts[-1].append(tok)
-        return alts
-
-    def expr(self, toks: list[tuple[str, str]], depth: int) -> str | None:
-        for alt in self.alternatives(toks):
-            out = self.sequence(alt, depth)
-            if out is not None:
-                return out
-        return None
-
-    def sequence(self, toks: list[tuple[str, str]], depth: int) -> str | None:
-        if depth > 24:
-            return None
-        out: list[str] = []
-        i = 0
-        while i < len(toks):
-            kind, val = toks[i]
-            group: list[tuple[str, str]] | None = None
-            if (kind, val) == ("op", "("):
-                level, j = 1, i + 1
-                while j < len(toks) and level:
-                    if toks[j][0] == "op":
-                        level += {"(": 1, ")": -1}.get(toks[j][1], 0)
-                    j += 1
-                group, i = toks[i + 1 : j - 1], j
-            elif kind in ("lit", "cls", "name"):
-                i += 1
-            else:
-                return None
-            rep = toks[i][1] if i < len(toks) and toks[i][0] == "op" and toks[i][1] in "?*+" else ""
-            i += 1 if rep else 0
-            if rep in ("?", "*"):
-                continue
-            text = self.expr(group, depth + 1) if group is not None else self.atom(kind, val, depth)
-            if text is None:
-                return None
-            out.append(text)
-        return "".join(out)
-
-    def atom(self, kind: str, val: str, depth: int) -> str | None:
-        if kind == "lit":
-            return _literal(val)
-        if kind == "cls":
-            return _class_char(val)
-        rule = self.rules.get(val)
-        return None if rule is None else self.expr(rule, depth + 1)
-
-
-def grammar_output(grammar: str) -> str | None:
-    """Return a string the EBNF / GBNF ``grammar`` (start rule ``root``) derives, if simple.
-
-    The subset: ``name ::= ...`` rules, quoted literals, ``[...]`` classes, rule references,
-    groups, ``|`` and the ``? * +`` quantifiers (the shortest derivation is taken).
-
-    Args:
-        grammar: The grammar text.
-
-    Returns:
-        A derived string, or None when the grammar is outside the subset.
-    """
-    tokens = _grammar_tokens(grammar)
-    rules = _grammar_rules(tokens) if tokens else None
-    if not rules or "root" not in rules:
-        return None
-    try:
-        return _GrammarGen(rules).expr(rules["root"], 0)
-    except (ValueError, RecursionError):
-        return None
