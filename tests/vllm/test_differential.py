@@ -317,3 +317,59 @@ async def test_endpoints_and_metric_names(three):
     ):
         assert name in real_names, name
         assert name in emu_names, name
+
+
+def _png(size: tuple[int, int]) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, "white").save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(320, 240), (20, 15), (10, 900), (1000, 700), (5000, 30), (56, 56)],
+    ids=lambda s: f"{s[0]}x{s[1]}",
+)
+async def test_image_tokens_match_vllms_processor(three, vllm_server, size):
+    # The emulator's own resize rule against the real Qwen2.5-VL processor: prompt tokens with
+    # the image minus without it (the image's pad tokens plus its two vision markers).
+    real, default, _ = SERVERS
+    text = {"type": "text", "text": "hi"}
+    image = {"type": "image_url", "image_url": {"url": _png(size)}}
+    deltas = {}
+    for s in (real, default):
+        counts = []
+        for content in ([image, text], [text]):
+            body = {
+                "model": vllm_server.model,
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": 1,
+            }
+            r = await three[s].post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            counts.append(r.json()["usage"]["prompt_tokens"])
+        deltas[s] = counts[0] - counts[1]
+    assert deltas[default] == deltas[real], deltas
+
+
+async def test_aspect_ratio_over_200_is_refused_by_both(three, vllm_server):
+    real, default, _ = SERVERS
+    body = {
+        "model": vllm_server.model,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": _png((3000, 10))}}],
+            }
+        ],
+        "max_tokens": 1,
+    }
+    got = {s: await three[s].post("/v1/chat/completions", json=body) for s in (real, default)}
+    assert got[default].status_code == got[real].status_code == 400, {
+        s: r.text[:300] for s, r in got.items()
+    }
