@@ -34,6 +34,7 @@ from pathlib import Path
 
 from nim_async.config import NIMConfig
 from nim_async.deploy.events import EventSink, Notice, resolve_sink
+from nim_async.deploy.lora import require_merge_support
 from nim_async.deploy.weights.archive import (
     MARKER_NAME,
     install_archive,
@@ -108,13 +109,22 @@ async def prepare_weights(
     """
     if config.run_id is None and config.model_path is None:
         return None
+    if config.merge_adapter:
+        require_merge_support()  # before any download: names pip install 'nim-async[merge]'
     sink = resolve_sink(quiet=quiet, on_event=on_event)
     if config.run_id is not None:
         root = await _ensure_vi_model(config, sink)
     else:
         assert config.model_path is not None
         root = await asyncio.to_thread(local_model_dir, config.model_path)
-    return await asyncio.to_thread(inspect_model, root, config.image_name, sink)
+    return await asyncio.to_thread(
+        inspect_model,
+        root,
+        config.image_name,
+        sink,
+        merge_adapter=config.merge_adapter,
+        overwrite=config.overwrite,
+    )
 
 
 def load_run_metadata(config: NIMConfig) -> RunMetadata | None:

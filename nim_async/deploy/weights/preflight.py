@@ -20,6 +20,7 @@ import orjson
 
 from nim_async.catalog import KNOWN_IMAGES
 from nim_async.deploy.events import EventSink, Level, Notice
+from nim_async.deploy.lora import merge_for_deploy
 from nim_async.errors import InvalidConfigError, ModelIncompatibilityError
 
 __all__ = [
@@ -48,7 +49,8 @@ _NOT_WEIGHTS = ("training_args", "optimizer", "scheduler", "rng_state", "adapter
 LORA_WARNING = (
     "This checkpoint holds a LoRA/PEFT adapter as well as full weights. NVIDIA NIM does not "
     "support PEFT adapters: it serves the full base model weights only, and the adapter "
-    "weights are not used."
+    "weights are not used. Set NIMConfig(merge_adapter=True) (nim-async deploy "
+    "--merge-adapter) to merge the adapter into the weights and serve the fine-tune."
 )
 
 
@@ -242,13 +244,24 @@ def is_complete(root: Path) -> bool:
     return full is not None and _has_full_weights(full)
 
 
-def inspect_model(root: Path, image_name: str, on_event: EventSink | None = None) -> PreparedModel:
+def inspect_model(
+    root: Path,
+    image_name: str,
+    on_event: EventSink | None = None,
+    *,
+    merge_adapter: bool = False,
+    overwrite: bool = False,
+) -> PreparedModel:
     """Run the compatibility pre-flight on a model directory and describe it for mounting.
 
     Args:
         root: A run folder or a model directory.
         image_name: The NIM image that is to serve it (a key of ``KNOWN_IMAGES``).
-        on_event: Receives the warning about an adapter NIM will not use.
+        on_event: Receives the warning about an adapter NIM will not use (or the merge's
+            progress).
+        merge_adapter: Merge an adapter into the weights and mount the merged checkpoint
+            (:func:`nim_async.deploy.lora.merge_for_deploy`, cached in the run folder).
+        overwrite: Rebuild a cached merged checkpoint.
 
     Raises:
         ModelIncompatibilityError: if the image cannot serve the model.
@@ -284,12 +297,17 @@ def inspect_model(root: Path, image_name: str, on_event: EventSink | None = None
     _check_architecture(model_config, image_name)
 
     has_adapter = adapter is not None
-    if has_adapter:
+    host_dir = full
+    if adapter is not None and merge_adapter:
+        host_dir = merge_for_deploy(
+            root, full, adapter, image_name=image_name, overwrite=overwrite, on_event=on_event
+        )
+    elif has_adapter:
         logger.warning("%s (%s)", LORA_WARNING, adapter)
         if on_event is not None:
             on_event(Notice(LORA_WARNING, Level.WARNING))
     return PreparedModel(
-        host_dir=full,
+        host_dir=host_dir,
         container_dir=CONTAINER_MODEL_DIR,
         run_metadata=read_run_metadata(root),
         has_adapter=has_adapter,
