@@ -25,7 +25,14 @@ from nim_async.http.transport import AiohttpTransport
 from nim_async.protocol.status import error_for_status, retry_after_seconds
 from nim_async.protocol.wire import ServerInfo
 
-__all__ = ["CHAT_PATH", "HEALTH_PATHS", "ChatResponse", "ServerClient", "Transport"]
+__all__ = [
+    "CHAT_PATH",
+    "HEALTH_PATHS",
+    "MAX_DOWNLOAD_BYTES",
+    "ChatResponse",
+    "ServerClient",
+    "Transport",
+]
 
 Transport = httpx.AsyncBaseTransport
 """The transport type a :class:`ServerClient` (and the predictor) accepts."""
@@ -34,7 +41,8 @@ CHAT_PATH = "/v1/chat/completions"
 HEALTH_PATHS = ("/v1/health/ready", "/health")
 """Readiness endpoints: NIM's, then vLLM's."""
 
-_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+"""The largest image download accepted (bytes)."""
 
 
 class _NoCookies(http.cookiejar.CookieJar):
@@ -80,11 +88,8 @@ class ChatResponse:
         finally:
             await self._response.aclose()
 
-    async def next_chunk(self, partial_text: str = "") -> bytes | None:
+    async def next_chunk(self) -> bytes | None:
         """The next bytes of the body as they arrived, or ``None`` at its end.
-
-        Args:
-            partial_text: Content decoded so far, carried by a ``StreamError`` if the read fails.
 
         Raises:
             PredictionTimeoutError: no bytes arrived within the timeout.
@@ -101,7 +106,6 @@ class ChatResponse:
                 phase="read",
                 timeout=self._timeout,
                 what="streaming",
-                partial_text=partial_text,
             ) from exc
 
     async def aclose(self) -> None:
@@ -335,7 +339,7 @@ class ServerClient:
             return {}
         return value if isinstance(value, dict) else {}
 
-    async def fetch(self, url: str, *, max_bytes: int = _MAX_DOWNLOAD_BYTES) -> bytes:
+    async def fetch(self, url: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
         """Download ``url`` (an image) with the pooled client.
 
         Raises:

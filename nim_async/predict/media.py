@@ -35,6 +35,7 @@ from typing import IO, Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nim_async.errors import MediaError
+from nim_async.http.client import MAX_DOWNLOAD_BYTES
 from nim_async.protocol.geometry import fit_within_budget
 
 __all__ = [
@@ -55,7 +56,6 @@ SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BM
 
 _PASS_THROUGH = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _LOSSLESS = {"PNG", "GIF", "BMP", "TIFF"}
-_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 _ORIENTATION_TAG = 0x0112
 
 FetchFn = Callable[[str], Awaitable[bytes]]
@@ -200,9 +200,9 @@ async def load_image(
             raise MediaError("no HTTP client to fetch image URLs with", source=desc)
         downloaded = await fetch(source)
         payload = downloaded
-        if len(downloaded) > _MAX_DOWNLOAD_BYTES:
+        if len(downloaded) > MAX_DOWNLOAD_BYTES:
             raise MediaError(
-                f"image at {desc} is larger than {_MAX_DOWNLOAD_BYTES} bytes", source=desc
+                f"image at {desc} is larger than {MAX_DOWNLOAD_BYTES} bytes", source=desc
             )
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_executor(), encode_image, payload, max_pixels, desc)

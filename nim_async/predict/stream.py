@@ -165,7 +165,7 @@ class AsyncPredictionStream:
         acc = self._acc
         try:
             while True:
-                chunk = await response.next_chunk(acc.text)
+                chunk = await response.next_chunk()
                 if chunk is None:
                     tokens = acc.feed(self._decoder.close())
                     self._stamp(tokens)
@@ -178,6 +178,8 @@ class AsyncPredictionStream:
                     self._stamp(tokens)
                     return tokens
         except NIMPredictionError as exc:
+            if isinstance(exc, StreamError) and not exc.partial_text:
+                exc.partial_text = acc.text  # joined only on failure, never per chunk
             await self._fail(exc)
             raise
 
