@@ -209,6 +209,18 @@ def _client_figures(result: LoadResult, point: dict[str, Any]) -> dict[str, Any]
     }
 
 
+def _headroom(point: dict[str, Any], ceiling: float | None) -> dict[str, Any]:
+    """The client's ceiling against the measured token rate, and whether it bounded the run."""
+    if ceiling is None or not point["output_token_throughput"] > 0:
+        return {"ceiling_tokens_per_s": ceiling, "headroom": None, "client_bound": None}
+    headroom = ceiling / point["output_token_throughput"]
+    return {
+        "ceiling_tokens_per_s": ceiling,
+        "headroom": headroom,
+        "client_bound": headroom < CLIENT_BOUND_HEADROOM,
+    }
+
+
 async def _self_check(
     args: argparse.Namespace, images: list[BenchImage], console: BenchOutput
 ) -> float | None:
@@ -288,16 +300,7 @@ async def _run_points(
             point["url"] = url
             point["max_tokens"] = args.max_tokens
             point["arrival"] = args.arrival if rate is not None else None
-            point["client"] = _client_figures(result, point)
-            if ceiling is not None and point["output_token_throughput"] > 0:
-                headroom = ceiling / point["output_token_throughput"]
-                point["client"]["ceiling_tokens_per_s"] = ceiling
-                point["client"]["headroom"] = headroom
-                point["client"]["client_bound"] = headroom < CLIENT_BOUND_HEADROOM
-            else:
-                point["client"].update(
-                    ceiling_tokens_per_s=ceiling, headroom=None, client_bound=None
-                )
+            point["client"] = _client_figures(result, point) | _headroom(point, ceiling)
             point["server"] = server_deltas(before, after)
             points.append(point)
             labels = {"concurrency": concurrency, "request_rate": rate}

@@ -121,23 +121,43 @@ async def run_demo(
         NIMError: when the server cannot be reached or answers with an error.
         ValueError: when ``image`` cannot be read or ``out`` cannot be written.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
     from rich.console import Console
-    from rich.panel import Panel
-    from rich.table import Table
 
-    from nim_async.predict.predictor import AsyncNIMPredictor
     from nim_async.results import PhraseGroundingResponse
 
     console = console or Console(highlight=False)
-    if image is not None:
+    picture = _picture(image)
+    emulated = url is None
+    grounding, answer = await _predict(console, url, model, question, picture)
+    _print_results(console, grounding, answer, question, emulated=emulated)
+    if isinstance(grounding, PhraseGroundingResponse):
         try:
-            with Image.open(image) as opened:
-                picture = ImageOps.exif_transpose(opened).convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise ValueError(f"cannot read image {image}: {exc}") from None
-    else:
-        picture = sample_image()
+            grounding.draw(picture).save(out)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot write {out}: {exc}") from None
+        console.print(f"Annotated image written to [bold]{out}[/]")
+    return 0
+
+
+def _picture(image: Path | None) -> Image.Image:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if image is None:
+        return sample_image()
+    try:
+        with Image.open(image) as opened:
+            return ImageOps.exif_transpose(opened).convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"cannot read image {image}: {exc}") from None
+
+
+async def _predict(
+    console: Console, url: str | None, model: str, question: str, picture: Image.Image
+) -> tuple[PredictionResponse, PredictionResponse]:
+    """Grounding (streamed to the console) and VQA, on the emulator when ``url`` is None."""
+    from rich.panel import Panel
+
+    from nim_async.predict.predictor import AsyncNIMPredictor
 
     async with contextlib.AsyncExitStack() as stack:
         emulated = url is None
@@ -151,7 +171,6 @@ async def run_demo(
             console.print(Panel(EMULATOR_NOTICE.format(url=url), title="nim-async demo"))
         else:
             console.print(f"Using the NIM at [bold]{url}[/]")
-
         grounder = await stack.enter_async_context(
             AsyncNIMPredictor(model_name=model, task_type="phrase-grounding", base_url=url)
         )
@@ -168,6 +187,20 @@ async def run_demo(
         console.file.write("\n")
         console.rule(f"VQA — {question}")
         answer = await answerer(picture, user_prompt=question)
+    return grounding, answer
+
+
+def _print_results(
+    console: Console,
+    grounding: PredictionResponse,
+    answer: PredictionResponse,
+    question: str,
+    *,
+    emulated: bool,
+) -> None:
+    from rich.table import Table
+
+    from nim_async.results import PhraseGroundingResponse
 
     title = "Results (from the emulator, not a model)" if emulated else "Results"
     summary = Table(title=title)
@@ -179,14 +212,6 @@ async def run_demo(
     summary.add_row("vqa", question, str(answer.plain_result))
     console.print(summary)
     render_response(console, grounding)
-
-    if isinstance(grounding, PhraseGroundingResponse):
-        try:
-            grounding.draw(picture).save(out)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot write {out}: {exc}") from None
-        console.print(f"Annotated image written to [bold]{out}[/]")
-    return 0
 
 
 async def demo(args: argparse.Namespace) -> int:

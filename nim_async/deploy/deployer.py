@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import anyio
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from nim_async.config import NIMConfig
 from nim_async.deploy.docker import DockerClient, RegistryAuth
@@ -46,14 +46,13 @@ from nim_async.deploy.events import (
 from nim_async.deploy.spec import (
     CONFIG_HASH_LABEL,
     CONTAINER_PORT,
-    LABEL_PREFIX,
     MANAGED_LABEL,
     ModelMount,
     container_spec,
-    describe_state,
     env_value,
     published_port,
 )
+from nim_async.deploy.status import ContainerStatus, status_from_inspect, status_from_summary
 from nim_async.errors import (
     ContainerExistsError,
     ContainerExitedError,
@@ -76,34 +75,6 @@ __all__ = [
 
 REGISTRY_USER = "$oauthtoken"
 LOG_TAIL = 50
-
-
-class ContainerStatus(BaseModel):
-    """One container managed by ``nim_async`` (as listed by ``nim-async ps``).
-
-    Attributes:
-        name: Container name.
-        container_id: Full container id.
-        image: Image reference.
-        state: Engine state (``running``, ``exited``, ...).
-        status: Human-readable status (``Up 3 minutes``).
-        host: Host address the NIM port is published on.
-        port: Host port of the NIM.
-        served_model_name: ``NIM_SERVED_MODEL_NAME`` it was started with, if any.
-        config_hash: Hash of the settings it was started with.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    container_id: str
-    image: str
-    state: str
-    status: str
-    host: str | None = None
-    port: int | None = None
-    served_model_name: str | None = None
-    config_hash: str | None = None
 
 
 class DeployTimings(BaseModel):
@@ -515,20 +486,7 @@ class AsyncNIMDeployer:
             info = await docker.inspect_container(container_name)
         if info is None:
             return None
-        state = info.get("State") or {}
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        host, port = published_port(info)
-        return ContainerStatus(
-            name=str(info.get("Name", "")).lstrip("/"),
-            container_id=str(info.get("Id", "")),
-            image=str((info.get("Config") or {}).get("Image", "")),
-            state=str(state.get("Status", "")),
-            status=describe_state(state),
-            host=host,
-            port=port,
-            served_model_name=env_value(info, "NIM_SERVED_MODEL_NAME"),
-            config_hash=labels.get(CONFIG_HASH_LABEL),
-        )
+        return status_from_inspect(info)
 
     @classmethod
     async def list(cls) -> builtins.list[ContainerStatus]:
@@ -542,26 +500,4 @@ class AsyncNIMDeployer:
         """
         async with DockerClient() as docker:
             summaries = await docker.list_containers(labels={MANAGED_LABEL: "true"})
-        statuses = []
-        for item in summaries:
-            labels = item.get("Labels") or {}
-            host = port = None
-            for binding in item.get("Ports") or []:
-                if binding.get("PrivatePort") == CONTAINER_PORT and binding.get("PublicPort"):
-                    host, port = binding.get("IP"), int(binding["PublicPort"])
-                    break
-            names = item.get("Names") or []
-            statuses.append(
-                ContainerStatus(
-                    name=str(names[0]).lstrip("/") if names else str(item.get("Id", ""))[:12],
-                    container_id=str(item.get("Id", "")),
-                    image=str(item.get("Image", "")),
-                    state=str(item.get("State", "")),
-                    status=str(item.get("Status", "")),
-                    host=host,
-                    port=port,
-                    served_model_name=labels.get(f"{LABEL_PREFIX}served_model_name"),
-                    config_hash=labels.get(CONFIG_HASH_LABEL),
-                )
-            )
-        return statuses
+        return [status_from_summary(item) for item in summaries]

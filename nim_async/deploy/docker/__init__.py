@@ -2,7 +2,8 @@
 
 Every Docker engine call the deployer and the emulator-image builder make goes through
 :class:`DockerClient`, which translates ``aiodocker`` / ``aiohttp`` failures into
-:mod:`nim_async.errors` types at the point where they enter (``raise X(...) from exc``):
+:mod:`nim_async.errors` types at the point where they enter (``raise X(...) from exc``,
+:mod:`nim_async.deploy.docker.errors`):
 
 * daemon not reachable → :class:`~nim_async.errors.DockerUnavailableError` (naming ``DOCKER_HOST``)
 * registry refused the credentials → :class:`~nim_async.errors.RegistryAuthError`
@@ -19,31 +20,19 @@ Registry passwords given to this module are scrubbed from every message it raise
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import re
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any, Self
 
 import aiodocker
 import aiohttp
 import orjson
-from pydantic import SecretStr
 
-from nim_async.errors import (
-    APIError,
-    ContainerExistsError,
-    DockerUnavailableError,
-    GPURuntimeError,
-    ImagePullError,
-    NIMDeploymentError,
-    PortInUseError,
-    RegistryAuthError,
-)
+from nim_async.deploy.docker.errors import DEFAULT_DOCKER_HOST, docker_host, translate, unavailable
+from nim_async.deploy.docker.registry import RegistryAuth, split_ref
+from nim_async.errors import APIError, ImagePullError, RegistryAuthError
 from nim_async.protocol.scrub import Scrubber
 
 __all__ = [
@@ -52,74 +41,6 @@ __all__ = [
     "RegistryAuth",
     "docker_host",
 ]
-
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-
-_GPU_HINT = (
-    "Docker could not start the container with a GPU: the host has no GPU container runtime "
-    "({detail}). Install the NVIDIA Container Toolkit (nvidia-container-toolkit), run "
-    "`nvidia-ctk runtime configure --runtime=docker` and restart dockerd; or set "
-    "NIMConfig(gpus=None) to start without a GPU request."
-)
-_UNAUTHORIZED = re.compile(
-    r"unauthori[sz]ed|authentication required|no basic auth credentials|"
-    r"incorrect username or password|denied: requested access",
-    re.IGNORECASE,
-)
-
-
-def docker_host() -> str:
-    """Describe the Docker endpoint in use, for error messages.
-
-    Returns:
-        ``DOCKER_HOST`` when set, else the default socket, labelled accordingly.
-    """
-    value = os.environ.get("DOCKER_HOST")
-    if value:
-        return f"{value} (from DOCKER_HOST)"
-    return f"{DEFAULT_DOCKER_HOST} (the default; DOCKER_HOST is not set)"
-
-
-def _unavailable(detail: str) -> DockerUnavailableError:
-    return DockerUnavailableError(
-        f"Cannot reach the Docker daemon at {docker_host()}: {detail}. Is dockerd running, and "
-        "does DOCKER_HOST point at it (and may this user use its socket)?"
-    )
-
-
-@dataclass(frozen=True)
-class RegistryAuth:
-    """Credentials for one registry server, sent to the engine as ``X-Registry-Auth``.
-
-    Attributes:
-        server: The registry login server (``nvcr.io``, ``127.0.0.1:5000``).
-        username: The user name (``$oauthtoken`` for NGC).
-        password: The password (the NGC API key); never shown in ``repr``.
-    """
-
-    server: str
-    username: str
-    password: SecretStr = field(repr=False)
-
-    def as_dict(self) -> dict[str, str]:
-        """The credentials as the engine's auth-config JSON object."""
-        return {
-            "username": self.username,
-            "password": self.password.get_secret_value(),
-            "serveraddress": self.server,
-        }
-
-    def header(self) -> str:
-        """The base64url-encoded ``X-Registry-Auth`` header value."""
-        return base64.urlsafe_b64encode(orjson.dumps(self.as_dict())).decode("ascii")
-
-
-def _split_ref(ref: str) -> tuple[str, str]:
-    """Split ``registry/name:tag`` into name and tag (``latest`` when none)."""
-    name, sep, tag = ref.rpartition(":")
-    if not sep or "/" in tag or not name:
-        return ref, "latest"
-    return name, tag
 
 
 class DockerClient:
@@ -165,40 +86,6 @@ class DockerClient:
         """
         self._scrub.add(secret)
 
-    def _translate(
-        self,
-        exc: BaseException,
-        action: str,
-        *,
-        default: type[APIError] = APIError,
-        port: int | None = None,
-        name: str | None = None,
-    ) -> NIMDeploymentError:
-        if isinstance(exc, aiohttp.ClientError | ConnectionError | FileNotFoundError):
-            return _unavailable(self._scrub(str(exc) or type(exc).__name__))
-        status = getattr(exc, "status", None)
-        message = self._scrub(str(getattr(exc, "message", None) or exc))
-        if status == 900 or "Cannot connect to Docker Engine" in message:
-            return _unavailable(message)
-        if "could not select device driver" in message:
-            return GPURuntimeError(_GPU_HINT.format(detail=message), status_code=status)
-        if port is not None and (
-            "port is already allocated" in message or "address already in use" in message
-        ):
-            return PortInUseError(
-                port,
-                f"Port {port} is already in use on the host ({message}). Choose another "
-                "NIMConfig.port or stop whatever listens there.",
-            )
-        if name is not None and status == 409 and "is already in use" in message:
-            return ContainerExistsError(name)
-        if status == 401 or _UNAUTHORIZED.search(message):
-            return RegistryAuthError(
-                f"The registry refused the credentials while trying to {action}: {message}",
-                status_code=status,
-            )
-        return default(f"Docker could not {action}: {message}", status_code=status or None)
-
     @contextmanager
     def _errors(
         self,
@@ -211,7 +98,9 @@ class DockerClient:
         try:
             yield
         except (aiodocker.DockerError, aiohttp.ClientError, ConnectionError) as exc:
-            raise self._translate(exc, action, default=default, port=port, name=name) from exc
+            raise translate(
+                exc, action, self._scrub, default=default, port=port, name=name
+            ) from exc
 
     @asynccontextmanager
     async def _request(
@@ -251,7 +140,7 @@ class DockerClient:
         try:
             self._docker = aiodocker.Docker(url=self._url)
         except (ValueError, OSError, aiodocker.DockerError) as exc:
-            raise _unavailable(str(exc)) from exc
+            raise unavailable(str(exc)) from exc
         try:
             await self.version()
         except BaseException:
@@ -323,7 +212,7 @@ class DockerClient:
             RegistryAuthError: If the registry refuses the credentials.
             ImagePullError: If the pull fails.
         """
-        name, tag = _split_ref(ref)
+        name, tag = split_ref(ref)
         headers = {}
         if auth is not None:
             self.add_secret(auth.password.get_secret_value())
@@ -356,7 +245,7 @@ class DockerClient:
         if auth is not None:
             self.add_secret(auth.password.get_secret_value())
         with self._errors(f"push {ref}"):
-            name, tag = _split_ref(ref)
+            name, tag = split_ref(ref)
             async for _ in self._api.images.push(
                 name, tag=tag, auth=auth.as_dict() if auth is not None else None, stream=True
             ):
