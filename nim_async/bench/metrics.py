@@ -2,9 +2,12 @@
 
 Definitions (all times from ``time.perf_counter``; per request):
 
-- **TTFT**: first content token − request sent.
-- **Time to second token**: second content token − request sent.
-- **ITL** (inter-token latency): the gaps between consecutive content chunks after the first;
+- **TTFT**: first token chunk − request sent. A token chunk carries content or reasoning, or
+  an empty ``content`` other than the role chunk (vLLM streams a token whose text its
+  detokenizer holds back, part of a UTF-8 character, as ``content: ""``); see
+  :class:`~nim_async.protocol.stream.StreamAccumulator` ``arrivals``.
+- **Time to second token**: second token chunk − request sent.
+- **ITL** (inter-token latency): the gaps between consecutive token chunks after the first;
   every gap of every request is one sample.
 - **TPOT** (time per output token, as vLLM defines it): ``(e2e − TTFT) / (n − 1)`` with ``n``
   the output tokens (from ``usage``, else the chunk count), for requests with ``n > 1``; one

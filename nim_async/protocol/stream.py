@@ -65,7 +65,10 @@ class StreamAccumulator:
         model: The model name the server reported.
         saw_done: Whether ``[DONE]`` arrived.
         chunks: Number of data events other than ``[DONE]``.
-        arrivals: Number of chunks that carried content or reasoning (token arrivals).
+        arrivals: Number of chunks that carried a token (token arrivals): content or
+            reasoning, or an empty ``content`` that is not the role chunk (vLLM's ``role``
+            chunk) nor an end chunk (``finish_reason`` set); vLLM streams a token whose text
+            its detokenizer holds back (part of a UTF-8 character) as ``content: ""``.
     """
 
     __slots__ = (
@@ -135,12 +138,22 @@ class StreamAccumulator:
                     if content:
                         tokens.append(content)
                         self.arrivals += 1
+                    reasoning = None
                     if len(delta) > 1 or content is None:
                         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                         if reasoning:
                             self.reasoning.append(reasoning)
                             if not content:
                                 self.arrivals += 1
+                    if (
+                        content == ""
+                        and not reasoning
+                        and "role" not in delta
+                        and not choice.get("finish_reason")
+                    ):
+                        # a token whose text the server's detokenizer holds back (part of a
+                        # UTF-8 character): vLLM streams it as content "", one chunk per token
+                        self.arrivals += 1
                 reason = choice.get("finish_reason")
                 if reason:
                     self.finish_reason = reason

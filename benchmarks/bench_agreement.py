@@ -1,0 +1,510 @@
+r"""Does ``nim-async bench`` measure what ``vllm bench serve`` measures? (one run, same server)
+
+Both tools run the same workload against the same server, one after the other:
+
+* the same JPEG images (synthetic, one size, so every request has the same prompt tokens), each
+  sent as a base64 ``data:`` URI in one user message ``[image_url, text]`` with the same prompt
+  and no system prompt (``nim-async bench --task generic --prompt P``; for vLLM a
+  ``custom_image`` JSONL file whose lines hold that exact ``content`` list);
+* ``max_tokens`` fixed with ``ignore_eos`` and temperature 0, streamed with usage;
+* a closed loop at the same concurrency (``--concurrency C`` / ``--max-concurrency C
+  --request-rate inf``) over the same number of requests, with no warm-up request on either
+  side (the server is already warm), so the server's ``/metrics`` deltas around each run cover
+  exactly that run's requests.
+
+It compares request throughput, output tokens/s, TTFT p50, TPOT p50 and ITL p50 (and the
+means) and, as a third witness, the server's own histograms over each run (``/metrics``
+deltas: mean TTFT, mean TPOT per request, mean E2E, request and token counts;
+:data:`nim_async.bench.server_metrics.SERVER_METRICS`). A witness is valid only when the
+server counted exactly this run's requests and tokens (nobody else used the server meanwhile).
+
+Definitions, as read in both tools' code (vLLM 0.32.0,
+``vllm/benchmarks/lib/endpoint_request_func.py`` ``async_request_openai_chat_completions`` and
+``vllm/benchmarks/serve.py`` ``calculate_metrics``; ``nim_async/bench/metrics.py``):
+
+==========  ===============================================  ================================
+figure      vllm bench serve                                 nim-async bench
+==========  ===============================================  ================================
+TTFT        first chunk with ``choices`` (vLLM's role chunk,  first chunk with non-empty
+            ``content: ""``) − send                           content − send
+ITL         gap between consecutive ``choices`` chunks after  gap between consecutive content
+            the first: n gaps for n tokens, the first being   chunks: n − 1 gaps
+            role chunk → first token (~1 ms)
+TPOT        (last ``choices`` chunk − send − TTFT) / (n − 1)  (end of stream − send − TTFT) /
+                                                              (n − 1)
+n           ``usage.completion_tokens``                       the same
+duration    first send → last request done (all gathered)     first send → last request done
+==========  ===============================================  ================================
+
+So the two differ by design only in where the first token is taken (the role chunk comes
+~1 ms before the first content chunk on vLLM) and in that one extra near-zero ITL sample per
+request in vLLM's ITL list; the table also shows vLLM's ITL without that first gap.
+
+Usage (defaults from the test tier's env file, ``/tmp/nim-async-test-env/vllm/env``)::
+
+    .venv/bin/python benchmarks/bench_agreement.py --quick        # 32 requests, c=4, 32 tokens
+    .venv/bin/python benchmarks/bench_agreement.py                # 128 requests, c=8, 64 tokens
+    .venv/bin/python benchmarks/bench_agreement.py --url http://gpu-host:8000 \
+        --vllm-bin vllm --tokenizer nvidia/Cosmos-Reason1-7B --model nvidia/cosmos-reason1-7b \
+        --num-requests 512 --concurrency 32 --max-tokens 256 --image-size 1280x720
+
+Exit status: 0 when every compared figure agrees within ``--tolerance`` (default 10 %), 1 when
+one does not, 2 when a tool failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nim_async.bench.images import parse_sizes, synthetic_images
+from nim_async.bench.server_metrics import METRIC_PATHS, parse_prometheus, server_deltas
+
+ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "vllm" / "env"
+PROMPT = "Describe the coloured rectangles in this image."
+ROOT = Path(__file__).resolve().parent.parent
+
+# (key, label, nim-async summary path, vllm result key); percentiles and throughputs compared
+COMPARED = (
+    (
+        "request_throughput",
+        "request throughput (req/s)",
+        ("request_throughput",),
+        "request_throughput",
+    ),
+    ("output_throughput", "output tokens/s", ("output_token_throughput",), "output_throughput"),
+    ("ttft_p50", "TTFT p50 (ms)", ("ttft_ms", "p50"), "median_ttft_ms"),
+    ("tpot_p50", "TPOT p50 (ms)", ("tpot_ms", "p50"), "median_tpot_ms"),
+    ("itl_p50", "ITL p50 (ms)", ("itl_ms", "p50"), "median_itl_ms"),
+)
+# shown, not gated: means (the server's histograms give means only)
+SHOWN = (
+    ("ttft_mean", "TTFT mean (ms)", ("ttft_ms", "mean"), "mean_ttft_ms", "ttft_ms"),
+    ("tpot_mean", "TPOT mean (ms)", ("tpot_ms", "mean"), "mean_tpot_ms", "tpot_ms"),
+    ("itl_mean", "ITL mean (ms)", ("itl_ms", "mean"), "mean_itl_ms", None),
+    ("e2e_mean", "E2E mean (ms)", ("e2e_ms", "mean"), "mean_e2el_ms", "e2e_ms"),
+)
+
+
+def read_env(path: Path = ENV_FILE) -> dict[str, str]:
+    """Read ``export KEY=VALUE`` lines of the test tier's env file (empty when absent)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("export ") and "=" in line:
+            key, _, raw = line[len("export ") :].partition("=")
+            parts = shlex.split(raw)
+            values[key.strip()] = parts[0] if parts else ""
+    return values
+
+
+def scrape(url: str) -> dict[str, float] | None:
+    """The server's Prometheus metrics (``/v1/metrics`` then ``/metrics``), parsed."""
+    for path in METRIC_PATHS:
+        try:
+            response = httpx.get(url.rstrip("/") + path, timeout=10.0)
+        except httpx.HTTPError:
+            continue
+        if response.status_code == 200 and response.text:
+            parsed = parse_prometheus(response.text)
+            if parsed:
+                return parsed
+    return None
+
+
+def witness(
+    before: dict[str, float] | None,
+    after: dict[str, float] | None,
+    num_requests: int,
+    max_tokens: int,
+) -> dict[str, Any] | None:
+    """The server's figures over one run, with ``valid``: it counted exactly this run."""
+    deltas = server_deltas(before, after)
+    if deltas is None:
+        return None
+    out: dict[str, Any] = dict(deltas)
+    out["valid"] = (
+        deltas.get("requests") == num_requests
+        and deltas.get("generation_tokens") == num_requests * max_tokens
+    )
+    return out
+
+
+def write_workload(
+    folder: Path, *, num_images: int, size: tuple[int, int], prompt: str, seed: int
+) -> tuple[Path, Path]:
+    """Write the images (for ``nim-async bench --image-dir``) and vLLM's ``custom_image`` JSONL.
+
+    Returns:
+        ``(image_dir, jsonl_path)``.
+    """
+    image_dir = folder / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = folder / "vllm-dataset.jsonl"
+    lines = []
+    for i, image in enumerate(synthetic_images(num_images, [size], seed=seed)):
+        (image_dir / f"scene-{i:03d}.jpg").write_bytes(image.data)
+        uri = "data:image/jpeg;base64," + base64.b64encode(image.data).decode("ascii")
+        content = [
+            {"type": "image_url", "image_url": {"url": uri}},
+            {"type": "text", "text": prompt},
+        ]
+        lines.append(json.dumps({"content": content}))
+    jsonl.write_text("\n".join(lines) + "\n")
+    return image_dir, jsonl
+
+
+def _run(cmd: list[str], log: Path, timeout: float) -> float:
+    """Run ``cmd`` with its output in ``log``; return its wall seconds; raise on failure."""
+    t0 = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{shlex.join(cmd)} exited {proc.returncode}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+def run_nim(args: argparse.Namespace, image_dir: Path, work: Path) -> dict[str, Any]:
+    """``nim-async bench --url`` (as ``python -m nim_async.bench``); its first load point."""
+    out = work / "nim.json"
+    cmd = [
+        sys.executable, "-m", "nim_async.bench",
+        "--url", args.url, "--model", args.model,
+        "--image-dir", str(image_dir), "--task", "generic", "--prompt", args.prompt,
+        "--concurrency", str(args.concurrency), "--num-requests", str(args.num_requests),
+        "--warmup", "0", "--max-tokens", str(args.max_tokens), "--seed", str(args.seed),
+        "--no-self-check", "--json", str(out),
+    ]  # fmt: skip
+    before = scrape(args.url)
+    wall = _run(cmd, work / "nim.log", args.timeout)
+    after = scrape(args.url)
+    point: dict[str, Any] = json.loads(out.read_text())[0]
+    return {
+        "command": shlex.join(cmd),
+        "wall_s": wall,
+        "raw": point,
+        "witness": witness(before, after, args.num_requests, args.max_tokens),
+    }
+
+
+def run_vllm(args: argparse.Namespace, jsonl: Path, work: Path) -> dict[str, Any]:
+    """``vllm bench serve`` on the same workload; its saved (detailed) result."""
+    cmd = [
+        args.vllm_bin, "bench", "serve",
+        "--backend", "openai-chat", "--base-url", args.url, "--endpoint", "/v1/chat/completions",
+        "--model", args.model, "--tokenizer", args.tokenizer,
+        "--dataset-name", "custom_image", "--dataset-path", str(jsonl),
+        "--custom-output-len", str(args.max_tokens), "--ignore-eos", "--temperature", "0",
+        "--num-prompts", str(args.num_requests), "--max-concurrency", str(args.concurrency),
+        "--request-rate", "inf", "--num-warmups", "0", "--ready-check-timeout-sec", "0",
+        "--seed", str(args.seed), "--percentile-metrics", "ttft,tpot,itl,e2el",
+        "--save-result", "--save-detailed", "--result-dir", str(work),
+        "--result-filename", "vllm.json", "--disable-tqdm",
+    ]  # fmt: skip
+    before = scrape(args.url)
+    wall = _run(cmd, work / "vllm.log", args.timeout)
+    after = scrape(args.url)
+    raw: dict[str, Any] = json.loads((work / "vllm.json").read_text())
+    return {
+        "command": shlex.join(cmd),
+        "wall_s": wall,
+        "raw": raw,
+        "witness": witness(before, after, args.num_requests, args.max_tokens),
+    }
+
+
+def _get(data: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    value: Any = data
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _vllm_itl_without_first(raw: dict[str, Any]) -> tuple[float | None, float | None]:
+    """vLLM's ITL samples without each request's first gap (role chunk -> first token), ms."""
+    gaps = [g * 1000.0 for itl in raw.get("itls") or [] for g in itl[1:]]
+    if not gaps:
+        return None, None
+    return statistics.median(gaps), statistics.fmean(gaps)
+
+
+def compare(nim: dict[str, Any], vllm: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """The figures side by side: ``rows`` (gated), ``shown`` (means) and ``agree``."""
+    rows = []
+    for key, label, nim_path, vllm_key in COMPARED:
+        a, b = _get(nim["raw"], nim_path), _get(vllm["raw"], (vllm_key,))
+        diff = abs(a - b) / max(abs(a), abs(b)) if a is not None and b is not None else None
+        ok = diff is not None and diff <= tolerance
+        rows.append({"key": key, "label": label, "nim": a, "vllm": b, "diff": diff, "ok": ok})
+    shown = []
+    nim_w, vllm_w = nim.get("witness") or {}, vllm.get("witness") or {}
+    for key, label, nim_path, vllm_key, server_key in SHOWN:
+        shown.append(
+            {
+                "key": key,
+                "label": label,
+                "nim": _get(nim["raw"], nim_path),
+                "vllm": _get(vllm["raw"], (vllm_key,)),
+                "server_nim_run": nim_w.get(server_key) if server_key else None,
+                "server_vllm_run": vllm_w.get(server_key) if server_key else None,
+            }
+        )
+    p50, mean = _vllm_itl_without_first(vllm["raw"])
+    return {
+        "rows": rows,
+        "shown": shown,
+        "vllm_itl_without_first_gap": {"p50": p50, "mean": mean},
+        "agree": all(r["ok"] for r in rows),
+        "tolerance": tolerance,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The comparison as a Markdown table (plus the witnesses)."""
+    cmp_ = result["comparison"]
+    lines = [
+        "| figure | nim-async bench | vllm bench serve | difference | within "
+        f"{cmp_['tolerance']:.0%} |",
+        "|---|---|---|---|---|",
+    ]
+    for r in cmp_["rows"]:
+        diff = "—" if r["diff"] is None else f"{r['diff']:.1%}"
+        lines.append(
+            f"| {r['label']} | {_fmt(r['nim'])} | {_fmt(r['vllm'])} | {diff} | "
+            f"{'yes' if r['ok'] else '**no**'} |"
+        )
+    extra = cmp_["vllm_itl_without_first_gap"]
+    lines.append(f"| ITL p50 (ms), vLLM without the role-chunk gap | | {_fmt(extra['p50'])} | | |")
+    lines += [
+        "",
+        "| figure (means) | nim-async bench | server, nim run | vllm bench serve | "
+        "server, vllm run |",
+        "|---|---|---|---|---|",
+    ]
+    for s in cmp_["shown"]:
+        lines.append(
+            f"| {s['label']} | {_fmt(s['nim'])} | {_fmt(s['server_nim_run'])} | "
+            f"{_fmt(s['vllm'])} | {_fmt(s['server_vllm_run'])} |"
+        )
+    agreement = result.get("server_agreement")
+    if agreement:
+        lines += [
+            "",
+            "| client / server, over its own run | TTFT mean | TPOT mean | E2E mean | "
+            "req/s vs c / E2E |",
+            "|---|---|---|---|---|",
+        ]
+        for name, label in (("nim", "nim-async bench"), ("vllm", "vllm bench serve")):
+            a = agreement[name]
+            cells = " | ".join(
+                "—" if a.get(k) is None else f"{a[k]:.3f}"
+                for k in ("ttft", "tpot", "e2e", "throughput")
+            )
+            lines.append(f"| {label} | {cells} |")
+    change = result.get("server_change")
+    if change is not None:
+        lines.append(f"\nthe server's own E2E mean in the vllm run vs the nim run: {change:+.1%}")
+    for name in ("nim", "vllm"):
+        w = result[name].get("witness")
+        if w is None:
+            lines.append(f"\nserver metrics over the {name} run: not scraped")
+            continue
+        lines.append(
+            f"\nserver over the {name} run: {w['requests']:.0f} requests, "
+            f"{w['generation_tokens']:.0f} generated tokens, "
+            f"{'valid' if w['valid'] else 'NOT valid (other traffic, or a miscount)'}"
+        )
+    return "\n".join(lines)
+
+
+def server_agreement(result: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Each tool against the server's own figures over that tool's run (client / server).
+
+    ``tpot`` and ``e2e`` are the means of both; ``ttft`` too (the client's includes the upload
+    and the API server's preprocessing, so it reads higher); ``throughput`` is the client's
+    request rate against the server's by Little's law for a closed loop,
+    ``concurrency / mean E2E``.
+    """
+    concurrency = result["workload"]["concurrency"]
+    out: dict[str, dict[str, float | None]] = {}
+    for name, means, rate_key in (
+        ("nim", {"ttft": ("ttft_ms", "mean"), "tpot": ("tpot_ms", "mean"),
+                 "e2e": ("e2e_ms", "mean")}, ("request_throughput",)),
+        ("vllm", {"ttft": ("mean_ttft_ms",), "tpot": ("mean_tpot_ms",),
+                  "e2e": ("mean_e2el_ms",)}, ("request_throughput",)),
+    ):  # fmt: skip
+        side = result[name]
+        w = side.get("witness") or {}
+        ratios: dict[str, float | None] = {}
+        for fig, path in means.items():
+            client, server = _get(side["raw"], path), w.get(f"{fig}_ms")
+            ratios[fig] = client / server if client and server else None
+        rate, e2e = _get(side["raw"], rate_key), w.get("e2e_ms")
+        ratios["throughput"] = rate / (concurrency * 1000.0 / e2e) if rate and e2e else None
+        ratios["valid"] = 1.0 if w.get("valid") else 0.0
+        out[name] = ratios
+    return out
+
+
+def server_change(result: dict[str, Any]) -> float | None:
+    """How much slower the server itself was in the vllm run than in the nim run (E2E means)."""
+    a = (result["nim"].get("witness") or {}).get("e2e_ms")
+    b = (result["vllm"].get("witness") or {}).get("e2e_ms")
+    return b / a - 1.0 if a and b else None
+
+
+def judge(result: dict[str, Any]) -> list[str]:
+    """For each figure that disagrees, what the server's own histograms say about it."""
+    notes = []
+    tol = result["comparison"]["tolerance"]
+    change = server_change(result)
+    witness = result["server_agreement"]
+    valid = all(witness[n].get("valid") for n in ("nim", "vllm"))
+    fig_of = {"request_throughput": "throughput", "output_throughput": "throughput",
+              "ttft_p50": "ttft", "tpot_p50": "tpot", "itl_p50": "tpot"}  # fmt: skip
+    for r in result["comparison"]["rows"]:
+        if r["ok"]:
+            continue
+        fig = fig_of[r["key"]]
+        a, b = witness["nim"].get(fig), witness["vllm"].get(fig)
+        if not valid or a is None or b is None or change is None:
+            notes.append(f"{r['label']}: disagree; no valid server witness to judge by")
+            continue
+        if abs(change) > tol and abs(a - b) <= tol:
+            notes.append(
+                f"{r['label']}: disagree, but the server itself was {change:+.0%} slower "
+                f"(its E2E mean) in the vllm run; against the server over its own run "
+                f"nim-async reads {a:.2f}x, vllm bench {b:.2f}x: the load changed, not the tools"
+            )
+        else:
+            closer = "nim-async bench" if abs(a - 1) < abs(b - 1) else "vllm bench serve"
+            notes.append(
+                f"{r['label']}: disagree; client/server over its own run: nim-async {a:.2f}x, "
+                f"vllm bench {b:.2f}x -> the server sides with {closer}"
+            )
+    return notes
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (defaults from the test tier's env file)."""
+    env = read_env()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--url", default=env.get("NIM_VLLM_URL"), help="the server")
+    parser.add_argument("--model", default=env.get("NIM_VLLM_MODEL", "cosmos-reason1-7b"))
+    parser.add_argument("--vllm-bin", default=env.get("NIM_VLLM_BIN", "vllm"))
+    parser.add_argument(
+        "--tokenizer", default=env.get("NIM_VLLM_MODEL_DIR"), help="for vllm bench (HF id/dir)"
+    )
+    parser.add_argument("--num-requests", type=int)
+    parser.add_argument("--concurrency", type=int)
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument("--image-size", default="320x240")
+    parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--order", choices=("nim-first", "vllm-first"), default="nim-first")
+    parser.add_argument("--tolerance", type=float, default=0.10)
+    parser.add_argument("--timeout", type=float, default=600.0, help="per tool run (s)")
+    parser.add_argument("--workdir", help="keep the inputs, logs and raw results here")
+    parser.add_argument("--json", dest="json_path", help="write the whole result here")
+    parser.add_argument("--quick", action="store_true", help="32 requests, c=4, 32 tokens")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.num_requests = args.num_requests or (32 if quick else 128)
+    args.concurrency = args.concurrency or (4 if quick else 8)
+    args.max_tokens = args.max_tokens or (32 if quick else 64)
+    if not args.url:
+        parser.error("no --url and no test-tier env file (scripts/vllm-env.sh up)")
+    if not args.tokenizer:
+        parser.error("--tokenizer is needed by vllm bench serve")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run both tools on the same workload and compare; returns the whole result."""
+    with tempfile.TemporaryDirectory(prefix="bench-agreement-") as tmp:
+        work = Path(args.workdir) if args.workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        (size,) = parse_sizes(args.image_size)
+        image_dir, jsonl = write_workload(
+            work, num_images=args.num_images, size=size, prompt=args.prompt, seed=args.seed
+        )
+        if args.order == "nim-first":
+            nim = run_nim(args, image_dir, work)
+            vllm = run_vllm(args, jsonl, work)
+        else:
+            vllm = run_vllm(args, jsonl, work)
+            nim = run_nim(args, image_dir, work)
+    for side in (nim, vllm):  # keep the summaries, not every per-request list
+        raw = side["raw"]
+        side["raw"] = {k: v for k, v in raw.items() if not isinstance(v, list)}
+        if "itls" in raw:
+            side["raw"]["itls"] = raw["itls"]
+    result: dict[str, Any] = {
+        "workload": {
+            "url": args.url,
+            "model": args.model,
+            "num_requests": args.num_requests,
+            "concurrency": args.concurrency,
+            "max_tokens": args.max_tokens,
+            "images": f"{args.num_images} JPEG {args.image_size}",
+            "prompt": args.prompt,
+            "order": args.order,
+        },
+        "nim": nim,
+        "vllm": vllm,
+    }
+    result["comparison"] = compare(nim, vllm, args.tolerance)
+    result["server_agreement"] = server_agreement(result)
+    result["server_change"] = server_change(result)
+    result["judgement"] = judge(result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the table, write ``--json``; the exit status says whether they agree."""
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+        print(f"bench_agreement: a tool failed: {exc}", file=sys.stderr)
+        return 2
+    w = result["workload"]
+    print(
+        f"workload: {w['num_requests']} requests, concurrency {w['concurrency']}, "
+        f"{w['max_tokens']} tokens (ignore_eos), {w['images']}, server {w['url']}"
+    )
+    print(table(result))
+    for note in result["judgement"]:
+        print(note)
+    print(f"\nnim-async: {result['nim']['command']}\nvllm:      {result['vllm']['command']}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=1))
+    return 0 if result["comparison"]["agree"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
