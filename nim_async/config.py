@@ -200,6 +200,27 @@ class NIMSamplingParams(BaseModel):
                 return name
         return None
 
+    def media_io_kwargs_by_modality(self, modality: str = "video") -> dict[str, Any] | None:
+        """Return :attr:`media_io_kwargs` keyed by modality, as vLLM's chat request takes them.
+
+        vLLM (0.32: ``ChatCompletionRequest.media_io_kwargs: dict[str, dict]``) wants
+        ``{"video": {"fps": 2.0}}``; vi-sdk documents the flat ``{"fps": 2.0}`` (sent under
+        ``nvext``). A flat dict is put under ``modality``; one whose values are all dicts is
+        taken as already keyed.
+
+        Args:
+            modality: The modality a flat dict applies to.
+
+        Returns:
+            The keyed dict, or ``None`` when :attr:`media_io_kwargs` is not set.
+        """
+        value = self.media_io_kwargs
+        if value is None:
+            return None
+        if value and all(isinstance(v, dict) for v in value.values()):
+            return dict(value)
+        return {modality: dict(value)}
+
     def guided_json_schema(self) -> dict[str, Any] | None:
         """Return ``guided_json`` as a dict (parsing it when given as text), or ``None``."""
         if self.guided_json is None:

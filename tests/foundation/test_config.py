@@ -292,3 +292,12 @@ def test_video_passthrough_options_must_be_json_data(
     with pytest.raises(ValueError, match=message) as info:
         NIMSamplingParams(**{field: value})
     assert field in str(info.value)
+
+
+def test_media_io_kwargs_keyed_by_modality_for_vllm() -> None:
+    flat = NIMSamplingParams(media_io_kwargs={"fps": 2.0})
+    assert flat.media_io_kwargs_by_modality() == {"video": {"fps": 2.0}}
+    assert flat.media_io_kwargs_by_modality("image") == {"image": {"fps": 2.0}}
+    keyed = NIMSamplingParams(media_io_kwargs={"video": {"num_frames": 16}})
+    assert keyed.media_io_kwargs_by_modality() == {"video": {"num_frames": 16}}
+    assert NIMSamplingParams().media_io_kwargs_by_modality() is None
