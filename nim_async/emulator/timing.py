@@ -3,8 +3,8 @@
 The timing is a server's: preprocessing (reading the body, fetching and analysing images) comes
 first and adds to the time to first token; the first token is due ``ttft_ms`` (plus prefill per
 prompt token) after the request got its slot; each later token is due one ITL after the
-previous one was actually written, so a late write moves the schedule instead of releasing the
-overdue tokens in one burst.
+previous one, and a write late by more than half an ITL moves the schedule instead of releasing
+the overdue tokens in one burst.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ __all__ = ["TokenPacer", "drop_connection", "first_token_delay", "injected_failu
 log = logging.getLogger("nim_async.emulator")
 
 LATE_TOLERANCE = 0.001
-"""Seconds a write may come after its due time before the schedule moves (timer jitter)."""
+"""Seconds a write may always come after its due time before the schedule moves (timer jitter);
+the tolerance is half an ITL when that is larger."""
 
 
 def first_token_delay(settings: EmulatorSettings, prompt_tokens: int) -> float:
@@ -45,9 +46,11 @@ async def sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
 class TokenPacer:
     """Due times of a stream's tokens: the first at ``first_due``, then one ITL after each write.
 
-    A write more than :data:`LATE_TOLERANCE` late re-anchors the schedule at that write (as a
-    real engine's next decode step starts when the previous one ended), so tokens never catch
-    up in a burst; smaller jitter keeps the original schedule (no drift).
+    A write later than its due time by more than half an ITL (at least
+    :data:`LATE_TOLERANCE`) re-anchors the schedule at that write, as a real engine's next
+    decode step starts when the previous one ended: tokens never catch up in a burst, and no
+    two writes come closer than half an ITL. Smaller lateness (timer jitter) keeps the
+    original schedule, so the mean ITL does not drift.
 
     Args:
         first_due: Loop time the first token is due.
@@ -57,6 +60,7 @@ class TokenPacer:
     def __init__(self, first_due: float, itl: float) -> None:
         self.next_due = first_due
         self.itl = itl
+        self._tolerance = max(LATE_TOLERANCE, itl / 2)
         self.first_written: float | None = None
         self.last_written: float | None = None
 
@@ -65,7 +69,7 @@ class TokenPacer:
         if self.first_written is None:
             self.first_written = at
         self.last_written = at
-        base = at if at - self.next_due > LATE_TOLERANCE else self.next_due
+        base = at if at - self.next_due > self._tolerance else self.next_due
         self.next_due = base + self.itl
 
 
