@@ -12,19 +12,21 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
-    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
+from nim_async.ui.progress import ProgressDisplay
+
 __all__ = ["RichBatchProgress"]
+
+_ROW = "batch"
 
 
 class RichBatchProgress:
-    """A rich progress bar for one batch.
+    """A rich progress bar for one batch (a row of :class:`~nim_async.ui.progress.ProgressDisplay`).
 
     Args:
         description: The bar's label.
@@ -33,41 +35,44 @@ class RichBatchProgress:
 
     def __init__(self, description: str = "scoring", *, console: Console | None = None) -> None:
         self._description = description
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            TextColumn("[red]{task.fields[failed]} failed"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console or Console(stderr=True),
-            transient=False,
+        self._display = ProgressDisplay(
+            console or Console(stderr=True),
+            [
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("[red]{task.fields[failed]} failed"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+            ],
+            defaults={"failed": 0, "rate": ""},
         )
-        self._task: TaskID | None = None
+        self._started = False
         self._start = 0.0
         self._done = 0
         self._failed = 0
 
     def start(self, total: int | None) -> None:
         """Show the bar (``total`` inputs when known)."""
-        self._task = self._progress.add_task(self._description, total=total, failed=0, rate="")
+        self._display.update(_ROW, description=self._description, total=total)
         self._start = time.perf_counter()
-        self._progress.start()
+        self._started = True
+        self._display.start()
 
     def advance(self, ok: bool) -> None:
         """Count one finished input."""
-        if self._task is None:
+        if not self._started:
             return
         self._done += 1
         self._failed += not ok
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        self._progress.update(
-            self._task, advance=1, failed=self._failed, rate=f"{self._done / elapsed:.1f}/s"
+        self._display.update(
+            _ROW, advance=1, failed=self._failed, rate=f"{self._done / elapsed:.1f}/s"
         )
 
     def finish(self) -> None:
         """Draw the final state and stop refreshing."""
-        self._progress.stop()
+        self._display.stop()
