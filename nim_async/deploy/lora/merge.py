@@ -553,6 +553,12 @@ def _publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
         if trash is not None:
             trash.rename(out_dir)
         raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(out_dir.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
 
