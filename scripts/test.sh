@@ -20,6 +20,7 @@ else
   echo "test.sh: not root, so no Docker engine is started; the docker-marked tests will skip" >&2
 fi
 scripts/vllm-env.sh up
+scripts/aiperf-env.sh  # aiperf 0.13 in a venv of its own: tests/bench/test_aiperf_agreement.py
 
 .venv/bin/ruff check .
 .venv/bin/mypy
