@@ -244,6 +244,31 @@ def is_complete(root: Path) -> bool:
     return full is not None and _has_full_weights(full)
 
 
+def _require_full_weights(
+    root: Path, full: Path | None, adapter: Path | None, image_name: str
+) -> Path:
+    """``full`` when it holds model weights; else the error saying what is missing."""
+    if full is not None and _has_full_weights(full):
+        return full
+    if adapter is not None:
+        raise ModelIncompatibilityError(
+            image_name,
+            f"{root} holds only a LoRA/PEFT adapter ({adapter.name}) and no full model "
+            "weights. NVIDIA NIM cannot serve adapters; export the run with merged/full "
+            "weights (model_full/ with config.json and *.safetensors).",
+        )
+    if full is None:
+        raise ModelIncompatibilityError(
+            image_name,
+            f"no config.json found in {root} (expected a Hugging Face model directory, "
+            f"or {FULL_DIR}/ inside it)",
+        )
+    raise ModelIncompatibilityError(
+        image_name,
+        f"{full} has config.json but no model weights (*.safetensors or *.bin)",
+    )
+
+
 def inspect_model(
     root: Path,
     image_name: str,
@@ -268,24 +293,7 @@ def inspect_model(
     """
     full = find_full_dir(root)
     adapter = _find_adapter(root, full)
-    if full is None or not _has_full_weights(full):
-        if adapter is not None:
-            raise ModelIncompatibilityError(
-                image_name,
-                f"{root} holds only a LoRA/PEFT adapter ({adapter.name}) and no full model "
-                "weights. NVIDIA NIM cannot serve adapters; export the run with merged/full "
-                "weights (model_full/ with config.json and *.safetensors).",
-            )
-        if full is None:
-            raise ModelIncompatibilityError(
-                image_name,
-                f"no config.json found in {root} (expected a Hugging Face model directory, "
-                f"or {FULL_DIR}/ inside it)",
-            )
-        raise ModelIncompatibilityError(
-            image_name,
-            f"{full} has config.json but no model weights (*.safetensors or *.bin)",
-        )
+    full = _require_full_weights(root, full, adapter, image_name)
     try:
         model_config = orjson.loads((full / "config.json").read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
