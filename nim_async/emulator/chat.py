@@ -93,6 +93,7 @@ class ChatEndpoint:
         except Exception:  # never crash the server on one request
             log.exception("emulator: internal error while preparing a request")
             return error_response(st, 500, "internal emulator error")
+        prepared = loop.time()  # generation may start now; sending headers does not delay it
         st.metrics.prompt_tokens += job.prompt_tokens
         resp: web.StreamResponse | None = None
         if job.stream:
@@ -102,7 +103,7 @@ class ChatEndpoint:
                 await resp.prepare(request)
             except ConnectionError:
                 return resp
-        return await self._generate(request, resp, job, arrived)
+        return await self._generate(request, resp, job, arrived, prepared)
 
     async def prepare(self, raw: bytes) -> Job:
         """Validate ``raw``, look at its images and answer it (the preprocessing).
@@ -123,24 +124,29 @@ class ChatEndpoint:
         return build_job(req, scenes, s, prompt_tokens=prompt_tokens, limit=limit)
 
     async def _generate(
-        self, request: web.Request, resp: web.StreamResponse | None, job: Job, arrived: float
+        self,
+        request: web.Request,
+        resp: web.StreamResponse | None,
+        job: Job,
+        arrived: float,
+        prepared: float,
     ) -> web.StreamResponse:
         st = self._state
         loop = asyncio.get_running_loop()
         m = st.metrics
-        queued_at = loop.time()
         slots = st.slots
+        started = prepared  # the clock starts when preprocessing ends, unless it has to queue
         if slots is not None and slots.locked():
             m.waiting += 1
             try:
                 await slots.acquire()
             finally:
                 m.waiting -= 1
+            started = loop.time()
         elif slots is not None:
             await slots.acquire()
-        started = loop.time()
         m.running += 1
-        m.queue.observe(started - queued_at)
+        m.queue.observe(started - prepared)
         first_due = started + first_token_delay(st.settings, job.prompt_tokens)
         try:
             if resp is not None:
