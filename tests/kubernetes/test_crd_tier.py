@@ -1,0 +1,278 @@
+"""CRD tier: a real etcd + kube-apiserver; the test plays the NIM Operator by patching status.
+
+With the NIMService CRD installed, deploy creates the NIMService (and the two secrets) with the
+expected spec; the deployer reports ready / not ready / failed as the status says, with timeouts.
+Without the CRD it creates a Deployment + Service (no node here: it times out, as it must).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from nim_async.config import NIMConfig
+from nim_async.deploy.kubernetes import KubernetesBackend
+from nim_async.errors import ServiceNotReadyError
+
+from .conftest import Cluster, api_client, install_crd, remove_crd
+
+pytestmark = pytest.mark.kubernetes
+
+KEY = "nvapi-k8stest-" + "1" * 50
+GROUP, VERSION, PLURAL = "apps.nvidia.com", "v1alpha1", "nimservices"
+SELECTOR = "nim_async.managed=true,nim_async.instance=cosmos-reason1-7b"
+
+
+def make_config(**overrides: Any) -> NIMConfig:
+    values: dict[str, Any] = {
+        "nvidia_api_key": KEY,
+        "registry": "127.0.0.1:5599/nim/nvidia",
+        "image_name": "cosmos-reason1-7b",
+        "tag": "1.2.3",
+        "shm_size": "2GB",
+        "max_model_len": 4096,
+        "gpus": 1,
+        "startup_timeout": 30.0,
+    }
+    values.update(overrides)
+    return NIMConfig(**values)
+
+
+@pytest.fixture
+async def api(cluster: Cluster) -> AsyncIterator[Any]:
+    async with api_client(cluster.kubeconfig) as client:
+        yield client
+
+
+@pytest.fixture
+async def with_crd(api: Any) -> None:
+    await install_crd(api)
+
+
+@pytest.fixture
+async def without_crd(api: Any) -> None:
+    await remove_crd(api)
+
+
+async def wait_for_nimservice(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    custom = k8s.CustomObjectsApi(api)
+    for _ in range(300):
+        with contextlib.suppress(ApiException):
+            return dict(
+                await custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            )
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no NIMService {namespace}/{name} appeared")
+
+
+def condition(kind: str, status: str, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2026-12-01T00:00:00Z",
+    }
+
+
+async def set_status(api: Any, namespace: str, name: str, status: dict[str, Any]) -> None:
+    await k8s.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        name,
+        {"status": status},
+        _content_type="application/merge-patch+json",
+    )
+
+
+async def labelled(api: Any, namespace: str) -> dict[str, list[str]]:
+    core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
+    found = {
+        "secrets": [
+            s.metadata.name
+            for s in (await core.list_namespaced_secret(namespace, label_selector=SELECTOR)).items
+        ],
+        "services": [
+            s.metadata.name
+            for s in (await core.list_namespaced_service(namespace, label_selector=SELECTOR)).items
+        ],
+        "deployments": [
+            d.metadata.name
+            for d in (
+                await apps.list_namespaced_deployment(namespace, label_selector=SELECTOR)
+            ).items
+        ],
+        "pods": [
+            p.metadata.name
+            for p in (await core.list_namespaced_pod(namespace, label_selector=SELECTOR)).items
+        ],
+    }
+    with contextlib.suppress(ApiException):
+        items = await k8s.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, label_selector=SELECTOR
+        )
+        found["nimservices"] = [i["metadata"]["name"] for i in items["items"]]
+    return {k: v for k, v in found.items() if v}
+
+
+async def test_nimservice_spec_secrets_ready_and_stop(
+    cluster: Cluster, api: Any, with_crd: None, namespace: str
+) -> None:
+    backend = KubernetesBackend(make_config(), namespace=namespace, kubeconfig=cluster.kubeconfig)
+    task = asyncio.create_task(backend.deploy())
+    obj = await wait_for_nimservice(api, namespace, "cosmos-reason1-7b")
+    spec = obj["spec"]
+    assert spec["image"] == {
+        "repository": "127.0.0.1:5599/nim/nvidia/cosmos-reason1-7b",
+        "tag": "1.2.3",
+        "pullPolicy": "IfNotPresent",
+        "pullSecrets": ["cosmos-reason1-7b-ngc-pull"],
+    }
+    assert spec["authSecret"] == "cosmos-reason1-7b-ngc-api"
+    assert spec["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert spec["replicas"] == 1
+    assert spec["storage"]["sharedMemorySizeLimit"] == str(2 * 1024**3)
+    assert spec["expose"]["service"]["port"] == 8000
+    assert {"name": "NIM_MAX_MODEL_LEN", "value": "4096"} in spec["env"]
+    assert obj["metadata"]["labels"]["nim_async.managed"] == "true"
+    assert not task.done()  # no status yet: still waiting
+
+    core = k8s.CoreV1Api(api)
+    pull = await core.read_namespaced_secret("cosmos-reason1-7b-ngc-pull", namespace)
+    assert pull.type == "kubernetes.io/dockerconfigjson"
+    auths = json.loads(base64.b64decode(pull.data[".dockerconfigjson"]))["auths"]
+    entry = auths["127.0.0.1:5599"]
+    assert (entry["username"], entry["password"]) == ("$oauthtoken", KEY)
+    assert base64.b64decode(entry["auth"]).decode() == f"$oauthtoken:{KEY}"
+    api_key = await core.read_namespaced_secret("cosmos-reason1-7b-ngc-api", namespace)
+    assert base64.b64decode(api_key.data["NGC_API_KEY"]).decode() == KEY
+
+    await set_status(api, namespace, "cosmos-reason1-7b", {"state": "NotReady"})
+    await asyncio.sleep(0.3)
+    assert not task.done()  # NotReady is not ready
+    await set_status(
+        api,
+        namespace,
+        "cosmos-reason1-7b",
+        {
+            "state": "Ready",
+            "availableReplicas": 1,
+            "conditions": [condition("NIM_SERVICE_READY", "True", "Ready", "deployment is ready")],
+        },
+    )
+    result = await asyncio.wait_for(task, 10)
+    assert result.container_name == "cosmos-reason1-7b"
+    assert result.container_id == obj["metadata"]["uid"]
+    assert result.base_url == f"http://cosmos-reason1-7b.{namespace}.svc.cluster.local:8000"
+    assert KEY not in repr(result)
+    assert KEY not in repr(backend)
+
+    rows = await KubernetesBackend.list(namespace=namespace, kubeconfig=cluster.kubeconfig)
+    assert [(r.name, r.state) for r in rows] == [("cosmos-reason1-7b", "ready")]
+
+    assert await backend.stop() is True
+    assert await labelled(api, namespace) == {}
+    assert await backend.stop() is False
+
+
+async def test_not_ready_times_out_and_cleans_up(
+    cluster: Cluster, api: Any, with_crd: None, namespace: str
+) -> None:
+    backend = KubernetesBackend(
+        make_config(startup_timeout=3.0), namespace=namespace, kubeconfig=cluster.kubeconfig
+    )
+    task = asyncio.create_task(backend.deploy())
+    await wait_for_nimservice(api, namespace, "cosmos-reason1-7b")
+    await set_status(
+        api,
+        namespace,
+        "cosmos-reason1-7b",
+        {
+            "state": "NotReady",
+            "conditions": [condition("NIM_SERVICE_READY", "False", "NotReady", "0/1 ready")],
+        },
+    )
+    with pytest.raises(ServiceNotReadyError) as info:
+        await asyncio.wait_for(task, 20)
+    message = str(info.value)
+    assert "not ready after 3 seconds" in message
+    assert "NotReady" in message
+    assert KEY not in message
+    for _ in range(100):
+        if not await labelled(api, namespace):
+            break
+        await asyncio.sleep(0.1)
+    assert await labelled(api, namespace) == {}
+
+
+async def test_failed_status_fails_at_once(
+    cluster: Cluster, api: Any, with_crd: None, namespace: str
+) -> None:
+    backend = KubernetesBackend(
+        make_config(startup_timeout=60.0), namespace=namespace, kubeconfig=cluster.kubeconfig
+    )
+    task = asyncio.create_task(backend.deploy())
+    await wait_for_nimservice(api, namespace, "cosmos-reason1-7b")
+    await set_status(
+        api,
+        namespace,
+        "cosmos-reason1-7b",
+        {
+            "state": "Failed",
+            "conditions": [
+                condition("NIM_SERVICE_FAILED", "True", "Failed", "model profile not found")
+            ],
+        },
+    )
+    with pytest.raises(ServiceNotReadyError) as info:
+        await asyncio.wait_for(task, 10)  # well before the 60 s timeout
+    assert "failed" in str(info.value)
+    assert "model profile not found" in str(info.value)
+
+
+async def test_without_crd_a_deployment_and_service(
+    cluster: Cluster, api: Any, without_crd: None, namespace: str
+) -> None:
+    config = make_config(startup_timeout=4.0, served_model_name="my-nim")
+    backend = KubernetesBackend(config, namespace=namespace, kubeconfig=cluster.kubeconfig)
+    task = asyncio.create_task(backend.deploy())
+    apps, core = k8s.AppsV1Api(api), k8s.CoreV1Api(api)
+    deployment = None
+    for _ in range(300):
+        with contextlib.suppress(ApiException):
+            deployment = await apps.read_namespaced_deployment("my-nim", namespace)
+            break
+        await asyncio.sleep(0.05)
+    assert deployment is not None
+    pod = deployment.spec.template.spec
+    container = pod.containers[0]
+    assert container.image == "127.0.0.1:5599/nim/nvidia/cosmos-reason1-7b:1.2.3"
+    assert container.readiness_probe.http_get.path == "/v1/health/ready"
+    assert container.readiness_probe.http_get.port == 8000
+    assert container.resources.limits == {"nvidia.com/gpu": "1"}
+    env = {e.name: e for e in container.env}
+    assert env["NGC_API_KEY"].value_from.secret_key_ref.name == "my-nim-ngc-api"
+    assert env["NIM_SERVED_MODEL_NAME"].value == "my-nim"
+    assert [s.name for s in pod.image_pull_secrets] == ["my-nim-ngc-pull"]
+    assert pod.security_context.run_as_user == 1000
+    volumes = {v.name: v for v in pod.volumes}
+    assert volumes["dshm"].empty_dir.medium == "Memory"
+    assert volumes["dshm"].empty_dir.size_limit == str(2 * 1024**3)
+    mounts = {m.name: m.mount_path for m in container.volume_mounts}
+    assert mounts == {"dshm": "/dev/shm", "nim-cache": "/opt/nim/.cache"}
+    service = await core.read_namespaced_service("my-nim", namespace)
+    assert service.spec.ports[0].port == 8000
+    with pytest.raises(ServiceNotReadyError) as info:
+        await asyncio.wait_for(task, 20)
+    assert "Deployment" in str(info.value)
+    assert KEY not in str(info.value)

@@ -1,0 +1,144 @@
+"""The Kubernetes backend without a cluster: the IO-free builders and readers, the refusals."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+pytest.importorskip("kubernetes_asyncio")
+
+from nim_async.deploy.kubernetes import KubernetesBackend
+from nim_async.deploy.kubernetes.pods import (
+    FailureKind,
+    ServiceState,
+    nimservice_state,
+    pod_failure,
+    pod_ready,
+)
+from nim_async.errors import InvalidConfigError
+
+from .test_crd_tier import make_config
+
+
+def waiting(reason: str, message: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "nim",
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": message}},
+                }
+            ]
+        },
+    }
+
+
+def test_pull_refused_is_registry_auth() -> None:
+    failure = pod_failure(
+        waiting("ErrImagePull", "failed to pull: unexpected status: 401 Unauthorized")
+    )
+    assert failure is not None
+    assert failure.kind is FailureKind.REGISTRY_AUTH
+
+
+def test_missing_image_is_image_pull() -> None:
+    failure = pod_failure(waiting("ErrImagePull", "failed to resolve reference: not found"))
+    assert failure is not None
+    assert failure.kind is FailureKind.IMAGE_PULL
+
+
+def test_creating_is_no_failure() -> None:
+    assert pod_failure(waiting("ContainerCreating", "")) is None
+
+
+def test_unschedulable_for_gpu() -> None:
+    pod = {
+        "metadata": {"name": "p"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+                }
+            ]
+        },
+    }
+    failure = pod_failure(pod)
+    assert failure is not None
+    assert failure.kind is FailureKind.NO_GPU
+
+
+def test_crash_loop() -> None:
+    pod = {
+        "metadata": {"name": "p"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "nim",
+                    "restartCount": 1,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}},
+                }
+            ]
+        },
+    }
+    failure = pod_failure(pod)
+    assert failure is not None
+    assert failure.kind is FailureKind.CRASHED
+    assert failure.exit_code == 3
+
+
+def test_ready_and_deleting() -> None:
+    pod = {
+        "metadata": {"name": "p"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    assert pod_ready(pod)
+    pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert not pod_ready(pod)
+
+
+def test_nimservice_states() -> None:
+    assert nimservice_state({})[0] is ServiceState.WAITING
+    assert nimservice_state({"status": {"state": "Ready"}})[0] is ServiceState.READY
+    assert nimservice_state({"status": {"state": "Failed"}})[0] is ServiceState.FAILED
+    failed = {
+        "status": {
+            "state": "NotReady",
+            "conditions": [{"type": "NIM_SERVICE_FAILED", "status": "True"}],
+        }
+    }
+    assert nimservice_state(failed)[0] is ServiceState.FAILED
+
+
+async def test_unreachable_api_server_is_api_error(tmp_path: Any) -> None:
+    from nim_async.errors import APIError
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\nclusters:\n"
+        "- name: c\n  cluster: {server: 'https://127.0.0.1:9'}\n"
+        "users:\n- name: u\n  user: {token: t}\n"
+        "contexts:\n- name: x\n  context: {cluster: c, user: u}\n"
+        "current-context: x\n"
+    )
+    backend = KubernetesBackend(make_config(), kubeconfig=str(kubeconfig))
+    with pytest.raises(APIError, match="cannot reach the Kubernetes API server"):
+        await backend.deploy()
+
+
+async def test_custom_weights_not_yet_supported(tmp_path: Any) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    try:
+        config = make_config(model_path=str(tmp_path))
+    except InvalidConfigError:
+        pytest.skip("model_path validation needs a full checkpoint")
+    backend = KubernetesBackend(config, kubeconfig=os.devnull)
+    with pytest.raises(InvalidConfigError, match="not yet supported on Kubernetes"):
+        await backend.deploy()
