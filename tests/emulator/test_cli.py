@@ -101,6 +101,25 @@ def test_env_contract_maps_to_settings(monkeypatch, tmp_path):
     assert (port, settings.max_model_len) == (1, 77)
 
 
+def test_guided_handling_flags():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    default, _, _ = build_settings(parser.parse_args([]))
+    assert (default.legacy_guided, default.effective_dialect, default.vllm_version) == (
+        False,
+        "openai",
+        "0.32.0",
+    )
+    legacy, _, _ = build_settings(parser.parse_args(["--legacy-guided"]))
+    assert (legacy.legacy_guided, legacy.effective_dialect, legacy.vllm_version) == (
+        True,
+        "both",
+        "0.11.0",
+    )
+    nvext, _, _ = build_settings(parser.parse_args(["--legacy-guided", "--dialect", "nvext"]))
+    assert nvext.effective_dialect == "nvext"
+
+
 async def test_container_contract_and_sigterm(tmp_path):
     weights = tmp_path / "weights"
     weights.mkdir()
