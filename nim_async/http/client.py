@@ -363,7 +363,8 @@ class ServerClient:
                     chunks.append(chunk)
                 return b"".join(chunks)
         except httpx.HTTPError as exc:
-            raise MediaError(f"cannot download the image {url}: {exc}", source=url) from exc
+            error = translate(exc, base_url=url, phase="connect", what="downloading the image")
+            raise MediaError(f"cannot download the image {url}: {error}", source=url) from exc
 
     async def get_text(self, path: str, *, request_timeout: float = 10.0) -> tuple[int, str]:
         """GET ``path`` and return ``(status, text)``; ``(0, message)`` when unreachable."""
