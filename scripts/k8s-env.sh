@@ -137,7 +137,16 @@ do_build() {  # the long part; run in the background by "build --background"
   say "done: $(du -sh "$out" | cut -f1) in $out"
 }
 
+all_built() {  # all_built <bin dir>: the four binaries are there
+  local c
+  for c in kube-apiserver kubelet kube-scheduler kube-controller-manager; do
+    [ -x "$1/$c" ] || return 1
+  done
+}
+
 cmd_build() {
+  local cached; cached=$(bin_dir)
+  if [ -n "$cached" ] && all_built "$cached"; then say "already built: $cached"; return 0; fi
   [ "$(id -u)" = 0 ] || die "build needs root (apt-get)"
   if [ "${1:-}" = --background ]; then
     mkdir -p "$CACHE"

@@ -20,6 +20,10 @@ else
   echo "test.sh: not root, so no Docker engine is started; the docker-marked tests will skip" >&2
 fi
 scripts/vllm-env.sh up
+# the kubernetes tier (tests/kubernetes): only when its binaries were built once (about 25 min)
+if scripts/k8s-env.sh up; then :; else
+  echo "test.sh: no Kubernetes tier; build it once with: scripts/k8s-env.sh build" >&2
+fi
 scripts/aiperf-env.sh  # aiperf 0.13 in a venv of its own: tests/bench/test_aiperf_agreement.py
 
 .venv/bin/ruff check .
