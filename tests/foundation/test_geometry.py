@@ -74,3 +74,24 @@ def test_to_pixels_clamps_to_image() -> None:
 )
 def test_default_box_format_by_model_name(name: str, fmt: str) -> None:
     assert box_format_for_model(name) == fmt
+
+
+# Hand-derived (the derivations are in tests/emulator/test_geometry.py, which checks the
+# emulator's own implementation against the same numbers): (w, h, max_pixels) -> model input.
+@pytest.mark.parametrize(
+    ("w", "h", "max_pixels", "expected"),
+    [
+        (640, 480, 1003520, (644, 476)),
+        (320, 240, 50176, (252, 168)),
+        (20, 15, 1003520, (84, 56)),
+        (10, 900, 1003520, (28, 532)),
+        (8000, 6000, 1003520, (1148, 840)),
+        (5000, 30, 1003520, (5012, 28)),
+        (5000, 30, 50176, (2884, 28)),
+    ],
+)
+def test_smart_resize_matches_hand_derived_sizes(w: int, h: int, max_pixels: int, expected) -> None:
+    assert smart_resize(w, h, max_pixels=max_pixels) == expected
+    assert qwen_image_tokens(w, h, max_pixels=max_pixels) == (expected[0] // 28) * (
+        expected[1] // 28
+    )
