@@ -34,8 +34,14 @@ Differences from vLLM 0.32 that remain (deliberate, or beyond a test double):
 * ``structured_outputs`` that is not an object gets 400 (vLLM: 500, then a reset
   connection); regexes with lookaround or back-references get 400; grammars outside a small
   EBNF subset and ``structural_tag`` are accepted but not enforced; ``n`` > 1 gets 400.
-* Validation messages other than the structured-output ones are the emulator's wording (same
-  status, type and shape); unknown fields are logged at WARNING (vLLM: DEBUG).
+* Validation messages other than the structured-output and unknown-model ones are the
+  emulator's wording (same status and keys); vLLM's schema-level errors (body not JSON, a
+  required field missing) have ``type`` ``"Bad Request"`` and a ``param`` like
+  ``body.messages``, the emulator's ``BadRequestError``. Unknown fields are logged at WARNING
+  (vLLM: DEBUG).
+* Responses carry the fields the client reads, not vLLM's ``token_ids``, ``prompt_token_ids``,
+  ``system_fingerprint``, ``refusal`` and other always-null extras; the message has both
+  ``reasoning`` (vLLM 0.32's name) and ``reasoning_content``.
 * Metrics: the subset of vLLM's names the client and benchmarks read, without ``_created``
   samples; the emulator's own error counter is ``nim_emulator:request_error_total``.
 * An image with an aspect ratio over 200 is refused with 400, as the Qwen2.5-VL processor
