@@ -141,7 +141,6 @@ async def batch(args: argparse.Namespace) -> int:
                         concurrency=args.concurrency,
                         user_prompt=args.prompt,
                         sampling_params=sampling,
-                        retries=args.retries,
                         ordered=args.ordered,
                         progress=RichBatchProgress() if progress else False,
                         total=total,

@@ -119,11 +119,20 @@ def make_predictor(
 ) -> AsyncNIMPredictor:
     """The predictor of a command with the NIM server options.
 
+    A command with ``--retries`` (``batch``) hands it to the predictor, the one place that
+    retries: sends per input are then at most ``1 + retries``.
+
     Args:
         args: Parsed arguments.
         task: The task type.
         max_connections: HTTP connections to keep (the batch's concurrency).
     """
+    extra: dict[str, Any] = {}
+    retries = getattr(args, "retries", None)
+    if retries is not None:
+        if retries < 0:
+            raise ValueError(f"--retries must be at least 0, got {retries}")
+        extra["retries"] = retries
     from nim_async.predict.predictor import AsyncNIMPredictor
 
     return AsyncNIMPredictor(
@@ -135,6 +144,7 @@ def make_predictor(
         dialect=args.dialect,
         timeout=args.timeout,
         max_connections=max_connections,
+        **extra,
     )
 
 
@@ -169,6 +179,7 @@ _CONFIG_FIELDS = (
     "model_path",
     "served_model_name",
     "overwrite",
+    "merge_adapter",
     "gpus",
     "startup_timeout",
     "secret_key",

@@ -9,7 +9,7 @@ and ``bench`` hand their arguments to their own parsers (:data:`DELEGATED`).
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nim_async.catalog import BOX_FORMATS
 
@@ -162,6 +162,15 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", default=None, help="re-download existing weights"
     )
     group.add_argument(
+        "--merge-adapter",
+        action="store_true",
+        default=None,
+        help=(
+            "merge a LoRA/PEFT adapter into the weights before serving "
+            "(pip install 'nim-async[merge]')"
+        ),
+    )
+    group.add_argument(
         "--gpus",
         help="'all', a count, comma-separated device ids, or 'none' (default: all)",
     )
@@ -198,16 +207,38 @@ def _add_container_commands(sub: _Subparsers) -> None:
     _add_config_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    k8s = _add_kubernetes_arguments(p)
+    k8s.add_argument(
+        "--port-forward",
+        action="store_true",
+        help="forward 127.0.0.1:PORT to a ready pod and keep it open until Ctrl-C",
+    )
+    k8s.add_argument("--url", help="the URL the NIM is reachable at from here (NodePort, ingress)")
     p.set_defaults(handler="deploy:deploy")
 
     p = sub.add_parser("stop", help="stop and remove a NIM container")
     p.add_argument("name", help="container name (served_model_name or image_name)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_kubernetes_arguments(p)
     p.set_defaults(handler="stop:stop")
 
     p = sub.add_parser("ps", help="list the NIM containers nim-async manages")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_kubernetes_arguments(p)
     p.set_defaults(handler="ps:ps")
+
+
+def _add_kubernetes_arguments(parser: argparse.ArgumentParser) -> Any:
+    group = parser.add_argument_group("Kubernetes (nim-async[kubernetes])")
+    group.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="a NIMService (NIM Operator installed) or a Deployment + Service, not Docker",
+    )
+    group.add_argument("--namespace", default="default", help="namespace (default)")
+    group.add_argument("--context", help="kubeconfig context (the current one)")
+    group.add_argument("--kubeconfig", help="kubeconfig path ($KUBECONFIG or ~/.kube/config)")
+    return group
 
 
 def _add_prediction_commands(sub: _Subparsers) -> None:
@@ -242,7 +273,13 @@ def _add_prediction_commands(sub: _Subparsers) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="start --out afresh")
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight (32)")
-    p.add_argument("--retries", type=int, default=2, help="retries per input on 429/5xx (2)")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="retries per input on 429/5xx/connection errors, by the predictor: at most "
+        "1 + RETRIES sends per input (2)",
+    )
     p.add_argument("--ordered", action="store_true", help="write lines in input order")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--coco", metavar="OUT.json", help="also export groundings as COCO JSON")
