@@ -389,7 +389,11 @@ class AsyncNIMPredictor:
             return self._wire
         async with self._wire_lock:
             if self._wire is None:
-                info = await self._http.server_info(request_timeout=min(self._timeout, 10.0))
+                # Under the same retry policy as a send: a restarting server is retried here too.
+                info = await self._retry.run(
+                    lambda: self._http.server_info(request_timeout=min(self._timeout, 10.0)),
+                    label="GET server version",
+                )
                 self._wire = wire_format_for(
                     info.nim_version, info.metadata, vllm=info.vllm_version, owned_by=info.owned_by
                 )

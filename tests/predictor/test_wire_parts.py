@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -207,3 +208,36 @@ async def test_health_ready_is_false_while_a_nim_loads(start_emulator: Any) -> N
             assert not await client.health_ready()  # 503 on /v1/health/ready: no /health asked
         finally:
             await client.aclose()
+
+
+async def test_auto_dialect_waits_for_a_server_that_starts_late(image_factory: Any) -> None:
+    """Learning the server runs under the retry policy, like a send: a restarting server is fine."""
+    from nim_async import AsyncNIMPredictor
+    from tests.predictor.conftest import Recorder
+
+    # bound but not listening: connections are refused, and no other process can take the port
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    rec = Recorder()
+    rec.version = {"release": "1.0.3", "api": "1.0.0"}  # a NIM 1.x: nvext
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", rec.chat)
+    app.router.add_get("/v1/version", rec.get_version)
+    runner = web.AppRunner(app)
+    await runner.setup()
+
+    async def start_later() -> None:
+        await asyncio.sleep(0.4)
+        await web.SockSite(runner, sock).start()
+
+    starter = asyncio.create_task(start_later())
+    try:
+        async with AsyncNIMPredictor("m", "vqa", port=port, retries=6) as p:
+            result = await p(image_factory(size=(16, 16)), "Q?")
+        assert result.raw_output
+        assert "nvext" in rec.bodies[0]
+    finally:
+        await starter
+        await runner.cleanup()
+        sock.close()
