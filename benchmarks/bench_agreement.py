@@ -112,8 +112,46 @@ def read_env(path: Path = ENV_FILE) -> dict[str, str]:
     return values
 
 
-def scrape(url: str) -> dict[str, float] | None:
-    """The server's Prometheus metrics (``/v1/metrics`` then ``/metrics``), parsed."""
+BUCKETED = {"ttft": "time_to_first_token_seconds", "itl": "inter_token_latency_seconds"}
+"""Server histograms whose p50 is read from their buckets (vLLM >= 0.11: ITL per token)."""
+
+
+def buckets(text: str) -> dict[str, dict[float, float]]:
+    """``{figure: {upper bound s: cumulative count}}`` of :data:`BUCKETED`, summed over labels."""
+    out: dict[str, dict[float, float]] = {k: {} for k in BUCKETED}
+    for line in text.splitlines():
+        if line.startswith("#") or "_bucket{" not in line:
+            continue
+        name, _, rest = line.partition("{")
+        labels, _, value = rest.rpartition("}")
+        for figure, base in BUCKETED.items():
+            if name == base + "_bucket" or name.endswith(":" + base + "_bucket"):
+                le = labels.split('le="', 1)[1].split('"', 1)[0]
+                bound = float("inf") if le == "+Inf" else float(le)
+                out[figure][bound] = out[figure].get(bound, 0.0) + float(value.split()[0])
+    return out
+
+
+def bucket_p50(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The median (ms) of a histogram's delta, linear within its bucket (Prometheus' way)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    half = counts[-1] / 2.0
+    lower, below = 0.0, 0.0
+    for bound, cum in zip(bounds, counts, strict=True):
+        if cum >= half:
+            if bound == float("inf"):
+                return lower * 1000.0
+            inside = cum - below
+            return (lower + (bound - lower) * ((half - below) / inside if inside else 0)) * 1000.0
+        lower, below = bound, cum
+    return None
+
+
+def scrape(url: str) -> dict[str, Any] | None:
+    """The server's Prometheus metrics (``/v1/metrics`` then ``/metrics``): parsed + buckets."""
     for path in METRIC_PATHS:
         try:
             response = httpx.get(url.rstrip("/") + path, timeout=10.0)
@@ -122,21 +160,27 @@ def scrape(url: str) -> dict[str, float] | None:
         if response.status_code == 200 and response.text:
             parsed = parse_prometheus(response.text)
             if parsed:
-                return parsed
+                return {"values": parsed, "buckets": buckets(response.text)}
     return None
 
 
 def witness(
-    before: dict[str, float] | None,
-    after: dict[str, float] | None,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
     num_requests: int,
     max_tokens: int,
 ) -> dict[str, Any] | None:
     """The server's figures over one run, with ``valid``: it counted exactly this run."""
-    deltas = server_deltas(before, after)
+    if after is None:
+        return None
+    deltas = server_deltas(before["values"] if before else None, after["values"])
     if deltas is None:
         return None
     out: dict[str, Any] = dict(deltas)
+    for figure in BUCKETED:
+        out[f"{figure}_p50_ms"] = bucket_p50(
+            (before or {}).get("buckets", {}).get(figure, {}), after["buckets"][figure]
+        )
     out["valid"] = (
         deltas.get("requests") == num_requests
         and deltas.get("generation_tokens") == num_requests * max_tokens
@@ -248,13 +292,25 @@ def _vllm_itl_without_first(raw: dict[str, Any]) -> tuple[float | None, float | 
 def compare(nim: dict[str, Any], vllm: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """The figures side by side: ``rows`` (gated), ``shown`` (means) and ``agree``."""
     rows = []
+    nim_w, vllm_w = nim.get("witness") or {}, vllm.get("witness") or {}
     for key, label, nim_path, vllm_key in COMPARED:
         a, b = _get(nim["raw"], nim_path), _get(vllm["raw"], (vllm_key,))
         diff = abs(a - b) / max(abs(a), abs(b)) if a is not None and b is not None else None
         ok = diff is not None and diff <= tolerance
-        rows.append({"key": key, "label": label, "nim": a, "vllm": b, "diff": diff, "ok": ok})
+        bucketed = key.removesuffix("_p50") in BUCKETED
+        rows.append(
+            {
+                "key": key,
+                "label": label,
+                "nim": a,
+                "vllm": b,
+                "diff": diff,
+                "ok": ok,
+                "server_nim_run": nim_w.get(f"{key}_ms") if bucketed else None,
+                "server_vllm_run": vllm_w.get(f"{key}_ms") if bucketed else None,
+            }
+        )
     shown = []
-    nim_w, vllm_w = nim.get("witness") or {}, vllm.get("witness") or {}
     for key, label, nim_path, vllm_key, server_key in SHOWN:
         shown.append(
             {
@@ -287,17 +343,28 @@ def table(result: dict[str, Any]) -> str:
     cmp_ = result["comparison"]
     lines = [
         "| figure | nim-async bench | vllm bench serve | difference | within "
-        f"{cmp_['tolerance']:.0%} |",
-        "|---|---|---|---|---|",
+        f"{cmp_['tolerance']:.0%} | server p50, nim run / vllm run¹ |",
+        "|---|---|---|---|---|---|",
     ]
     for r in cmp_["rows"]:
         diff = "—" if r["diff"] is None else f"{r['diff']:.1%}"
+        server = (
+            ""
+            if r.get("server_nim_run") is None and r.get("server_vllm_run") is None
+            else f"{_fmt(r.get('server_nim_run'))} / {_fmt(r.get('server_vllm_run'))}"
+        )
         lines.append(
             f"| {r['label']} | {_fmt(r['nim'])} | {_fmt(r['vllm'])} | {diff} | "
-            f"{'yes' if r['ok'] else '**no**'} |"
+            f"{'yes' if r['ok'] else '**no**'} | {server} |"
         )
     extra = cmp_["vllm_itl_without_first_gap"]
-    lines.append(f"| ITL p50 (ms), vLLM without the role-chunk gap | | {_fmt(extra['p50'])} | | |")
+    lines.append(
+        f"| ITL p50 (ms), vLLM without the role-chunk gap | | {_fmt(extra['p50'])} | | | |"
+    )
+    lines.append(
+        "\n¹ from the server's histogram buckets over each run (linear within a bucket; "
+        "vLLM's ITL buckets are 10, 25, 50, 75, 100 ms ..., so coarse)"
+    )
     lines += [
         "",
         "| figure (means) | nim-async bench | server, nim run | vllm bench serve | "
@@ -390,14 +457,18 @@ def judge(result: dict[str, Any]) -> list[str]:
             continue
         fig = fig_of[r["key"]]
         a, b = witness["nim"].get(fig), witness["vllm"].get(fig)
+        sn, sv = r.get("server_nim_run"), r.get("server_vllm_run")
+        if sn and sv and r["nim"] and r["vllm"]:  # the server's own p50 (histogram buckets)
+            a, b = r["nim"] / sn, r["vllm"] / sv
         if not valid or a is None or b is None or change is None:
             notes.append(f"{r['label']}: disagree; no valid server witness to judge by")
             continue
         if abs(change) > tol and abs(a - b) <= tol:
+            how = f"{abs(change):.0%} {'slower' if change > 0 else 'faster'}"
             notes.append(
-                f"{r['label']}: disagree, but the server itself was {change:+.0%} slower "
-                f"(its E2E mean) in the vllm run; against the server over its own run "
-                f"nim-async reads {a:.2f}x, vllm bench {b:.2f}x: the load changed, not the tools"
+                f"{r['label']}: disagree, but the server itself was {how} (its E2E mean) in "
+                f"the vllm run; against the server over its own run nim-async reads "
+                f"{a:.2f}x, vllm bench {b:.2f}x: the load changed, not the tools"
             )
         else:
             closer = "nim-async bench" if abs(a - 1) < abs(b - 1) else "vllm bench serve"

@@ -3,7 +3,9 @@
 Both tools run the same workload (``benchmarks/bench_agreement.py --quick``: 8 JPEG scenes of
 320x240 with one prompt, 32 requests at concurrency 4, 32 tokens with ``ignore_eos``), one after
 the other, and must agree within 10 % on request throughput, output tokens/s, TTFT p50, TPOT
-p50 and ITL p50. The server's ``/metrics`` deltas over each run are the third witness.
+p50 and ITL p50. The server's ``/metrics`` deltas over each run are the third witness (and,
+on a machine too busy for two runs to see the same server, the reference each tool is compared
+with).
 
 Random weights: the text is garbage, so nothing here reads it; but garbage text is what shows
 the case that made the tools disagree at first: vLLM streams a token whose text its
@@ -93,19 +95,26 @@ def _run_agreement(tmp_path: Path, attempt: int) -> dict[str, Any]:
     return result
 
 
+ATTEMPTS = 3
+
+
 @pytest.mark.timeout(900)  # vllm bench imports torch + vllm: ~15 s quiet, over 60 s on a busy box
 def test_nim_bench_agrees_with_vllm_bench_serve(vllm_server: Any, tmp_path: Path) -> None:
     """Same workload, same server, one run each: the five figures agree within 10 %.
 
-    When they do not and the server's own histograms say the server itself got slower or
-    faster between the two runs by more than the tolerance while each tool still matched the
-    server over its own run (someone else loaded this shared machine), it runs once more.
+    The server's own histograms over each run are the third witness. When the tools disagree
+    and the server itself was faster or slower between the two runs by more than half the
+    tolerance (its E2E mean; this 2-core machine is shared, so other work changes its speed),
+    the pair runs again, up to three times. If the server never held still, the check is made
+    against the witness instead: each tool's TPOT, E2E and req/s over the server's own over
+    that tool's run must agree between the tools (and with 1) within the tolerance.
     """
-    result = _run_agreement(tmp_path, 1)
-    if not result["comparison"]["agree"]:
+    for attempt in range(1, ATTEMPTS + 1):
+        result = _run_agreement(tmp_path, attempt)
         change = result.get("server_change")
-        if change is None or abs(change) > TOLERANCE:
-            result = _run_agreement(tmp_path, 2)
+        steady = change is not None and abs(change) <= TOLERANCE / 2
+        if result["comparison"]["agree"] or steady:
+            break
     table = result["stdout"]
     nim, vllm = result["nim"]["raw"], result["vllm"]["raw"]
     # the same workload: every request done, the same prompt and output tokens on both sides
@@ -114,16 +123,24 @@ def test_nim_bench_agrees_with_vllm_bench_serve(vllm_server: Any, tmp_path: Path
     assert nim["output_tokens"] == vllm["total_output_tokens"] == 32 * 32, table
     assert nim["prompt_tokens"] == vllm["total_input_tokens"] > 32 * 64, table  # image tokens
     assert nim["usage_chunk_mismatches"] == 0, table
-    # the server counted exactly each run (nobody else used it): the witness is valid
+    agreement = result["server_agreement"]
     for side in ("nim", "vllm"):
         witness = result[side]["witness"]
         assert witness is not None, f"no /metrics over the {side} run"
-        if witness["valid"]:  # each tool's means against the server's over its own run
-            ratios = result["server_agreement"][side]
-            assert abs(ratios["tpot"] - 1) <= TOLERANCE, (side, ratios, table)
-            assert abs(ratios["e2e"] - 1) <= TOLERANCE, (side, ratios, table)
-    failed = [r["label"] for r in result["comparison"]["rows"] if not r["ok"]]
-    assert not failed, f"disagree beyond {TOLERANCE:.0%}: {failed}\n{table}"
+        if witness["valid"]:  # the server counted exactly this run: nobody else used it
+            for figure in ("tpot", "e2e", "throughput"):
+                ratio = agreement[side][figure]
+                assert abs(ratio - 1) <= TOLERANCE, (side, figure, ratio, table)
+    if result["comparison"]["agree"] or steady:
+        failed = [r["label"] for r in result["comparison"]["rows"] if not r["ok"]]
+        assert not failed, f"disagree beyond {TOLERANCE:.0%}: {failed}\n{table}"
+        return
+    no_witness = f"the server moved ({change}) between the runs and had other traffic\n{table}"
+    assert agreement["nim"]["valid"], no_witness
+    assert agreement["vllm"]["valid"], no_witness
+    for figure in ("tpot", "e2e", "throughput"):
+        a, b = agreement["nim"][figure], agreement["vllm"][figure]
+        assert abs(a - b) / max(a, b) <= TOLERANCE, (figure, a, b, table)
 
 
 def test_agreement_table_names_a_disagreement() -> None:
