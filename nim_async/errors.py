@@ -7,6 +7,8 @@ with ``raise ... from exc``, so callers never need to catch a third-party type.
 ::
 
     NIMError
+    ├── InvalidParameterError              also a ValueError; .field (NIMSamplingParams etc.)
+    ├── OutputFileError                    also a ValueError; .path (a results file)
     ├── NIMDeploymentError                 deploying / stopping containers
     │   ├── InvalidConfigError             also a ValueError
     │   ├── ContainerExistsError           .container_name
@@ -47,12 +49,14 @@ __all__ = [
     "GuidedDecodingError",
     "ImagePullError",
     "InvalidConfigError",
+    "InvalidParameterError",
     "MediaError",
     "ModelIncompatibilityError",
     "ModelNotFoundError",
     "NIMDeploymentError",
     "NIMError",
     "NIMPredictionError",
+    "OutputFileError",
     "PortInUseError",
     "PredictionParseError",
     "PredictionTimeoutError",
@@ -70,6 +74,32 @@ __all__ = [
 
 class NIMError(Exception):
     """Base class of every error raised by ``nim_async``."""
+
+
+class InvalidParameterError(NIMError, ValueError):
+    """A parameter value is invalid (e.g. a :class:`~nim_async.config.NIMSamplingParams` field).
+
+    Args:
+        message: What is wrong and how to fix it.
+        field: The parameter's name (``None`` when several are wrong or it is unknown).
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class OutputFileError(NIMError, ValueError):
+    """A results file cannot be written where asked (not a regular file, or an OS error).
+
+    Args:
+        message: The path and the cause, in one line.
+        path: The path given.
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # --------------------------------------------------------------------------- deployment

@@ -259,7 +259,15 @@ def _add_prediction_commands(sub: _Subparsers) -> None:
         description=(
             "Score every image of DIR_OR_LIST (a directory, a text file of paths/URLs, or '-' "
             "for stdin). Each input ends as one JSON line in --out, appended and flushed as it "
-            "finishes; --resume skips inputs already recorded. Exits 1 if any input failed."
+            "finishes; --resume skips inputs already recorded. --out must be a regular file "
+            "(devices, directories, FIFOs and /proc, /sys, /dev are refused); --overwrite and "
+            "--retry-errors replace it atomically."
+        ),
+        epilog=(
+            "exit status: 0 every input succeeded; 1 an input failed (in this run, or an error "
+            "record of an earlier run kept by --resume) or an error stopped the batch (one line "
+            "on stderr naming the cause, e.g. --out is not a regular file, cannot be written, "
+            "or the disk is full); 2 usage error; 130 interrupted (Ctrl-C; rerun with --resume)."
         ),
     )
     p.add_argument("inputs", metavar="DIR_OR_LIST", help="directory, list file, or '-'")

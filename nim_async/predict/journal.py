@@ -11,6 +11,13 @@ skips the inputs already recorded and appends the rest::
                 journal.record(result)
     print(journal.ok, journal.failed, journal.skipped)
 
+The file is only ever a regular file: a path that is a directory, device, FIFO or socket (or a
+symlink to one), or that lies under ``/proc``, ``/sys`` or ``/dev``, is refused with
+:class:`~nim_async.errors.OutputFileError`; ``overwrite`` and ``retry_errors`` replace the file
+atomically (a temporary file in the same folder, then a rename), and every OS error (permission,
+read-only or immutable folder, full disk) becomes an ``OutputFileError`` naming the path and
+the cause.
+
 Lines are :func:`~nim_async.predict.batch.result_record` objects whose ``index`` is the input's
 position in ``sources`` (stable across resumed runs). Inputs are told apart by their
 :func:`~nim_async.predict.batch.source_label` (a path or URL as given); a repeat within one run
@@ -20,7 +27,11 @@ opened again; ``retry_errors=True`` drops the error lines so those inputs run ag
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +39,7 @@ from typing import IO, Any, Self
 
 import orjson
 
+from nim_async.errors import OutputFileError
 from nim_async.predict.batch import BatchResult, result_record, source_label
 
 __all__ = ["BatchJournal", "JournalExistsError", "read_recorded"]
@@ -41,6 +53,90 @@ class JournalExistsError(ValueError):
             f"{path} already holds results; resume to continue it or overwrite to start again"
         )
         self.path = path
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+_SPECIAL_ROOTS = ("proc", "sys", "dev")
+
+
+def _os_error(path: Path, exc: OSError) -> OutputFileError:
+    cause = exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__
+    if exc.errno == errno.EPERM and "mmutable" not in cause:
+        cause += " (immutable file or folder?)"
+    return OutputFileError(f"cannot write results file {path}: {cause}", str(path))
+
+
+def _kind(mode: int) -> str | None:
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _check_target(path: Path) -> Path:
+    """The real path to write (symlinks followed); refuses anything but a regular file."""
+    real = Path(os.path.realpath(path))
+    shown = f"{path} (-> {real})" if real != Path(os.path.abspath(path)) else str(path)
+    if len(real.parts) > 1 and real.parts[1] in _SPECIAL_ROOTS:
+        raise OutputFileError(
+            f"refusing to write results file {shown}: it is under /{real.parts[1]} "
+            "(a kernel or device filesystem); give a regular file path",
+            str(path),
+        )
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return real
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    kind = _kind(mode)
+    if kind is not None:
+        raise OutputFileError(
+            f"refusing to write results file {shown}: it is {kind}, not a regular file",
+            str(path),
+        )
+    return real
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(OSError):  # keep the old file's permissions
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _open_append(path: Path, shown: Path) -> IO[bytes]:
+    # O_NONBLOCK: a FIFO put there since the check fails at once instead of blocking.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o666)
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise OutputFileError(
+                f"refusing to write results file {shown}: it is {kind}, not a regular file",
+                str(shown),
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _repair_torn_tail(path: Path) -> bytes:
@@ -88,9 +184,7 @@ def read_recorded(path: str | Path, *, drop_errors: bool = False) -> tuple[set[s
         recorded.add(str(record["source"]))
         kept.append(line)
     if drop_errors and dropped:
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
-        os.replace(tmp, out)
+        _replace_atomically(out, b"".join(line + b"\n" for line in kept))
     return recorded, dropped
 
 
@@ -142,24 +236,37 @@ class BatchJournal:
 
         Raises:
             JournalExistsError: the file holds results and neither ``resume`` nor ``overwrite``.
+            OutputFileError: the path is not (and cannot become) a regular file, or an OS error
+                (permission, read-only folder, full disk), naming the path and the cause.
         """
-        out = self.path
-        if out.exists() and out.stat().st_size > 0 and not (self.resume or self.overwrite):
-            raise JournalExistsError(out)
-        if self.overwrite and out.exists():
-            out.unlink()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if self.resume:
-            recorded, self.dropped_errors = read_recorded(out, drop_errors=self.retry_errors)
-            self.recorded = frozenset(recorded)
-        self._sink = out.open("ab")
+        out = _check_target(self.path)
+        try:
+            exists = out.exists()
+            if exists and out.stat().st_size > 0 and not (self.resume or self.overwrite):
+                raise JournalExistsError(self.path)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if self.overwrite and exists:
+                _replace_atomically(out, b"")
+            if self.resume:
+                recorded, self.dropped_errors = read_recorded(out, drop_errors=self.retry_errors)
+                self.recorded = frozenset(recorded)
+            self._sink = _open_append(out, self.path)
+        except OSError as exc:
+            raise _os_error(self.path, exc) from None
         return self
 
     def close(self) -> None:
-        """Close the file (every recorded line is already flushed)."""
+        """Close the file (every recorded line is already flushed).
+
+        Raises:
+            OutputFileError: the last bytes could not be written (e.g. the disk is full).
+        """
         sink, self._sink = self._sink, None
         if sink is not None:
-            sink.close()
+            try:
+                sink.close()
+            except OSError as exc:
+                raise _os_error(self.path, exc) from None
 
     def __enter__(self) -> Self:
         return self.open()
@@ -206,13 +313,22 @@ class BatchJournal:
 
         Raises:
             RuntimeError: if the journal is not open.
+            OutputFileError: the line could not be written (e.g. the disk is full); the file
+                keeps every complete line before it (a torn one is cut off on resume).
         """
-        if self._sink is None:
+        sink = self._sink
+        if sink is None:
             raise RuntimeError("BatchJournal is not open; use `with BatchJournal(...)`")
         record = result_record(result)
         record["index"] = self._positions.pop(result.index, result.index)
-        self._sink.write(orjson.dumps(record) + b"\n")
-        self._sink.flush()
+        try:
+            sink.write(orjson.dumps(record) + b"\n")
+            sink.flush()
+        except OSError as exc:
+            self._sink = None
+            with contextlib.suppress(OSError):  # its buffer cannot be written either
+                sink.close()
+            raise _os_error(self.path, exc) from None
         if result.ok:
             self.ok += 1
         else:
