@@ -8,8 +8,9 @@ server's wire format, learnt once when ``dialect="auto"``, the default).
   (:mod:`nim_async.predict.media`); the body is built by :mod:`nim_async.protocol.wire` with
   each field where the server honours it, serialised once with ``orjson`` and the base64 image
   spliced in as bytes (the same bytes are re-sent on retries).
-* **send**: :meth:`ServerClient.post` with retries for a server that is not answering or asks
-  to come back later (HTTP 429/503 before any answer).
+* **send**: :meth:`ServerClient.post` under the one
+  :class:`~nim_async.http.retry.RetryPolicy`: a server that is not answering, or HTTP
+  429/502/503/504 before any answer, is retried (``retries + 1`` sends at most).
 * **finish**: the text (content, or reasoning + content) is checked against the guided-decoding
   constraint and parsed by the task.
 
