@@ -47,7 +47,9 @@ async def ps(args: argparse.Namespace) -> int:
     Returns:
         The exit status.
     """
-    containers = [_as_dict(c) for c in await AsyncNIMDeployer.list()]
+    from nim_async.cli.deploy import kubernetes_options
+
+    containers = [_as_dict(c) for c in await AsyncNIMDeployer.list(**kubernetes_options(args))]
     if args.json:
         sys.stdout.write(orjson.dumps(containers, default=str).decode() + "\n")
         return EXIT_OK

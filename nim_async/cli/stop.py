@@ -20,7 +20,9 @@ async def stop(args: argparse.Namespace) -> int:
     Returns:
         0 when the container was stopped and removed, 1 when there was none.
     """
-    stopped = await AsyncNIMDeployer.stop(args.name, quiet=True)
+    from nim_async.cli.deploy import kubernetes_options
+
+    stopped = await AsyncNIMDeployer.stop(args.name, quiet=True, **kubernetes_options(args))
     if stopped:
         if not args.quiet:
             console().print(f"Stopped and removed {args.name}")

@@ -56,6 +56,7 @@ from nim_async.deploy.status import ContainerStatus, status_from_inspect, status
 from nim_async.errors import (
     ContainerExistsError,
     ContainerExitedError,
+    InvalidConfigError,
     NIMError,
     RegistryAuthError,
     ServiceNotReadyError,
@@ -75,6 +76,20 @@ __all__ = [
 
 REGISTRY_USER = "$oauthtoken"
 LOG_TAIL = 50
+BACKENDS = ("docker", "kubernetes")
+
+
+def _kubernetes() -> Any:
+    """The Kubernetes backend's package (the optional extra ``nim-async[kubernetes]``)."""
+    try:
+        from nim_async.deploy import kubernetes
+    except ModuleNotFoundError as exc:
+        raise InvalidConfigError(
+            f"backend='kubernetes' needs the kubernetes extra: pip install 'nim-async[kubernetes]' "
+            f"({exc})",
+            field="backend",
+        ) from None
+    return kubernetes
 
 
 class DeployTimings(BaseModel):
@@ -108,9 +123,19 @@ class AsyncNIMDeployer:
         quiet: Print nothing at all.
         console: Where progress and logs are drawn (a rich console; default: one on stderr).
         on_event: Receives every deploy event instead of the console (also when ``quiet``).
+        backend: ``"docker"`` (the local engine) or ``"kubernetes"``
+            (:mod:`nim_async.deploy.kubernetes`: a NIMService where the NIM Operator is
+            installed, else a Deployment + Service; needs ``nim-async[kubernetes]``).
+        namespace: Kubernetes namespace (``backend="kubernetes"``).
+        context: Kubernetes kubeconfig context (``None``: the current one).
+        kubeconfig: Kubeconfig path (``None``: ``$KUBECONFIG`` or ``~/.kube/config``).
+        port_forward: Kubernetes: report a port-forward to ``127.0.0.1:config.port`` (open
+            until the deployer is closed) instead of the in-cluster Service URL.
+        url: Kubernetes: the URL the NIM is reachable at from here (NodePort, ingress).
 
     Raises:
-        InvalidConfigError: If ``config`` is ``None`` and the environment gives no valid key.
+        InvalidConfigError: If ``config`` is ``None`` and the environment gives no valid key,
+            or ``backend`` is unknown.
     """
 
     def __init__(
@@ -120,8 +145,27 @@ class AsyncNIMDeployer:
         *,
         console: Any = None,
         on_event: EventSink | None = None,
+        backend: str = "docker",
+        namespace: str = "default",
+        context: str | None = None,
+        kubeconfig: str | None = None,
+        port_forward: bool = False,
+        url: str | None = None,
     ) -> None:
+        if backend not in BACKENDS:
+            raise InvalidConfigError(
+                f"backend must be one of {BACKENDS}, not {backend!r}", field="backend"
+            )
         self._config = config if config is not None else NIMConfig()
+        self._backend = backend
+        self._kube_options: dict[str, Any] = {
+            "namespace": namespace,
+            "context": context,
+            "kubeconfig": kubeconfig,
+            "port_forward": port_forward,
+            "url": url,
+        }
+        self._kube: Any = None
         self._quiet = quiet
         self._sink = resolve_sink(quiet=quiet, on_event=on_event, console=console)
         self._log_task: asyncio.Task[None] | None = None
@@ -137,6 +181,11 @@ class AsyncNIMDeployer:
         """Whether console output is suppressed."""
         return self._quiet
 
+    @property
+    def backend(self) -> str:
+        """Where it deploys: ``"docker"`` or ``"kubernetes"``."""
+        return self._backend
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -147,6 +196,9 @@ class AsyncNIMDeployer:
         tb: TracebackType | None,
     ) -> None:
         await self._stop_log_task()
+        kube, self._kube = self._kube, None
+        if kube is not None:
+            await kube.close()  # the port-forward, if one is open
 
     def __repr__(self) -> str:
         return f"AsyncNIMDeployer(image={self._config.image_ref!r}, quiet={self._quiet})"
@@ -184,6 +236,13 @@ class AsyncNIMDeployer:
         """
         self.timings = DeployTimings(started=time.perf_counter())
         try:
+            if self._backend == "kubernetes":
+                self._kube = _kubernetes().KubernetesBackend(
+                    self._config, on_event=self._sink, **self._kube_options
+                )
+                result: NIMDeploymentResult = await self._kube.deploy()
+                self.timings.ready = self._kube.ready_at
+                return result
             return await self._deploy()
         finally:
             self.timings.finished = time.perf_counter()
@@ -437,14 +496,25 @@ class AsyncNIMDeployer:
         *,
         grace: float = 10.0,
         on_event: EventSink | None = None,
+        backend: str = "docker",
+        namespace: str = "default",
+        context: str | None = None,
+        kubeconfig: str | None = None,
     ) -> bool:
         """Stop a NIM container (SIGTERM, SIGKILL after ``grace`` seconds) and remove it.
 
+        With ``backend="kubernetes"``: delete every object the deploy of that name created
+        (NIMService or Deployment + Service, the two secrets) and wait until its pods are gone.
+
         Args:
-            container_name: Container name or id.
+            container_name: Container name or id (Kubernetes: the deployment's name).
             quiet: Print nothing.
             grace: Seconds between SIGTERM and SIGKILL.
             on_event: Receives the state changes instead of the console.
+            backend: ``"docker"`` or ``"kubernetes"``.
+            namespace: Kubernetes namespace.
+            context: Kubernetes kubeconfig context.
+            kubeconfig: Kubeconfig path.
 
         Returns:
             ``True`` if the container was found (and is now gone), ``False`` if not.
@@ -454,6 +524,15 @@ class AsyncNIMDeployer:
             APIError: For other Docker failures.
         """
         sink = resolve_sink(quiet=quiet, on_event=on_event)
+        if backend == "kubernetes":
+            kube = _kubernetes().KubernetesBackend(
+                NIMConfig.model_construct(),
+                namespace=namespace,
+                context=context,
+                kubeconfig=kubeconfig,
+                on_event=sink,
+            )
+            return bool(await kube.stop(container_name, grace=max(grace, 30.0)))
 
         def state(state: DeployState, message: str) -> None:
             if sink is not None:
@@ -489,8 +568,22 @@ class AsyncNIMDeployer:
         return status_from_inspect(info)
 
     @classmethod
-    async def list(cls) -> builtins.list[ContainerStatus]:
+    async def list(
+        cls,
+        *,
+        backend: str = "docker",
+        namespace: str = "default",
+        context: str | None = None,
+        kubeconfig: str | None = None,
+    ) -> builtins.list[ContainerStatus]:
         """The containers managed by ``nim_async`` (running or not).
+
+        Args:
+            backend: ``"docker"``, or ``"kubernetes"`` for the NIMServices / Deployments
+                ``nim_async`` made in ``namespace``.
+            namespace: Kubernetes namespace.
+            context: Kubernetes kubeconfig context.
+            kubeconfig: Kubeconfig path.
 
         Returns:
             One :class:`ContainerStatus` per labelled container.
@@ -498,6 +591,11 @@ class AsyncNIMDeployer:
         Raises:
             DockerUnavailableError: If the Docker daemon cannot be reached.
         """
+        if backend == "kubernetes":
+            rows: builtins.list[ContainerStatus] = await _kubernetes().KubernetesBackend.list(
+                namespace=namespace, context=context, kubeconfig=kubeconfig
+            )
+            return rows
         async with DockerClient() as docker:
             summaries = await docker.list_containers(labels={MANAGED_LABEL: "true"})
         return [status_from_summary(item) for item in summaries]

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -276,3 +277,40 @@ async def test_without_crd_a_deployment_and_service(
         await asyncio.wait_for(task, 20)
     assert "Deployment" in str(info.value)
     assert KEY not in str(info.value)
+
+
+async def test_cli_deploy_ps_stop_kubernetes(
+    cluster: Cluster, api: Any, with_crd: None, namespace: str
+) -> None:
+    import sys
+
+    common = ["--kubernetes", "--namespace", namespace, "--kubeconfig", cluster.kubeconfig]
+    env = {**os.environ, "NGC_API_KEY": KEY}
+    deploy = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nim_async.cli", "deploy", "--json", "--quiet",
+        "--registry", "127.0.0.1:5599/nim/nvidia", "--gpus", "none", "--startup-timeout", "30",
+        *common,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await wait_for_nimservice(api, namespace, "cosmos-reason1-7b")
+    await set_status(api, namespace, "cosmos-reason1-7b", {"state": "Ready"})
+    out, err = await asyncio.wait_for(deploy.communicate(), 60)
+    assert deploy.returncode == 0, err.decode()
+    payload = json.loads(out)
+    assert payload["base_url"] == f"http://cosmos-reason1-7b.{namespace}.svc.cluster.local:8000"
+    assert KEY not in out.decode() + err.decode()
+
+    async def cli(*argv: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nim_async.cli", *argv, *common,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        text, _ = await asyncio.wait_for(proc.communicate(), 60)
+        return int(proc.returncode or 0), text.decode()
+
+    code, text = await cli("ps", "--json")
+    assert code == 0, text
+    assert [row["name"] for row in json.loads(text)] == ["cosmos-reason1-7b"]
+    code, text = await cli("stop", "cosmos-reason1-7b")
+    assert code == 0, text
+    assert await labelled(api, namespace) == {}

@@ -128,9 +128,9 @@ class KubernetesBackend:
 
     # ------------------------------------------------------------------ output
 
-    def _state(self, state: DeployState, message: str) -> None:
+    def _state(self, state: DeployState, message: str, name: str | None = None) -> None:
         if self._sink is not None:
-            self._sink(StateChanged(state, object_name(self.config), message))
+            self._sink(StateChanged(state, name or object_name(self.config), message))
 
     def _notice(self, message: str, level: Level = Level.NOTE) -> None:
         if self._sink is not None:
@@ -398,14 +398,16 @@ class KubernetesBackend:
             APIError: If the API server cannot be reached or refuses.
         """
         target = name or object_name(self.config)
-        self._state(DeployState.STOPPING, f"Deleting {self.settings.namespace}/{target}")
+        self._state(DeployState.STOPPING, f"Deleting {self.settings.namespace}/{target}", target)
         async with KubeClient(self.kubeconfig, self.context) as client:
             found = await self._remove(client, target, wait=True, grace=grace)
         if found:
-            self._state(DeployState.REMOVED, f"Removed {self.settings.namespace}/{target}")
+            self._state(DeployState.REMOVED, f"Removed {self.settings.namespace}/{target}", target)
         else:
             self._state(
-                DeployState.NOT_FOUND, f"Nothing named {target!r} in {self.settings.namespace}"
+                DeployState.NOT_FOUND,
+                f"Nothing named {target!r} in {self.settings.namespace}",
+                target,
             )
         return found
 
