@@ -191,7 +191,8 @@ def witness(
 def write_workload(
     folder: Path, *, num_images: int, size: tuple[int, int], prompt: str, seed: int
 ) -> tuple[Path, Path]:
-    """Write the images (for ``nim-async bench --image-dir``) and vLLM's ``custom_image`` JSONL.
+    """Write the images (for ``nim-async bench --image-dir``), vLLM's ``custom_image`` JSONL
+    and the same as aiperf's ``single_turn`` JSONL (``aiperf-dataset.jsonl``).
 
     Returns:
         ``(image_dir, jsonl_path)``.
@@ -199,7 +200,7 @@ def write_workload(
     image_dir = folder / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     jsonl = folder / "vllm-dataset.jsonl"
-    lines = []
+    lines, aiperf_lines = [], []
     for i, image in enumerate(synthetic_images(num_images, [size], seed=seed)):
         (image_dir / f"scene-{i:03d}.jpg").write_bytes(image.data)
         uri = "data:image/jpeg;base64," + base64.b64encode(image.data).decode("ascii")
@@ -208,7 +209,10 @@ def write_workload(
             {"type": "text", "text": prompt},
         ]
         lines.append(json.dumps({"content": content}))
+        aiperf_lines.append(json.dumps({"text": prompt, "image": uri}))
     jsonl.write_text("\n".join(lines) + "\n")
+    # the same requests for aiperf (--custom-dataset-type single_turn), for runs by hand
+    (folder / "aiperf-dataset.jsonl").write_text("\n".join(aiperf_lines) + "\n")
     return image_dir, jsonl
 
 
