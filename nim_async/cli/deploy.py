@@ -1,10 +1,20 @@
-"""``nim-async deploy``: pull and start a NIM container, wait until it is ready."""
+"""``nim-async deploy``: pull and start a NIM container, wait until it is ready.
+
+SIGTERM and SIGHUP (what ``timeout``, systemd and CI cancellation send, or a closed terminal)
+cancel a running deploy like Ctrl-C does: the container it created is removed, then the command
+exits 143 (SIGHUP: 129). A signal whose disposition is not the default (``nohup``'s ignored
+SIGHUP) is left alone.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -56,8 +66,25 @@ async def deploy(args: argparse.Namespace) -> int:
         args: Parsed arguments (the deployment options, ``--quiet``, ``--json``).
 
     Returns:
-        The exit status.
+        The exit status (143 / 129 when SIGTERM / SIGHUP cancelled the deploy).
     """
+    task = asyncio.current_task()
+    assert task is not None
+    with _cancel_on_signals(task) as received:
+        try:
+            return await _deploy(args)
+        except asyncio.CancelledError:
+            if not received:
+                raise  # Ctrl-C: asyncio.run's own cancellation
+            task.uncancel()
+            name = signal.Signals(received[0]).name
+            sys.stderr.write(
+                f"{PROG}: {name}: deploy cancelled (any container it created was removed)\n"
+            )
+            return CANCELLING_SIGNALS[received[0]]
+
+
+async def _deploy(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     reporter = None if args.quiet else ConsoleReporter()
     kube = kubernetes_options(args)
