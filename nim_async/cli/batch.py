@@ -21,6 +21,7 @@ from nim_async.cli.parser import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from nim_async.export import coco_from_jsonl
 from nim_async.predict.batch import predict_many
 from nim_async.predict.journal import BatchJournal, JournalExistsError
+from nim_async.predict.sources import source_identity
 from nim_async.ui.batch_progress import RichBatchProgress
 
 __all__ = ["IMAGE_SUFFIXES", "batch", "iter_inputs"]
@@ -107,7 +108,8 @@ def _inputs(spec: str) -> Iterator[str]:
 
 
 def _count_pending(spec: str, recorded: frozenset[str]) -> int:
-    return len({item for item in iter_inputs(spec) if item not in recorded})
+    keys = {source_identity(item) for item in iter_inputs(spec)}
+    return len(keys - recorded)
 
 
 async def batch(args: argparse.Namespace) -> int:
@@ -117,7 +119,8 @@ async def batch(args: argparse.Namespace) -> int:
         args: Parsed arguments.
 
     Returns:
-        0 when every input succeeded, 1 when any failed, 130 when interrupted.
+        0 when every input succeeded, 1 when any failed (also an error record an earlier run
+        left that ``--resume`` kept), 130 when interrupted.
     """
     _check(args)
     sampling = sampling_from_args(args)
@@ -166,8 +169,10 @@ def _report(
 ) -> int:
     err = console(stderr=True)
     out = journal.path
+    earlier = journal.earlier_failed
     summary = (
         f"batch: {journal.ok} ok, {journal.failed} failed"
+        + (f", {earlier} failed (earlier)" if earlier else "")
         + (f", {journal.skipped} already recorded (skipped)" if args.resume else "")
         + (f", {journal.duplicates} repeated inputs skipped" if journal.duplicates else "")
         + f" in {elapsed:.1f} s -> {out}"
@@ -178,7 +183,7 @@ def _report(
     if interrupted:
         err.print(f"{summary}\n[yellow]interrupted[/]; rerun with --resume to finish the rest")
         return EXIT_INTERRUPTED
-    if journal.failed:
+    if journal.failed or earlier:
         err.print(f"[red]{summary}[/]")
         for source, message in failures:
             err.print(f"  {source}: {message}", markup=False)

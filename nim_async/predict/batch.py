@@ -39,11 +39,11 @@ from collections.abc import (
     Sized,
 )
 from dataclasses import dataclass
-from os import PathLike
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nim_async.errors import NIMError, NIMPredictionError
 from nim_async.http.retry import RetryPolicy
+from nim_async.predict.sources import source_label
 from nim_async.results import PredictionResponse
 
 if TYPE_CHECKING:
@@ -130,24 +130,6 @@ def is_retryable(error: BaseException) -> bool:
         error: The exception an attempt raised.
     """
     return _DEFAULT_POLICY.is_retryable(error)
-
-
-def source_label(source: object) -> str:
-    """A short text naming ``source`` for records and messages (path or URL as given).
-
-    Args:
-        source: A path, URL, bytes or image.
-    """
-    if isinstance(source, str):
-        return source
-    if isinstance(source, PathLike):
-        return str(source.__fspath__())
-    if isinstance(source, bytes | bytearray | memoryview):
-        return f"<{len(source)} bytes>"
-    size = getattr(source, "size", None)
-    if isinstance(size, tuple):
-        return f"<{type(source).__name__} {size[0]}x{size[1]}>"
-    return f"<{type(source).__name__}>"
 
 
 def result_record(result: BatchResult) -> dict[str, Any]:

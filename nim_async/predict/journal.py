@@ -19,10 +19,13 @@ read-only or immutable folder, full disk) becomes an ``OutputFileError`` naming 
 the cause.
 
 Lines are :func:`~nim_async.predict.batch.result_record` objects whose ``index`` is the input's
-position in ``sources`` (stable across resumed runs). Inputs are told apart by their
-:func:`~nim_async.predict.batch.source_label` (a path or URL as given); a repeat within one run
-gets no second line. A partial last line (a write torn by a kill) is cut off when the file is
-opened again; ``retry_errors=True`` drops the error lines so those inputs run again.
+position in ``sources`` (stable across resumed runs), plus ``key``: the input's
+:func:`~nim_async.predict.sources.source_identity` (a resolved absolute path, or the URL as
+given), by which inputs are told apart: the same folder given once relative and once absolute is
+one set of inputs, and a repeat within one run gets no second line. A resumed run counts the
+error records it keeps in :attr:`BatchJournal.earlier_failed`. A partial last line (a write
+torn by a kill) is cut off when the file is opened again; ``retry_errors=True`` drops the error
+lines so those inputs run again.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from typing import IO, Any, Self
 import orjson
 
 from nim_async.errors import OutputFileError
-from nim_async.predict.batch import BatchResult, result_record, source_label
+from nim_async.predict.batch import BatchResult, result_record
+from nim_async.predict.sources import source_identity
 
 __all__ = ["BatchJournal", "JournalExistsError", "read_recorded"]
 
@@ -150,7 +154,7 @@ def _repair_torn_tail(path: Path) -> bytes:
 
 
 def read_recorded(path: str | Path, *, drop_errors: bool = False) -> tuple[set[str], int]:
-    """Read the sources already recorded in a results file, repairing a torn last line.
+    """Read the inputs already recorded in a results file, repairing a torn last line.
 
     A run killed mid-write can leave a partial last line; it is cut off so the file stays valid
     JSON Lines. With ``drop_errors`` the error records are removed (atomically) so those inputs
@@ -161,12 +165,24 @@ def read_recorded(path: str | Path, *, drop_errors: bool = False) -> tuple[set[s
         drop_errors: Remove error records and do not count them as recorded.
 
     Returns:
-        The recorded sources and how many error records were dropped.
+        The recorded inputs' identities (:func:`~nim_async.predict.sources.source_identity`)
+        and how many error records were dropped.
     """
-    out = Path(path)
+    recorded, dropped, _ = _read(Path(path), drop_errors=drop_errors)
+    return recorded, dropped
+
+
+def _record_key(record: dict[str, Any]) -> str:
+    key = record.get("key")
+    # files written before records carried their key: the source as given, resolved here
+    return key if isinstance(key, str) else source_identity(str(record["source"]))
+
+
+def _read(out: Path, *, drop_errors: bool) -> tuple[set[str], int, int]:
+    """(recorded identities, error records dropped, error records kept and not redone ok)."""
     if not out.exists():
-        return set(), 0
-    recorded: set[str] = set()
+        return set(), 0, 0
+    status: dict[str, bool] = {}
     kept: list[bytes] = []
     dropped = 0
     for line in _repair_torn_tail(out).splitlines():
@@ -181,11 +197,12 @@ def read_recorded(path: str | Path, *, drop_errors: bool = False) -> tuple[set[s
         if drop_errors and record.get("status") != "ok":
             dropped += 1
             continue
-        recorded.add(str(record["source"]))
+        key = _record_key(record)
+        status[key] = status.get(key, False) or record.get("status") == "ok"
         kept.append(line)
     if drop_errors and dropped:
         _replace_atomically(out, b"".join(line + b"\n" for line in kept))
-    return recorded, dropped
+    return set(status), dropped, sum(1 for ok in status.values() if not ok)
 
 
 class BatchJournal:
@@ -216,9 +233,12 @@ class BatchJournal:
         self.overwrite = overwrite
         self.retry_errors = retry_errors
         self.recorded: frozenset[str] = frozenset()
-        """Sources recorded by earlier runs (set when opened with ``resume``)."""
+        """Identities (:func:`~nim_async.predict.sources.source_identity`) of the inputs earlier
+        runs recorded (set when opened with ``resume``)."""
         self.dropped_errors = 0
         """Error lines removed because of ``retry_errors``."""
+        self.earlier_failed = 0
+        """Inputs whose earlier error records ``resume`` kept (not run again: they failed)."""
         self.skipped = 0
         """Inputs skipped by :meth:`pending` because an earlier run recorded them."""
         self.duplicates = 0
@@ -248,7 +268,9 @@ class BatchJournal:
             if self.overwrite and exists:
                 _replace_atomically(out, b"")
             if self.resume:
-                recorded, self.dropped_errors = read_recorded(out, drop_errors=self.retry_errors)
+                recorded, self.dropped_errors, self.earlier_failed = _read(
+                    out, drop_errors=self.retry_errors
+                )
                 self.recorded = frozenset(recorded)
             self._sink = _open_append(out, self.path)
         except OSError as exc:
@@ -290,14 +312,14 @@ class BatchJournal:
             sources: The batch's inputs (paths, URLs, anything ``predict_many`` takes).
         """
         for position, item in enumerate(sources):
-            label = source_label(item)
-            if label in self.recorded:
+            key = source_identity(item)
+            if key in self.recorded:
                 self.skipped += 1
                 continue
-            if label in self._started:
+            if key in self._started:
                 self.duplicates += 1
                 continue
-            self._started.add(label)
+            self._started.add(key)
             # predict_many numbers what it is given; the line carries the position in sources.
             self._positions[len(self._started) - 1] = position
             yield item
@@ -321,6 +343,7 @@ class BatchJournal:
             raise RuntimeError("BatchJournal is not open; use `with BatchJournal(...)`")
         record = result_record(result)
         record["index"] = self._positions.pop(result.index, result.index)
+        record["key"] = source_identity(result.source)
         try:
             sink.write(orjson.dumps(record) + b"\n")
             sink.flush()
