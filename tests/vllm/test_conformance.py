@@ -364,3 +364,22 @@ async def test_deployer_readiness_probe_accepts_vllm_health(vllm_server: Any) ->
     async with ReadinessProbe(vllm_server.url) as probe:
         assert await probe.is_ready()  # /v1/health/ready is 404 here; /health is 200
         assert vllm_server.model in await probe.models()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("media_io_kwargs", {"image": {}}), ("mm_processor_kwargs", {"max_pixels": 50176})],
+)
+async def test_multimodal_kwargs_reach_the_server(
+    vllm_server: Any, witness: LogWitness, image: Image.Image, field: str, value: Any
+) -> None:
+    """vi-sdk's media options are sent where vLLM reads them (not dropped): this server, started
+    without --trust-request-mm-kwargs, rejects them with a reason naming the field."""
+    params = NIMSamplingParams(max_tokens=4, **{field: value})
+    async with _predictor(vllm_server, "generic") as p:
+        try:
+            await p(image, "Hi", params)
+        except BadRequestError as exc:
+            assert field in exc.message
+            assert "--trust-request-mm-kwargs" in exc.message
+    witness.check()
