@@ -26,7 +26,10 @@ __all__ = [
 
 PROG = "nim-async"
 DEFAULT_MODEL = "cosmos-reason1-7b"
-TASK_CHOICES = ("phrase-grounding", "vqa")
+# Kept literal so that building the parser imports no task or wire code; a test checks both
+# against the registry (nim_async.protocol.tasks) and nim_async.protocol.wire.DIALECTS.
+TASK_CHOICES = ("phrase-grounding", "vqa", "freeform", "generic")
+DIALECT_CHOICES = ("auto", "openai", "guided", "nvext")
 # Subcommands whose argument parsing belongs to another module: everything after the name is
 # handed to that module's own ``main(argv)``.
 DELEGATED = ("emulate", "bench")
@@ -65,9 +68,10 @@ def _add_nim_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--dialect",
-        choices=("openai", "nvext", "auto"),
-        default="openai",
-        help="where sampling fields go in the request (default: %(default)s)",
+        choices=DIALECT_CHOICES,
+        default="auto",
+        help="where sampling and guided fields go in the request; auto asks the server "
+        "(default: %(default)s)",
     )
 
 
