@@ -250,7 +250,7 @@ class KubeClient:
         return dict(self._plain(obj))
 
     async def delete(self, kind: str, name: str, namespace: str) -> bool:
-        """Delete one object (its dependents in the foreground); ``False`` if there was none.
+        """Delete one object (the garbage collector removes its dependents); ``False`` if none.
 
         Args:
             kind: One of :data:`KINDS`.
@@ -261,7 +261,7 @@ class KubeClient:
             await self._call(
                 f"deleting {kind} {namespace}/{name}",
                 self._method("delete", kind)(
-                    name, namespace=namespace, propagation_policy="Foreground"
+                    name, namespace=namespace, propagation_policy="Background"
                 ),
             )
         except APIError as exc:

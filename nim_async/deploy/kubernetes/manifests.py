@@ -343,6 +343,7 @@ def deployment(config: NIMConfig, settings: KubeSettings) -> dict[str, Any]:
                     "imagePullSecrets": [{"name": pull_secret_name(config)}],
                     "securityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": gid},
                     "terminationGracePeriodSeconds": 10,
+                    "automountServiceAccountToken": False,  # the NIM needs no API access
                     "containers": [container],
                     "volumes": [
                         {
