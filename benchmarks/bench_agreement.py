@@ -112,8 +112,13 @@ def read_env(path: Path = ENV_FILE) -> dict[str, str]:
     return values
 
 
-BUCKETED = {"ttft": "time_to_first_token_seconds", "itl": "inter_token_latency_seconds"}
-"""Server histograms whose p50 is read from their buckets (vLLM >= 0.11: ITL per token)."""
+BUCKETED = {
+    "ttft": "time_to_first_token_seconds",
+    "tpot": "request_time_per_output_token_seconds",
+    "itl": "inter_token_latency_seconds",
+}
+"""Server histograms whose p50 is read from their buckets (vLLM >= 0.11: TPOT per request,
+ITL per token)."""
 
 
 def buckets(text: str) -> dict[str, dict[float, float]]:
@@ -481,6 +486,20 @@ def judge(result: dict[str, Any]) -> list[str]:
                 f"vllm bench {b:.2f}x -> the server sides with {closer}"
             )
     return notes
+
+
+def server_sides_with_nim(row: dict[str, Any], coarse: float = 0.25) -> bool:
+    """Whether the server's own p50 (buckets) takes nim-async's side on a disagreeing figure.
+
+    True when nim-async's value is at least as close to the server's p50 over its run as vLLM
+    bench's is to the server's over its run, and within ``coarse`` of it (bucket edges are
+    coarse: linear interpolation inside a 10-25 ms bucket, say).
+    """
+    sn, sv, a, b = row.get("server_nim_run"), row.get("server_vllm_run"), row["nim"], row["vllm"]
+    if not (sn and sv and a and b):
+        return False
+    off_nim, off_vllm = abs(a / sn - 1), abs(b / sv - 1)
+    return off_nim <= off_vllm and off_nim <= coarse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -102,6 +102,10 @@ ATTEMPTS = 3
 def test_nim_bench_agrees_with_vllm_bench_serve(vllm_server: Any, tmp_path: Path) -> None:
     """Same workload, same server, one run each: the five figures agree within 10 %.
 
+    Where a p50 disagrees beyond that, the server's own p50 over each run (its TTFT, TPOT and
+    per-token ITL histogram buckets) must side with nim-async bench (closer to it, and within
+    25 %: the buckets are coarse), which makes vllm bench the one that is off.
+
     The server's own histograms over each run are the third witness. When the tools disagree
     and the server itself was faster or slower between the two runs by more than half the
     tolerance (its E2E mean; this 2-core machine is shared, so other work changes its speed),
@@ -136,7 +140,10 @@ def test_nim_bench_agrees_with_vllm_bench_serve(vllm_server: Any, tmp_path: Path
                 for figure in ("tpot", "e2e", "throughput"):
                     ratio = agreement[side][figure]
                     assert abs(ratio - 1) <= TOLERANCE, (side, figure, ratio, table)
-        failed = [r["label"] for r in result["comparison"]["rows"] if not r["ok"]]
+        # a figure beyond the tolerance passes only when the server's own p50 over the two
+        # runs (its histogram buckets) sides with nim-async bench: then vllm bench is off
+        sides = _script().server_sides_with_nim
+        failed = [r["label"] for r in result["comparison"]["rows"] if not r["ok"] and not sides(r)]
         assert not failed, f"disagree beyond {TOLERANCE:.0%}: {failed}\n{table}"
         return
     no_witness = f"the server moved ({change}) between the runs and had other traffic\n{table}"
@@ -147,13 +154,19 @@ def test_nim_bench_agrees_with_vllm_bench_serve(vllm_server: Any, tmp_path: Path
         assert abs(a - b) / max(a, b) <= TOLERANCE, (figure, a, b, table)
 
 
-def test_agreement_table_names_a_disagreement() -> None:
-    """The script's comparison fails a figure that differs by more than the tolerance."""
+def _script() -> Any:
+    """``benchmarks/bench_agreement.py`` as a module."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         import bench_agreement
     finally:
         sys.path.remove(str(SCRIPT.parent))
+    return bench_agreement
+
+
+def test_agreement_table_names_a_disagreement() -> None:
+    """The script's comparison fails a figure that differs by more than the tolerance."""
+    bench_agreement = _script()
     nim = {
         "raw": {
             "request_throughput": 2.0,
@@ -179,3 +192,8 @@ def test_agreement_table_names_a_disagreement() -> None:
                        "ttft_p50": False, "tpot_p50": True, "itl_p50": True}  # fmt: skip
     assert not cmp_["agree"]
     assert cmp_["vllm_itl_without_first_gap"]["p50"] == pytest.approx(40.0)
+    # the server's own p50 decides a disagreement: with nim-async (closer, within 25 %) or not
+    row = {"nim": 17.1, "vllm": 14.5, "server_nim_run": 18.2, "server_vllm_run": 18.4}
+    assert bench_agreement.server_sides_with_nim(row)
+    assert not bench_agreement.server_sides_with_nim({**row, "nim": 12.0})
+    assert not bench_agreement.server_sides_with_nim({**row, "server_nim_run": None})
