@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from nim_async.catalog import KNOWN_IMAGES
-from nim_async.errors import InvalidConfigError
+from nim_async.errors import InvalidConfigError, InvalidParameterError
 
 __all__ = [
     "DEFAULT_REGISTRY",
@@ -94,15 +94,27 @@ class NIMSamplingParams(BaseModel):
     All fields have the documented defaults. Ranges follow vLLM: ``temperature >= 0``,
     ``0 < top_p <= 1``, ``top_k == -1 or >= 1``, ``0 <= min_p <= 1``, presence and frequency
     penalties in ``[-2, 2]``, ``0 < repetition_penalty <= 2``, ``max_tokens >= 1``,
-    ``0 <= min_tokens <= max_tokens``, and at most one ``guided_*`` field.
-    ``media_io_kwargs`` and ``mm_processor_kwargs`` (vi-sdk's video options for cosmos-reason2)
-    must be dicts of plain JSON data; they are passed to the server as given.
+    ``0 <= min_tokens <= max_tokens``, and at most one ``guided_*`` field; numbers must be
+    finite (``inf`` and ``nan`` are refused). ``media_io_kwargs`` and ``mm_processor_kwargs``
+    (vi-sdk's video options for cosmos-reason2) must be dicts of plain JSON data; they are
+    passed to the server as given.
 
     Raises:
-        ValueError: (a pydantic ``ValidationError``) naming the offending field.
+        InvalidParameterError: (also a ``ValueError``) naming the offending field and what
+            it must be.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    if not TYPE_CHECKING:
+
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise InvalidParameterError(
+                    _describe("NIMSamplingParams", exc), field=_first_field(exc)
+                ) from None
 
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")

@@ -133,7 +133,6 @@ class ContainerExistsError(NIMDeploymentError):
             message
             or (
                 f"A container named {container_name!r} already exists. Set "
-                "use_existing_container=True to reuse it while it runs, "
                 "auto_kill_existing_container=True to replace it, or stop it with "
                 f"NIMDeployer.stop({container_name!r})."
             )

@@ -46,6 +46,12 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- option groups
 
 
+def _container_name(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"NAME must be a container name or id, got {value!r}")
+    return value
+
+
 def _add_nim_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("NIM server")
     group.add_argument(
@@ -221,7 +227,9 @@ def _add_container_commands(sub: _Subparsers) -> None:
     p.set_defaults(handler="deploy:deploy")
 
     p = sub.add_parser("stop", help="stop and remove a NIM container")
-    p.add_argument("name", help="container name (served_model_name or image_name)")
+    p.add_argument(
+        "name", type=_container_name, help="container name (served_model_name or image_name)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_kubernetes_arguments(p)
     p.set_defaults(handler="stop:stop")

@@ -92,6 +92,43 @@ def _kubernetes() -> Any:
     return kubernetes
 
 
+def _check_name(container_name: str) -> None:
+    if not isinstance(container_name, str) or not container_name.strip():
+        raise InvalidConfigError(
+            f"container_name must be a container name or id, got {container_name!r}",
+            field="container_name",
+        )
+
+
+def _ours(info: dict[str, Any]) -> bool:
+    """Whether an inspected container was started by nim_async (it carries our label)."""
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    return labels.get(MANAGED_LABEL) == "true"
+
+
+def _exists_advice(config: NIMConfig, info: dict[str, Any]) -> str:
+    """The ContainerExistsError message for ``info``: only settings that would change things."""
+    name = config.container_name
+    state = info.get("State") or {}
+    running = bool(state.get("Running"))
+    fixes = ["set auto_kill_existing_container=True to replace it"]
+    if not running:
+        what = f"exists but is not running (status {state.get('Status') or 'unknown'})"
+    elif not _ours(info):
+        what = (
+            f"is running but was not started by nim_async (it has no {MANAGED_LABEL} label), "
+            "so it is not reused"
+        )
+        fixes.append("choose another served_model_name")
+    else:  # running, ours: reuse was switched off
+        what = "is running"
+        fixes.insert(0, "set use_existing_container=True to reuse it")
+    return (
+        f"A container named {name!r} {what}. To go on: {', '.join(fixes)}, or remove it with "
+        f"NIMDeployer.stop({name!r}) (nim-async stop {name})."
+    )
+
+
 class DeployTimings(BaseModel):
     """``time.perf_counter()`` marks of the last :meth:`AsyncNIMDeployer.deploy` (for benchmarks).
 
@@ -259,7 +296,7 @@ class AsyncNIMDeployer:
             existing = await docker.inspect_container(config.container_name)
             if existing is not None:
                 running = bool((existing.get("State") or {}).get("Running"))
-                if running and config.use_existing_container:
+                if running and config.use_existing_container and _ours(existing):
                     return await self._reuse(docker, existing)
                 await self._remove_existing(docker, existing)
             model = None
@@ -288,7 +325,7 @@ class AsyncNIMDeployer:
     async def _remove_existing(self, docker: DockerClient, existing: dict[str, Any]) -> None:
         name = self._config.container_name
         if not self._config.auto_kill_existing_container:
-            raise ContainerExistsError(name)
+            raise ContainerExistsError(name, _exists_advice(self._config, existing))
         self._state(DeployState.REMOVING_EXISTING, name, f"Removing the existing container {name}")
         await docker.remove_container(str(existing["Id"]), force=True)
 
@@ -522,7 +559,9 @@ class AsyncNIMDeployer:
         Raises:
             DockerUnavailableError: If the Docker daemon cannot be reached.
             APIError: For other Docker failures.
+            InvalidConfigError: If ``container_name`` is empty.
         """
+        _check_name(container_name)
         sink = resolve_sink(quiet=quiet, on_event=on_event)
         if backend == "kubernetes":
             kube = _kubernetes().KubernetesBackend(
@@ -560,7 +599,9 @@ class AsyncNIMDeployer:
 
         Raises:
             DockerUnavailableError: If the Docker daemon cannot be reached.
+            InvalidConfigError: If ``container_name`` is empty.
         """
+        _check_name(container_name)
         async with DockerClient() as docker:
             info = await docker.inspect_container(container_name)
         if info is None:

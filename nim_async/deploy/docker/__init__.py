@@ -94,12 +94,19 @@ class DockerClient:
         default: type[APIError] = APIError,
         port: int | None = None,
         name: str | None = None,
+        registry: str | None = None,
     ) -> Iterator[None]:
         try:
             yield
         except (aiodocker.DockerError, aiohttp.ClientError, ConnectionError) as exc:
             raise translate(
-                exc, action, self._scrub, default=default, port=port, name=name
+                exc,
+                action,
+                self._scrub,
+                default=default,
+                port=port,
+                name=name,
+                registry=registry,
             ) from exc
 
     @asynccontextmanager
@@ -173,10 +180,13 @@ class DockerClient:
 
         Raises:
             RegistryAuthError: If the registry refuses them.
-            APIError: If the registry cannot be reached.
+            ImagePullError: If the registry cannot be reached (refused, no such host, TLS,
+                timeout), saying so.
         """
         self.add_secret(auth.password.get_secret_value())
-        with self._errors(f"log in to {auth.server}", default=RegistryAuthError):
+        with self._errors(
+            f"log in to {auth.server}", default=RegistryAuthError, registry=auth.server
+        ):
             await self._api.auth(**auth.as_dict())
 
     async def image_exists(self, ref: str) -> bool:

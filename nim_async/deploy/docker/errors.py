@@ -22,12 +22,13 @@ from nim_async.errors import (
     ContainerExistsError,
     DockerUnavailableError,
     GPURuntimeError,
+    ImagePullError,
     NIMDeploymentError,
     PortInUseError,
     RegistryAuthError,
 )
 
-__all__ = ["DEFAULT_DOCKER_HOST", "docker_host", "translate", "unavailable"]
+__all__ = ["DEFAULT_DOCKER_HOST", "docker_host", "translate", "unavailable", "unreachable_reason"]
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
@@ -68,6 +69,34 @@ def unavailable(detail: str) -> DockerUnavailableError:
     )
 
 
+_UNREACHABLE = (
+    ("connection refused", "connection refused"),
+    ("no such host", "no such host (DNS)"),
+    ("server misbehaving", "DNS lookup failed"),
+    ("i/o timeout", "timed out"),
+    ("context deadline exceeded", "timed out"),
+    ("connection reset by peer", "connection reset"),
+    ("network is unreachable", "network unreachable"),
+    ("no route to host", "no route to host"),
+    ("server gave http response to https client", "it speaks HTTP, not HTTPS"),
+    ("tls: ", "TLS failed"),
+    ("x509: ", "its TLS certificate was not accepted"),
+)
+
+
+def unreachable_reason(message: str) -> str | None:
+    """Why the engine could not reach a registry, from its message (``None``: it answered).
+
+    Args:
+        message: The engine's error message.
+    """
+    lowered = message.lower()
+    for needle, reason in _UNREACHABLE:
+        if needle in lowered:
+            return reason
+    return None
+
+
 def translate(
     exc: BaseException,
     action: str,
@@ -76,6 +105,7 @@ def translate(
     default: type[APIError] = APIError,
     port: int | None = None,
     name: str | None = None,
+    registry: str | None = None,
 ) -> NIMDeploymentError:
     """The ``nim_async`` error for an ``aiodocker`` / ``aiohttp`` failure (raise it ``from exc``).
 
@@ -86,6 +116,8 @@ def translate(
         default: The error class when nothing more specific applies.
         port: The published host port, to recognise "port is already allocated".
         name: The container name, to recognise a name conflict.
+        registry: The registry host being talked to (login), to recognise one that cannot be
+            reached (an :class:`ImagePullError` saying so, not an auth error).
     """
     if isinstance(exc, aiohttp.ClientError | ConnectionError | FileNotFoundError):
         return unavailable(scrub(str(exc) or type(exc).__name__))
@@ -105,6 +137,12 @@ def translate(
         )
     if name is not None and status == 409 and "is already in use" in message:
         return ContainerExistsError(name)
+    if registry is not None and (reason := unreachable_reason(message)) is not None:
+        return ImagePullError(
+            f"The registry at {registry} is unreachable ({reason}) while trying to {action}: "
+            f"{message}. Check NIMConfig.registry and that the registry is up.",
+            status_code=status or None,
+        )
     if status == 401 or _UNAUTHORIZED.search(message):
         return RegistryAuthError(
             f"The registry refused the credentials while trying to {action}: {message}",
