@@ -1,4 +1,9 @@
-"""``nim-async ps``: the NIM containers nim-async manages, as a table or JSON."""
+"""``nim-async ps``: the NIM containers nim-async manages, as a table or JSON.
+
+On a terminal: a rich table. Piped or redirected (stdout not a terminal): one header line and
+one line per container, tab-separated full values, never cut to a width (``--json`` for
+machines that want structure).
+"""
 
 from __future__ import annotations
 
@@ -63,5 +68,14 @@ async def ps(args: argparse.Namespace) -> int:
             if key not in columns:
                 columns.append(key)
     rows = [[_cell(row.get(column)) for column in columns] for row in containers]
+    if not sys.stdout.isatty():
+        lines = [columns, *rows]
+        sys.stdout.write("".join("\t".join(_plain(c) for c in line) + "\n" for line in lines))
+        return EXIT_OK
     draw_table(out, "NIM containers", columns, rows)
     return EXIT_OK
+
+
+def _plain(cell: str) -> str:
+    """A cell on one tab-separated line: tabs and line breaks become spaces."""
+    return " ".join(cell.split()) if any(c in cell for c in "\t\n\r") else cell
