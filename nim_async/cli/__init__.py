@@ -12,7 +12,9 @@ The parser is :mod:`nim_async.cli.parser`; each command is one module here
 imported only when it runs, so that ``nim-async --help`` stays fast.
 
 User errors (any :class:`nim_async.errors.NIMError` or ``ValueError``) print one clear line on
-stderr and exit with status 1; Ctrl-C exits with 130.
+stderr and exit with status 1; usage errors exit with 2; Ctrl-C exits with 130. SIGTERM and
+SIGHUP during ``deploy`` cancel it like Ctrl-C (removing the container it created) and exit
+with 143 and 129.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 success, 1 a failure (message on stderr), 2 usage, 130 Ctrl-C.
+        The exit status: 0 success, 1 a failure (message on stderr), 2 usage, 130 Ctrl-C,
+        143 / 129 SIGTERM / SIGHUP during ``deploy``.
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
