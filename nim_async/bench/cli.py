@@ -97,6 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-ignore-eos", action="store_true", help="let the model stop early (no ignore_eos)"
     )
     load.add_argument("--seed", type=int, default=0)
+    load.add_argument(
+        "--workers",
+        type=int,
+        help="spread the load over N processes (each its share of the concurrency or rate)",
+    )
+    load.add_argument("--worker-mode", action="store_true", help=argparse.SUPPRESS)
 
     images = parser.add_argument_group("images")
     images.add_argument("--image-dir", help="send the images of this folder")
@@ -140,6 +146,8 @@ def _resolve(args: argparse.Namespace) -> None:
         raise ValueError("give --concurrency or --request-rate, not both")
     if args.num_requests is None and args.duration is None:
         args.num_requests = 12 if quick else 100
+    if args.workers is not None and args.workers < 1:
+        raise ValueError("--workers must be at least 1")
     default("max_tokens", 128, 16)
     default("num_images", 32, 4)
     default("image_sizes", "640x480,1024x768,1280x720", "320x240")
@@ -315,6 +323,76 @@ async def _run_points(
     return points, all_records
 
 
+async def _run_points_workers(
+    args: argparse.Namespace,
+    url: str,
+    ceiling: float | None,
+    console: BenchOutput,
+) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], RequestRecord, float]]]:
+    from nim_async.bench.workers import run_workers
+
+    loads: list[tuple[int | None, float | None]] = (
+        [(c, None) for c in args.concurrency]
+        if args.concurrency
+        else [(None, r) for r in args.request_rate]
+    )
+    specs = [
+        {
+            "concurrency": c,
+            "request_rate": r,
+            "arrival": args.arrival,
+            "burstiness": args.burstiness,
+            "max_concurrency": args.max_concurrency,
+            "num_requests": args.num_requests,
+            "duration": args.duration,
+            "warmup": args.warmup if args.warmup is not None else min(c or 4, 32),
+            "seed": args.seed,
+        }
+        for c, r in loads
+    ]
+    client = BenchClient(url, max_connections=4, timeout=args.timeout, api_key=args.api_key)
+    try:
+        model = args.model or await _model_name(client) or _EMULATOR_MODEL
+
+        async def before() -> Any:
+            return await scrape(client.get_text)
+
+        async def after(snapshot: Any) -> Any:
+            return server_deltas(snapshot, await scrape(client.get_text))
+
+        console.line(f"{args.workers} worker processes")
+        points, records = await run_workers(
+            args,
+            url,
+            model,
+            specs,
+            count=args.workers,
+            ceiling=ceiling,
+            headroom_bound=CLIENT_BOUND_HEADROOM,
+            slo=parse_slo(args.slo),
+            scrape_before=before,
+            scrape_after=after,
+        )
+    finally:
+        await client.aclose()
+    for point in points:
+        point["model"] = model
+        point["url"] = url
+        point["max_tokens"] = args.max_tokens
+        point["arrival"] = args.arrival if point["request_rate"] is not None else None
+        load = (
+            f"c={point['concurrency']}"
+            if point["concurrency"]
+            else f"{point['request_rate']:g} req/s"
+        )
+        console.line(
+            f"done: {load} {point['completed']}/{point['num_requests']} ok, "
+            f"{point['output_token_throughput']:,.0f} tok/s over {args.workers} workers"
+            + (" (PARTIAL)" if point["partial"] else "")
+        )
+    return points, records
+
+
 async def run(args: argparse.Namespace, output: BenchOutput | None = None) -> int:
     """Run the suite with parsed ``args``; return the process exit code.
 
@@ -323,7 +401,8 @@ async def run(args: argparse.Namespace, output: BenchOutput | None = None) -> in
         output: Where progress lines and the table go (default: plain text on stdout).
 
     Returns:
-        0 on success, 1 when no request of any load point completed, 2 on bad options.
+        0 on success, 1 when no request of any load point completed or a ``--workers``
+        worker died (the figures are partial), 2 on bad options.
     """
     console = output if output is not None else PlainOutput()
     try:
@@ -342,12 +421,18 @@ async def run(args: argparse.Namespace, output: BenchOutput | None = None) -> in
     if not args.no_self_check:
         ceiling = await _self_check(args, images, console)
     if args.url:
-        points, records = await _run_points(args, args.url, images, ceiling, console)
+        if args.workers:
+            points, records = await _run_points_workers(args, args.url, ceiling, console)
+        else:
+            points, records = await _run_points(args, args.url, images, ceiling, console)
     else:
         settings = _emulator_settings(args)
         console.line(f"starting the emulator (a test double, not a model): {settings}")
         async with EmulatorProcess(settings) as emu:
-            points, records = await _run_points(args, emu.url, images, ceiling, console)
+            if args.workers:
+                points, records = await _run_points_workers(args, emu.url, ceiling, console)
+            else:
+                points, records = await _run_points(args, emu.url, images, ceiling, console)
     console.table(points)
     if args.json_path:
         base = Path(args.json_path)
@@ -367,6 +452,8 @@ async def run(args: argparse.Namespace, output: BenchOutput | None = None) -> in
             console.line(str(exc), "warning")
         else:
             console.line(f"wrote {args.plot}")
+    if any(p.get("partial") for p in points):
+        return 1
     return 0 if any(p["completed"] for p in points) else 1
 
 
@@ -377,12 +464,19 @@ def main(argv: list[str] | None = None, output: BenchOutput | None = None) -> in
         argv: The arguments (default: ``sys.argv[1:]``).
         output: Where progress lines and the table go (default: plain text on stdout).
     """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--worker-mode"]:
+        from nim_async.bench.workers import worker_main
+
+        return worker_main()
     parser = argparse.ArgumentParser(
         prog="nim-async bench",
         description="Benchmark a NIM / vLLM server (or the emulator) with concurrent requests.",
     )
     add_arguments(parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if args.worker_mode:
+        parser.error("--worker-mode is the --workers children's mode; it takes no other options")
     try:
         return asyncio.run(run(args, output))
     except KeyboardInterrupt:

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -232,7 +232,11 @@ async def _open_loop(
 
 
 async def run_load(
-    sender: Sender, requests: Sequence[PreparedRequest], spec: LoadSpec
+    sender: Sender,
+    requests: Sequence[PreparedRequest],
+    spec: LoadSpec,
+    *,
+    before_measure: Callable[[], Awaitable[None]] | None = None,
 ) -> LoadResult:
     """Run one load point: warm-up, then the measured phase.
 
@@ -240,6 +244,8 @@ async def run_load(
         sender: Sends one prepared request (a :class:`~nim_async.bench.client.BenchClient`).
         requests: Prepared bodies, used in a seeded shuffled order, cycling.
         spec: The load point.
+        before_measure: Awaited after the warm-up, before the measured phase starts (the
+            ``--workers`` barrier: every worker starts measuring together).
 
     Returns:
         The measured records and the client-side measurements.
@@ -258,6 +264,8 @@ async def run_load(
             None,
             order,
         )
+    if before_measure is not None:
+        await before_measure()
     monitor = LoopLagMonitor()
     monitor.start()
     cpu0 = time.thread_time()

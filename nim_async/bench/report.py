@@ -134,6 +134,7 @@ def table_notes(points: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         if server:
             figures = ", ".join(f"{k}={_fmt(v)}" for k, v in server.items() if v is not None)
             notes.append(("info", f"server metrics {_load_label(p)}: {figures}"))
+        notes.extend(_worker_notes(p))
         if p.get("usage_chunk_mismatches"):
             notes.append(
                 (
@@ -143,6 +144,47 @@ def table_notes(points: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
                     "tokens per chunk, or usage is wrong); ITL is per chunk, TPOT per token",
                 )
             )
+    return notes
+
+
+def _worker_notes(point: dict[str, Any]) -> list[tuple[str, str]]:
+    """One line per ``--workers`` worker (its rate, CPU, lag, self-check), and a partial mark."""
+    workers = point.get("workers")
+    if not workers:
+        return []
+    label = _load_label(point)
+    notes: list[tuple[str, str]] = []
+    for w in workers:
+        busy = w.get("cpu_busy")
+        text = (
+            f"{label} worker {w['index']} (pid {w['pid']}): {w['completed']}/{w['num_requests']} "
+            f"ok, {_fmt(w['output_token_throughput'], 0)} tok/s, CPU busy "
+            f"{'-' if busy is None else f'{busy * 100:.0f} %'}, "
+            f"{_fmt(w.get('cpu_us_per_token'))} µs/tok, lag p99 "
+            f"{_fmt((w.get('loop_lag_ms') or {}).get('p99'), 2)} ms"
+        )
+        if w.get("headroom") is not None:
+            text += f", {w['headroom']:.1f}× headroom"
+        level = "info"
+        if w.get("client_bound"):
+            text += f" {CLIENT_BOUND} (this worker was the bottleneck)"
+            level = "warning"
+        if w.get("status") != "ok":
+            text += f"; {w['status']}"
+            if w.get("stderr_tail"):
+                text += f": {w['stderr_tail']}"
+            level = "warning"
+        notes.append((level, text))
+    if point.get("partial"):
+        dead = [w for w in workers if w.get("status") != "ok"]
+        names = ", ".join(f"worker {w['index']} {w['status']}" for w in dead)
+        notes.append(
+            (
+                "warning",
+                f"PARTIAL {label}: {names}; the figures count only the requests the "
+                "workers finished",
+            )
+        )
     return notes
 
 

@@ -1,0 +1,527 @@
+"""``--workers N``: the load spread over N processes, merged into one report.
+
+Each worker is a child ``python -m nim_async.bench --worker-mode`` process: a closed loop with
+its share of the concurrency (or an open loop with its share of the request rate), of the
+request count and of the warm-up. It reads its settings as one JSON line on stdin and streams
+JSON lines back on stdout: ``ready`` after its warm-up, one ``rec`` per measured request (the
+raw :class:`~nim_async.bench.metrics.RequestRecord`), ``done`` with its CPU time and event-loop
+lag samples. The parent waits until every worker is warm, then writes ``go`` to all of them, so
+they measure together; ``time.perf_counter`` is the system-wide monotonic clock on Linux, so
+the records of all workers share one time axis and the merged figures are computed from the
+union of the samples (a merged p99 is the p99 of all requests, not an average of the workers'
+p99s).
+
+A worker that dies (killed, or exits with a non-zero status) is reported with its exit status;
+the records it streamed before dying are kept and the load point is marked ``partial``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from nim_async.bench.metrics import SLO, RequestRecord, summarize, summarize_values
+
+__all__ = [
+    "CPU_BUSY_BOUND",
+    "WORKER_ARGS",
+    "WorkerProcess",
+    "describe_exit",
+    "merge_point",
+    "run_workers",
+    "share",
+    "worker_main",
+]
+
+CPU_BUSY_BOUND = 0.9
+"""A worker whose thread was on the CPU this fraction of the measured phase or more was the
+bottleneck itself (its event loop had no idle time left)."""
+
+WORKER_ARGS = (
+    "task",
+    "prompt",
+    "timeout",
+    "max_tokens",
+    "no_ignore_eos",
+    "seed",
+    "image_dir",
+    "image_sizes",
+    "num_images",
+    "image_noise",
+)
+"""The parsed options a worker needs to build the same request bodies as the parent."""
+
+_LINE_LIMIT = 64 * 1024 * 1024
+
+
+def share(total: int, count: int, index: int) -> int:
+    """Worker ``index``'s share of ``total`` split over ``count`` workers (the first get more).
+
+    Args:
+        total: What is split (concurrency, requests).
+        count: Number of workers.
+        index: This worker, ``0 <= index < count``.
+    """
+    return total // count + (1 if index < total % count else 0)
+
+
+def describe_exit(status: int | None) -> str:
+    """A worker's exit status in words (``killed by SIGKILL (exit status -9)``)."""
+    if status is None:
+        return "still running"
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"killed by {name} (exit status {status})"
+    return f"exited with status {status}"
+
+
+def _point_shares(load: dict[str, Any], count: int, index: int) -> dict[str, Any] | None:
+    """Worker ``index``'s part of one load point, or ``None`` when its share is empty.
+
+    With a fixed concurrency below ``count`` only the first ``concurrency`` workers take part,
+    and the requests are split among them.
+    """
+    part = dict(load)
+    active = count
+    if load["concurrency"] is not None:
+        active = min(count, load["concurrency"])
+        if index >= active:
+            return None
+        part["concurrency"] = share(load["concurrency"], active, index)
+    else:
+        part["request_rate"] = load["request_rate"] / count
+        if load["max_concurrency"] is not None:
+            part["max_concurrency"] = max(1, share(load["max_concurrency"], count, index))
+    if load["num_requests"] is not None:
+        part["num_requests"] = share(load["num_requests"], active, index)
+        if part["num_requests"] == 0:
+            return None
+    part["warmup"] = share(load["warmup"], active, index)
+    part["seed"] = load["seed"] + index
+    return part
+
+
+# --- the worker process -----------------------------------------------------------------
+
+
+class _StreamingSender:
+    """Wraps the bench client: every measured record goes to stdout as a JSON line."""
+
+    def __init__(self, client: Any, point: int) -> None:
+        self.client = client
+        self.point = point
+        self.measuring = False
+
+    async def send(self, request: Any, record: RequestRecord) -> RequestRecord:
+        result: RequestRecord = await self.client.send(request, record)
+        if self.measuring:
+            _emit({"t": "rec", "p": self.point, "r": asdict(result)}, flush=False)
+        return result
+
+
+def _emit(event: dict[str, Any], *, flush: bool = True) -> None:
+    sys.stdout.buffer.write(orjson.dumps(event) + b"\n")
+    if flush:
+        sys.stdout.buffer.flush()
+
+
+async def _readline() -> bytes:
+    return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.readline)
+
+
+async def _worker(spec: dict[str, Any]) -> None:
+    from nim_async.bench.cli import _bodies, _images
+    from nim_async.bench.client import BenchClient
+    from nim_async.bench.load import LoadSpec, run_load
+
+    args = argparse.Namespace(**spec["args"])
+    images = _images(args)
+    bodies = _bodies(args, images, spec["model"])
+    count, index = spec["count"], spec["index"]
+    pool = max(1, max(share(c, count, index) for c in spec["pools"]))  # this worker's largest share
+    client = BenchClient(
+        spec["url"],
+        max_connections=pool,
+        timeout=args.timeout,
+        api_key=os.environ.get("NIM_BENCH_API_KEY") or None,
+    )
+    _emit({"t": "hello", "pid": os.getpid()})
+    try:
+        for k, load in enumerate(spec["points"]):
+            part = _point_shares(load, count, index)
+            if part is None:
+                _emit({"t": "ready", "p": k, "skip": True})
+                _emit({"t": "done", "p": k, "cpu_s": 0.0, "lag": [], "late": 0, "duration": 0.0})
+                continue
+            sender = _StreamingSender(client, k)
+
+            async def barrier(sender: _StreamingSender = sender, k: int = k) -> None:
+                _emit({"t": "ready", "p": k, "skip": False})
+                line = await _readline()
+                if line.strip() != b"go":
+                    raise SystemExit(3)
+                sender.measuring = True
+
+            result = await run_load(sender, bodies, LoadSpec(**part), before_measure=barrier)
+            sender.measuring = False
+            _emit(
+                {
+                    "t": "done",
+                    "p": k,
+                    "cpu_s": result.cpu_s,
+                    "lag": result.loop_lag,
+                    "late": result.late_arrivals,
+                    "duration": result.duration,
+                }
+            )
+    finally:
+        await client.aclose()
+
+
+def worker_main() -> int:
+    """Run one worker: settings as a JSON line on stdin, JSON lines on stdout (worker mode)."""
+    spec = orjson.loads(sys.stdin.buffer.readline())
+    try:
+        asyncio.run(_worker(spec))
+    except KeyboardInterrupt:
+        return 130
+    sys.stdout.buffer.flush()
+    return 0
+
+
+# --- the parent -------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    """One worker as the parent sees it.
+
+    Attributes:
+        index: Its number, from 0.
+        proc: The child process.
+        pid: Its process id.
+        exit_status: Its exit status once it has ended (negative: killed by that signal).
+        died_at_point: The load point during which it ended without finishing, if any.
+        stderr_tail: The end of what it wrote to stderr.
+    """
+
+    index: int
+    proc: asyncio.subprocess.Process
+    pid: int
+    exit_status: int | None = None
+    died_at_point: int | None = None
+    stderr_tail: bytes = b""
+    events: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+    alive: bool = True
+
+    async def next_event(self) -> dict[str, Any] | None:
+        """The next event it streamed, or ``None`` once its stdout closed (it ended)."""
+        if not self.alive:
+            return None
+        event = await self.events.get()
+        if event is None:
+            self.alive = False
+            self.exit_status = await self.proc.wait()
+        return event
+
+    def send(self, line: bytes) -> None:
+        """Write a line to its stdin, ignoring a worker that is gone."""
+        stdin = self.proc.stdin
+        if stdin is None or not self.alive:
+            return
+        with contextlib.suppress(OSError, RuntimeError):
+            stdin.write(line)
+
+
+async def _pump(worker: WorkerProcess) -> None:
+    stdout = worker.proc.stdout
+    assert stdout is not None
+    while True:
+        try:
+            line = await stdout.readline()
+        except (ValueError, asyncio.LimitOverrunError):
+            break
+        if not line:
+            break
+        with contextlib.suppress(orjson.JSONDecodeError):
+            worker.events.put_nowait(orjson.loads(line))
+    worker.events.put_nowait(None)
+
+
+async def _drain_stderr(worker: WorkerProcess) -> None:
+    stderr = worker.proc.stderr
+    assert stderr is not None
+    while chunk := await stderr.read(4096):
+        worker.stderr_tail = (worker.stderr_tail + chunk)[-2000:]
+
+
+def _worker_figures(
+    worker: WorkerProcess,
+    records: Sequence[RequestRecord],
+    done: dict[str, Any] | None,
+    ceiling: float | None,
+    headroom_bound: float,
+) -> dict[str, Any]:
+    """One worker's own figures and its self-check (was it the bottleneck?)."""
+    ok_tokens = sum(r.tokens for r in records if r.ok)
+    duration = float(done["duration"]) if done else 0.0
+    if not duration and records:
+        duration = max(r.end for r in records) - min(r.scheduled_start for r in records)
+    rate = ok_tokens / duration if duration > 0 else 0.0
+    cpu_s = float(done["cpu_s"]) if done else None
+    lag = [float(x) for x in done["lag"]] if done else []
+    busy = (cpu_s / duration) if cpu_s is not None and duration > 0 else None
+    headroom = (ceiling / rate) if ceiling is not None and rate > 0 else None
+    bound = None
+    if busy is not None or headroom is not None:
+        bound = bool(
+            (busy is not None and busy >= CPU_BUSY_BOUND)
+            or (headroom is not None and headroom < headroom_bound)
+        )
+    lag_stats = summarize_values(lag, scale=1000.0)
+    return {
+        "index": worker.index,
+        "pid": worker.pid,
+        "num_requests": len(records),
+        "completed": sum(1 for r in records if r.ok),
+        "output_tokens": ok_tokens,
+        "output_token_throughput": rate,
+        "cpu_s": cpu_s,
+        "cpu_busy": busy,
+        "cpu_us_per_token": (cpu_s / ok_tokens * 1e6) if cpu_s is not None and ok_tokens else None,
+        "loop_lag_ms": {"p50": lag_stats["p50"], "p99": lag_stats["p99"]},
+        "headroom": headroom,
+        "client_bound": bound,
+        "exit_status": worker.exit_status if done is None else None,
+        "status": "ok" if done is not None else describe_exit(worker.exit_status),
+    }
+
+
+def merge_point(
+    per_worker: Sequence[Sequence[RequestRecord]],
+    *,
+    concurrency: int | None,
+    request_rate: float | None,
+    slo: SLO | None = None,
+) -> dict[str, Any]:
+    """Merge the workers' records of one load point into one summary.
+
+    Every statistic comes from the union of all workers' samples (the same clock), and the
+    throughput from the first scheduled start to the last end over all of them.
+
+    Args:
+        per_worker: Each worker's measured records.
+        concurrency: The point's total concurrency, when that was the load.
+        request_rate: The point's total request rate, when that was the load.
+        slo: Goodput objectives.
+
+    Returns:
+        What :func:`~nim_async.bench.metrics.summarize` returns for the union.
+    """
+    records = [r for rs in per_worker for r in rs]
+    duration = (
+        max(r.end for r in records) - min(r.scheduled_start for r in records) if records else 0.0
+    )
+    return summarize(
+        records,
+        concurrency=concurrency,
+        request_rate=request_rate,
+        duration=duration,
+        slo=slo,
+    )
+
+
+async def _start(index: int, spec: dict[str, Any], api_key: str | None) -> WorkerProcess:
+    env = dict(os.environ)
+    env.pop("NIM_BENCH_API_KEY", None)
+    if api_key:
+        env["NIM_BENCH_API_KEY"] = api_key
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nim_async.bench",
+        "--worker-mode",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        limit=_LINE_LIMIT,
+    )
+    worker = WorkerProcess(index=index, proc=proc, pid=proc.pid)
+    assert proc.stdin is not None
+    proc.stdin.write(orjson.dumps({**spec, "index": index}) + b"\n")
+    return worker
+
+
+async def run_workers(
+    args: argparse.Namespace,
+    url: str,
+    model: str,
+    loads: Sequence[dict[str, Any]],
+    *,
+    count: int,
+    ceiling: float | None,
+    headroom_bound: float,
+    slo: SLO | None = None,
+    scrape_before: Callable[[], Any] | None = None,
+    scrape_after: Callable[[Any], Any] | None = None,
+    on_ready: Callable[[int, Sequence[WorkerProcess]], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], RequestRecord, float]]]:
+    """Run the load points over ``count`` worker processes and merge their results.
+
+    Args:
+        args: The parsed options (the image and body options go to the workers).
+        url: The server.
+        model: The served model name.
+        loads: One dict per load point: ``concurrency``, ``request_rate``, ``arrival``,
+            ``burstiness``, ``max_concurrency``, ``num_requests``, ``duration``, ``warmup``,
+            ``seed`` (totals; each worker takes its share).
+        count: Number of workers.
+        ceiling: One client process's output-token ceiling (the self-check), if measured.
+        headroom_bound: A worker whose ceiling is within this factor of its rate is marked
+            client-bound.
+        slo: Goodput objectives.
+        scrape_before: Awaitable factory run when all workers are warm (server metrics).
+        scrape_after: Awaitable factory given ``scrape_before``'s result after each point.
+        on_ready: Called when every worker is warm at a point, before they start measuring
+            (with the point's index and the workers).
+
+    Returns:
+        The merged load points (each with a ``workers`` list and ``partial``) and every
+        request record with its labels, as the single-process run returns them.
+    """
+    spec = {
+        "url": url,
+        "model": model,
+        "count": count,
+        "points": list(loads),
+        "pools": [load["concurrency"] or load["max_concurrency"] or 256 for load in loads],
+        "args": {name: getattr(args, name) for name in WORKER_ARGS},
+    }
+    api_key = getattr(args, "api_key", None)
+    workers = [await _start(i, spec, api_key) for i in range(count)]
+    pumps = [asyncio.create_task(_pump(w)) for w in workers]
+    drains = [asyncio.create_task(_drain_stderr(w)) for w in workers]
+    points: list[dict[str, Any]] = []
+    all_records: list[tuple[dict[str, Any], RequestRecord, float]] = []
+    try:
+        for w in workers:
+            event = await w.next_event()
+            if event is None:
+                w.died_at_point = 0
+        for k, load in enumerate(loads):
+            per_worker: list[list[RequestRecord]] = [[] for _ in workers]
+            dones: list[dict[str, Any] | None] = [None for _ in workers]
+
+            async def until_ready(w: WorkerProcess, k: int = k) -> None:
+                while (event := await w.next_event()) is not None:
+                    if event.get("t") == "ready" and event.get("p") == k:
+                        return
+                if w.died_at_point is None:
+                    w.died_at_point = k
+
+            await asyncio.gather(*(until_ready(w) for w in workers))
+            if on_ready is not None:
+                on_ready(k, workers)
+            before = await scrape_before() if scrape_before is not None else None
+            origin = time.perf_counter()
+            for w in workers:
+                w.send(b"go\n")
+
+            async def collect(
+                w: WorkerProcess,
+                k: int = k,
+                per_worker: list[list[RequestRecord]] = per_worker,
+                dones: list[dict[str, Any] | None] = dones,
+            ) -> None:
+                while (event := await w.next_event()) is not None:
+                    kind = event.get("t")
+                    if kind == "rec" and event.get("p") == k:
+                        per_worker[w.index].append(RequestRecord(**event["r"]))
+                    elif kind == "done" and event.get("p") == k:
+                        dones[w.index] = event
+                        return
+                if w.died_at_point is None:
+                    w.died_at_point = k
+
+            await asyncio.gather(*(collect(w) for w in workers))
+            concurrency, rate = load["concurrency"], load["request_rate"]
+            point = merge_point(per_worker, concurrency=concurrency, request_rate=rate, slo=slo)
+            figures = [
+                _worker_figures(w, per_worker[w.index], dones[w.index], ceiling, headroom_bound)
+                for w in workers
+            ]
+            cpu = [f["cpu_s"] for f in figures if f["cpu_s"] is not None]
+            lag = [float(x) for d in dones if d for x in d["lag"]]
+            lag_stats = summarize_values(lag, scale=1000.0)
+            headrooms = [f["headroom"] for f in figures if f["headroom"] is not None]
+            bounds = [f["client_bound"] for f in figures if f["client_bound"] is not None]
+            tokens = point["output_tokens"]
+            point["client"] = {
+                "cpu_s": sum(cpu),
+                "cpu_us_per_token": (sum(cpu) / tokens * 1e6) if tokens else None,
+                "loop_lag_ms": {
+                    "p50": lag_stats["p50"],
+                    "p99": lag_stats["p99"],
+                    "max": max(lag) * 1000.0 if lag else None,
+                },
+                "late_arrivals": sum(int(d["late"]) for d in dones if d),
+                "ceiling_tokens_per_s": ceiling,
+                "headroom": min(headrooms) if headrooms else None,
+                "client_bound": any(bounds) if bounds else None,
+            }
+            point["workers"] = figures
+            point["num_workers"] = count
+            dead = [f for f in figures if f["status"] != "ok"]
+            point["partial"] = bool(dead)
+            if scrape_after is not None:
+                point["server"] = await scrape_after(before)
+            points.append(point)
+            for w in workers:
+                labels = {"concurrency": concurrency, "request_rate": rate, "worker": w.index}
+                all_records.extend((labels, r, origin) for r in per_worker[w.index])
+    finally:
+        for w in workers:
+            stdin = w.proc.stdin
+            if stdin is not None:
+                with contextlib.suppress(OSError, RuntimeError):
+                    stdin.close()
+        for w in workers:
+            try:
+                await asyncio.wait_for(w.proc.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
+                await w.proc.wait()
+            if w.exit_status is None:
+                w.exit_status = w.proc.returncode
+        for task in (*pumps, *drains):
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 5)
+    for w in workers:
+        if points and w.exit_status not in (0, None):
+            point = (
+                points[-1]
+                if w.died_at_point is None
+                else points[min(w.died_at_point, len(points) - 1)]
+            )
+            figures = point["workers"][w.index]
+            figures["exit_status"] = w.exit_status
+            figures["status"] = describe_exit(w.exit_status)
+            tail = w.stderr_tail.decode(errors="replace").strip().splitlines()
+            figures["stderr_tail"] = tail[-1][-300:] if tail else ""
+            point["partial"] = True
+    return points, all_records

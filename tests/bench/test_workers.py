@@ -1,0 +1,223 @@
+"""``--workers N``: shares add up, merged figures come from all samples, a dead worker shows."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+
+from nim_async.bench.loopback_server import LoopbackSSEServer
+from nim_async.bench.metrics import RequestRecord
+from nim_async.bench.report import format_table
+from nim_async.bench.workers import WorkerProcess, merge_point, run_workers, share
+
+
+def _args() -> argparse.Namespace:
+    return argparse.Namespace(
+        task="vqa",
+        prompt=None,
+        timeout=30.0,
+        max_tokens=8,
+        no_ignore_eos=False,
+        seed=0,
+        image_dir=None,
+        image_sizes="64x48",
+        num_images=2,
+        image_noise=0.1,
+        api_key=None,
+    )
+
+
+def _load(concurrency: int, num_requests: int, warmup: int) -> dict[str, object]:
+    return {
+        "concurrency": concurrency,
+        "request_rate": None,
+        "arrival": "poisson",
+        "burstiness": 1.0,
+        "max_concurrency": None,
+        "num_requests": num_requests,
+        "duration": None,
+        "warmup": warmup,
+        "seed": 0,
+    }
+
+
+@pytest.fixture
+async def loopback() -> AsyncIterator[LoopbackSSEServer]:
+    server = LoopbackSSEServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def _record(index: int, start: float, latency_s: float, tokens: int = 4) -> RequestRecord:
+    ttft = latency_s / 2
+    step = (latency_s - ttft) / (tokens - 1)
+    times = [start + ttft + i * step for i in range(tokens)]
+    return RequestRecord(
+        index=index,
+        scheduled_start=start,
+        start=start,
+        end=start + latency_s,
+        token_times=times,
+        output_tokens=tokens,
+    )
+
+
+def test_shares_add_up_to_the_total() -> None:
+    for total in (1, 5, 31, 256):
+        for count in (1, 2, 3, 7):
+            parts = [share(total, count, i) for i in range(count)]
+            assert sum(parts) == total
+            assert max(parts) - min(parts) <= 1
+
+
+def test_merged_percentiles_come_from_all_samples() -> None:
+    # worker 0: 90 requests of 10 ms; worker 1: 10 requests of 1 s, on the same clock.
+    fast = [_record(i, 100.0 + i * 0.01, 0.010) for i in range(90)]
+    slow = [_record(i, 100.0 + i * 0.1, 1.0) for i in range(10)]
+    point = merge_point([fast, slow], concurrency=2, request_rate=None)
+    assert point["num_requests"] == 100
+    assert point["completed"] == 100
+    assert point["output_tokens"] == 400
+    # union: 90 of 100 samples are 10 ms, so p50 = 10 ms; the p99 is in the 1 s tail
+    assert point["e2e_ms"]["p50"] == pytest.approx(10.0)
+    assert point["e2e_ms"]["p99"] == pytest.approx(1000.0)
+    assert point["e2e_ms"]["p90"] == pytest.approx(10.0 + (1000.0 - 10.0) * 0.1)
+    assert point["ttft_ms"]["p50"] == pytest.approx(5.0)
+    assert point["e2e_ms"]["mean"] == pytest.approx((90 * 10.0 + 10 * 1000.0) / 100)
+    # an average of the two workers' p50s would be 505 ms
+    per_worker = [merge_point([rs], concurrency=1, request_rate=None) for rs in (fast, slow)]
+    averaged = sum(p["e2e_ms"]["p50"] for p in per_worker) / 2
+    assert averaged == pytest.approx(505.0)
+    assert point["e2e_ms"]["p50"] != pytest.approx(averaged)
+    # throughput over the union's span: first start 100.0 s, last end 100.9 + 1.0 s
+    assert point["duration_s"] == pytest.approx(1.9)
+    assert point["output_token_throughput"] == pytest.approx(400 / 1.9)
+
+
+async def test_request_counts_add_up_across_workers(loopback: LoopbackSSEServer) -> None:
+    points, records = await run_workers(
+        _args(),
+        loopback.url,
+        "loopback",
+        [_load(5, 31, 4), _load(2, 7, 0)],
+        count=3,
+        ceiling=None,
+        headroom_bound=3.0,
+    )
+    first, second = points
+    assert first["num_requests"] == first["completed"] == 31
+    assert [w["num_requests"] for w in first["workers"]] == [11, 10, 10]
+    assert sum(w["output_tokens"] for w in first["workers"]) == first["output_tokens"] == 31 * 8
+    assert second["num_requests"] == 7
+    # concurrency 2 over 3 workers: the third worker has no share and sends nothing
+    assert [w["num_requests"] for w in second["workers"]] == [4, 3, 0]
+    assert not first["partial"]
+    assert not second["partial"]
+    assert all(w["status"] == "ok" for p in points for w in p["workers"])
+    assert len({w["pid"] for w in first["workers"]}) == 3
+    # the server saw the measured requests plus the warm-up, nothing else
+    assert loopback.requests == 31 + 4 + 7
+    assert len(records) == 38
+    assert sorted({labels["worker"] for labels, _, _ in records}) == [0, 1, 2]
+
+
+async def test_a_worker_that_dies_is_reported(loopback: LoopbackSSEServer) -> None:
+    killed: list[int] = []
+
+    def kill_one(point: int, workers: Sequence[WorkerProcess]) -> None:
+        if point == 0:
+            os.kill(workers[1].pid, signal.SIGKILL)
+            killed.append(workers[1].pid)
+
+    points, _ = await run_workers(
+        _args(),
+        loopback.url,
+        "loopback",
+        [_load(4, 20, 2), _load(4, 8, 0)],
+        count=2,
+        ceiling=None,
+        headroom_bound=3.0,
+        on_ready=kill_one,
+    )
+    assert killed
+    for point in points:
+        dead = point["workers"][1]
+        assert point["partial"] is True
+        assert dead["pid"] == killed[0]
+        assert dead["exit_status"] == -signal.SIGKILL
+        assert "SIGKILL" in dead["status"]
+        assert point["workers"][0]["status"] == "ok"
+    # only the live worker's share was measured
+    assert [p["completed"] for p in points] == [10, 4]
+    assert [p["workers"][0]["completed"] for p in points] == [10, 4]
+    table = format_table(points)
+    assert "PARTIAL c=4: worker 1 killed by SIGKILL (exit status -9)" in table
+
+
+def test_cli_workers_run_reports_each_worker(tmp_path: Path) -> None:
+    """``python -m nim_async.bench --workers 2`` against the loopback server in its own process."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nim_async.bench.loopback_server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        out = tmp_path / "w.json"
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nim_async.bench",
+                "--url",
+                url,
+                "--workers",
+                "2",
+                "--concurrency",
+                "4",
+                "--num-requests",
+                "30",
+                "--max-tokens",
+                "16",
+                "--num-images",
+                "2",
+                "--image-sizes",
+                "64x48",
+                "--no-self-check",
+                "--json",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait(timeout=10)
+        assert server.stdout is not None
+        server.stdout.close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "worker 0 (pid" in proc.stdout
+    assert "worker 1 (pid" in proc.stdout
+    (point,) = orjson.loads(out.read_bytes())
+    assert point["num_workers"] == 2
+    assert point["completed"] == 30
+    assert sum(w["completed"] for w in point["workers"]) == 30
+    assert point["output_tokens"] == 30 * 16
+    lines = (tmp_path / "w.requests.jsonl").read_bytes().splitlines()
+    assert sorted({orjson.loads(line)["worker"] for line in lines}) == [0, 1]
