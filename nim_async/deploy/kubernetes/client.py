@@ -487,6 +487,7 @@ class PortForward:
             async def upstream() -> None:
                 while data := await reader.read(65536):
                     await ws.send_bytes(b"\x00" + data)
+                await ws.close()  # the local side closed: end the forward
 
             up = asyncio.create_task(upstream())
             try:
