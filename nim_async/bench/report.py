@@ -18,11 +18,13 @@ from nim_async.bench.metrics import STAT_KEYS, RequestRecord
 __all__ = [
     "CLIENT_BOUND",
     "TABLE_COLUMNS",
+    "WORKER_COLUMNS",
     "BenchOutput",
     "PlainOutput",
     "format_table",
     "table_notes",
     "table_rows",
+    "worker_rows",
     "write_csv",
     "write_json",
     "write_jsonl",
@@ -119,11 +121,15 @@ def table_rows(points: Sequence[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def table_notes(points: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+def table_notes(
+    points: Sequence[dict[str, Any]], *, worker_lines: bool = True
+) -> list[tuple[str, str]]:
     """The lines printed under the table: server metrics and warnings.
 
     Args:
         points: Load points.
+        worker_lines: Include one line per ``--workers`` worker (off where the workers are
+            drawn as a table of their own, :func:`worker_rows`); the partial warning stays.
 
     Returns:
         ``(level, text)`` pairs; ``level`` is ``"info"`` or ``"warning"``.
@@ -134,7 +140,7 @@ def table_notes(points: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         if server:
             figures = ", ".join(f"{k}={_fmt(v)}" for k, v in server.items() if v is not None)
             notes.append(("info", f"server metrics {_load_label(p)}: {figures}"))
-        notes.extend(_worker_notes(p))
+        notes.extend(_worker_notes(p, worker_lines))
         if p.get("usage_chunk_mismatches"):
             notes.append(
                 (
@@ -147,14 +153,59 @@ def table_notes(points: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     return notes
 
 
-def _worker_notes(point: dict[str, Any]) -> list[tuple[str, str]]:
+WORKER_COLUMNS = (
+    "load",
+    "worker",
+    "pid",
+    "ok/n",
+    "tok/s",
+    "CPU busy",
+    "µs/tok",
+    "lag p99 ms",
+    "headroom",
+    "self-check",
+    "status",
+)
+"""The columns of the per-worker table of a ``--workers`` run."""
+
+
+def worker_rows(points: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """One row per worker per load point of a ``--workers`` run (none otherwise).
+
+    Args:
+        points: Load points; those with a ``workers`` list give rows.
+    """
+    rows = []
+    for p in points:
+        for w in p.get("workers") or []:
+            busy = w.get("cpu_busy")
+            bound = w.get("client_bound")
+            rows.append(
+                [
+                    _load_label(p),
+                    str(w["index"]),
+                    str(w["pid"]),
+                    f"{w['completed']}/{w['num_requests']}",
+                    _fmt(w["output_token_throughput"], 0),
+                    "-" if busy is None else f"{busy * 100:.0f} %",
+                    _fmt(w.get("cpu_us_per_token")),
+                    _fmt((w.get("loop_lag_ms") or {}).get("p99"), 2),
+                    "-" if w.get("headroom") is None else f"{w['headroom']:.1f}×",
+                    "-" if bound is None else (CLIENT_BOUND if bound else "ok"),
+                    w.get("status", "ok"),
+                ]
+            )
+    return rows
+
+
+def _worker_notes(point: dict[str, Any], lines: bool = True) -> list[tuple[str, str]]:
     """One line per ``--workers`` worker (its rate, CPU, lag, self-check), and a partial mark."""
     workers = point.get("workers")
     if not workers:
         return []
     label = _load_label(point)
     notes: list[tuple[str, str]] = []
-    for w in workers:
+    for w in workers if lines else []:
         busy = w.get("cpu_busy")
         text = (
             f"{label} worker {w['index']} (pid {w['pid']}): {w['completed']}/{w['num_requests']} "

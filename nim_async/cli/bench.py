@@ -14,7 +14,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from nim_async.bench import cli as bench_cli
-from nim_async.bench.report import CLIENT_BOUND, TABLE_COLUMNS, table_notes, table_rows
+from nim_async.bench.report import (
+    CLIENT_BOUND,
+    TABLE_COLUMNS,
+    WORKER_COLUMNS,
+    table_notes,
+    table_rows,
+    worker_rows,
+)
 from nim_async.ui.table import draw_table
 
 __all__ = ["RichBenchOutput", "main"]
@@ -41,13 +48,23 @@ class RichBenchOutput:
         self.console.print(f"[{style}]{escape(text)}[/]" if style else escape(text))
 
     def table(self, points: Sequence[dict[str, Any]]) -> None:
-        """Draw the results table and the notes under it."""
+        """Draw the results table, the workers' table (``--workers``) and the notes."""
         rows = table_rows(points)
         marks = {CLIENT_BOUND: "red"}
         draw_table(
             self.console, "nim-async bench", TABLE_COLUMNS, rows, justify="right", marks=marks
         )
-        for level, text in table_notes(points):
+        workers = worker_rows(points)
+        if workers:
+            draw_table(
+                self.console,
+                "workers (each one's self-check)",
+                WORKER_COLUMNS,
+                workers,
+                justify="right",
+                marks=marks,
+            )
+        for level, text in table_notes(points, worker_lines=not workers):
             self.line(text, level)
 
 

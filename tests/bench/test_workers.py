@@ -12,11 +12,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from rich.console import Console
 
 from nim_async.bench.loopback_server import LoopbackSSEServer
 from nim_async.bench.metrics import RequestRecord
 from nim_async.bench.report import format_table
 from nim_async.bench.workers import WorkerProcess, merge_point, run_workers, share
+from nim_async.cli.bench import RichBenchOutput
 
 
 def _args() -> argparse.Namespace:
@@ -163,6 +165,14 @@ async def test_a_worker_that_dies_is_reported(loopback: LoopbackSSEServer) -> No
     assert [p["workers"][0]["completed"] for p in points] == [10, 4]
     table = format_table(points)
     assert "PARTIAL c=4: worker 1 killed by SIGKILL (exit status -9)" in table
+    assert f"worker 1 (pid {killed[0]}): 0/0 ok" in table
+    # nim-async bench (rich): a workers table with the status, and the partial warning
+    console = Console(record=True, width=200)
+    RichBenchOutput(console).table(points)
+    drawn = console.export_text()
+    assert "workers (each one's self-check)" in drawn
+    assert "killed by SIGKILL (exit status -9)" in drawn
+    assert "PARTIAL c=4" in drawn
 
 
 def test_cli_workers_run_reports_each_worker(tmp_path: Path) -> None:
