@@ -12,11 +12,11 @@ skips the inputs already recorded and appends the rest::
     print(journal.ok, journal.failed, journal.skipped)
 
 The file is only ever a regular file: a path that is a directory, device, FIFO or socket (or a
-symlink to one), or that lies under ``/proc``, ``/sys`` or ``/dev``, is refused with
-:class:`~nim_async.errors.OutputFileError`; ``overwrite`` and ``retry_errors`` replace the file
-atomically (a temporary file in the same folder, then a rename), and every OS error (permission,
-read-only or immutable folder, full disk) becomes an ``OutputFileError`` naming the path and
-the cause.
+symlink to one), or that lies under ``/proc``, ``/sys`` or ``/dev`` (``/dev/shm`` aside), is
+refused with :class:`~nim_async.errors.OutputFileError`; ``overwrite`` and ``retry_errors``
+replace the file atomically (a temporary file in the same folder, then a rename), and every OS
+error (permission, read-only or immutable folder, full disk) becomes an ``OutputFileError``
+naming the path and the cause.
 
 Lines are :func:`~nim_async.predict.batch.result_record` objects whose ``index`` is the input's
 position in ``sources`` (stable across resumed runs), plus ``key``: the input's
@@ -67,6 +67,7 @@ _KINDS = (
     (stat.S_ISSOCK, "a socket"),
 )
 _SPECIAL_ROOTS = ("proc", "sys", "dev")
+_SHM = ("dev", "shm")  # a plain tmpfs: results may go there
 
 
 def _os_error(path: Path, exc: OSError) -> OutputFileError:
@@ -87,7 +88,7 @@ def _check_target(path: Path) -> Path:
     """The real path to write (symlinks followed); refuses anything but a regular file."""
     real = Path(os.path.realpath(path))
     shown = f"{path} (-> {real})" if real != Path(os.path.abspath(path)) else str(path)
-    if len(real.parts) > 1 and real.parts[1] in _SPECIAL_ROOTS:
+    if len(real.parts) > 1 and real.parts[1] in _SPECIAL_ROOTS and real.parts[1:3] != _SHM:
         raise OutputFileError(
             f"refusing to write results file {shown}: it is under /{real.parts[1]} "
             "(a kernel or device filesystem); give a regular file path",

@@ -174,3 +174,14 @@ async def test_batch_help_documents_the_exit_status(work: Path) -> None:
     text = " ".join(done.out.split())
     assert "exit status: 0 every input succeeded; 1 an input failed" in text
     assert "130 interrupted" in text
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+async def test_dev_shm_is_a_plain_folder(work: Path, emulator: Any) -> None:
+    out = Path("/dev/shm") / f"nim-async-test-{os.getpid()}-{id(work)}.jsonl"
+    try:
+        done = await _batch(work, str(out), url=emulator.url)
+        assert done.rc == 0, done.err
+        assert len(out.read_text().splitlines()) == 2
+    finally:
+        out.unlink(missing_ok=True)
