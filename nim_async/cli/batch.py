@@ -136,12 +136,15 @@ async def batch(args: argparse.Namespace) -> int:
         interrupted = False
         try:
             async with (
-                make_predictor(args, task=args.task, max_connections=args.concurrency) as predictor,
+                make_predictor(
+                    args, task=args.task, max_connections=args.concurrency, retries=0
+                ) as predictor,
                 contextlib.aclosing(
                     predict_many(
                         predictor,
                         journal.pending(inputs),
                         concurrency=args.concurrency,
+                        retries=args.retries,
                         user_prompt=args.prompt,
                         sampling_params=sampling,
                         ordered=args.ordered,

@@ -115,23 +115,23 @@ def base_url(args: argparse.Namespace) -> str:
 
 
 def make_predictor(
-    args: argparse.Namespace, *, task: str, max_connections: int = 16
+    args: argparse.Namespace,
+    *,
+    task: str,
+    max_connections: int = 16,
+    retries: int | None = None,
 ) -> AsyncNIMPredictor:
     """The predictor of a command with the NIM server options.
-
-    A command with ``--retries`` (``batch``) hands it to the predictor, the one place that
-    retries: sends per input are then at most ``1 + retries``.
 
     Args:
         args: Parsed arguments.
         task: The task type.
         max_connections: HTTP connections to keep (the batch's concurrency).
+        retries: The predictor's retries (``None``: its default). ``nim-async batch`` passes 0
+            and gives ``--retries`` to the batch, the one retrier of that command.
     """
     extra: dict[str, Any] = {}
-    retries = getattr(args, "retries", None)
     if retries is not None:
-        if retries < 0:
-            raise ValueError(f"--retries must be at least 0, got {retries}")
         extra["retries"] = retries
     from nim_async.predict.predictor import AsyncNIMPredictor
 

@@ -52,6 +52,13 @@ def _container_name(value: str) -> str:
     return value
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
+    return number
+
+
 def _add_nim_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("NIM server")
     group.add_argument(
@@ -295,10 +302,10 @@ def _add_prediction_commands(sub: _Subparsers) -> None:
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight (32)")
     p.add_argument(
         "--retries",
-        type=int,
         default=2,
-        help="retries per input on 429/5xx/connection errors, by the predictor: at most "
-        "1 + RETRIES sends per input (2)",
+        type=_non_negative,
+        help="retries per input on 429/502/503/504, refused connections and broken streams: "
+        "at most 1 + RETRIES sends per input (2)",
     )
     p.add_argument("--ordered", action="store_true", help="write lines in input order")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from nim_async.errors import NIMError, ServiceUnavailableError
+from nim_async.errors import NIMError, ServiceUnavailableError, StreamError
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
@@ -117,6 +117,9 @@ class RetryPolicy:
         max_retry_after: Longest ``Retry-After`` honoured; a server asking for more makes the
             policy give up instead of waiting that long or retrying early.
         statuses: HTTP statuses that are retried (see the module docstring).
+        broken_streams: Also retry an attempt whose stream broke after it had started
+            (:class:`~nim_async.errors.StreamError`). Only a caller that runs the whole
+            request again can (the batch); the predictor has handed tokens out by then.
 
     Raises:
         ValueError: if ``attempts`` < 1, a duration is negative, ``cap`` < ``base`` or
@@ -129,6 +132,7 @@ class RetryPolicy:
     cap: float = 8.0
     max_retry_after: float = 60.0
     statuses: frozenset[int] = field(default=DEFAULT_RETRY_STATUSES)
+    broken_streams: bool = False
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -189,6 +193,8 @@ class RetryPolicy:
             return False
         if isinstance(error, ServiceUnavailableError):
             return True
+        if isinstance(error, StreamError):
+            return self.broken_streams
         status = getattr(error, "status_code", None)
         return isinstance(status, int) and status in self.statuses
 

@@ -8,8 +8,11 @@ image never aborts the batch.
 Retries follow the one policy of :mod:`nim_async.http.retry`. The predictor already applies it
 to every request (``AsyncNIMPredictor(retries=3)``: up to 4 sends), so by default the batch
 adds no attempts of its own: **each input is sent at most the predictor's attempts times
-``1 + retries``** (``retries`` of the batch, default 0), i.e. 4 sends with the defaults. Give
-the batch retries only for a predictor that does not retry by itself (``retries=0``).
+``1 + retries``** (``retries`` of the batch, default 0), i.e. 4 sends with the defaults. The
+batch's policy also retries an input whose stream broke mid-way, which the predictor cannot
+resend (it has handed tokens out by then). Give the batch retries for a predictor that does
+not retry by itself (``retries=0``), as ``nim-async batch`` does: then ``1 + retries`` sends
+per input is the whole budget, for refused connections, 503s and broken streams alike.
 
 Progress is reported through a plain :class:`BatchProgress` object (start, advance, finish);
 ``progress=True`` draws a plain text line on stderr. Rich displays live in
@@ -116,15 +119,16 @@ class BatchProgress(Protocol):
         ...
 
 
-_DEFAULT_POLICY = RetryPolicy()
+_DEFAULT_POLICY = RetryPolicy(broken_streams=True)
 
 
 def is_retryable(error: BaseException) -> bool:
     """Whether ``error`` is worth another attempt under the one retry policy.
 
     Retryable: no server answering (it may be restarting), HTTP 429, 502, 503 and 504 (see
-    :class:`~nim_async.http.retry.RetryPolicy`). Not retryable: HTTP 500 and other statuses,
-    timeouts, broken streams, bad requests, unreadable images, parse errors.
+    :class:`~nim_async.http.retry.RetryPolicy`), and a stream that broke mid-way (the batch
+    runs the whole input again). Not retryable: HTTP 500 and other statuses, timeouts, bad
+    requests, unreadable images, parse errors.
 
     Args:
         error: The exception an attempt raised.
@@ -324,7 +328,10 @@ async def predict_many(
     if retries < 0:
         raise ValueError(f"retries must be at least 0, got {retries}")
     policy = retry or RetryPolicy.from_retries(
-        retries, base=max(backoff, 0.0), cap=max(backoff_cap, backoff, 0.0)
+        retries,
+        base=max(backoff, 0.0),
+        cap=max(backoff_cap, backoff, 0.0),
+        broken_streams=True,
     )
     window = reorder_window if reorder_window is not None else 4 * concurrency
     if window < concurrency:

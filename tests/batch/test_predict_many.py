@@ -343,7 +343,8 @@ def test_retryable_classification() -> None:
     assert not is_retryable(ServerError(500, "boom"))
     assert is_retryable(ServerError(502, "bad gateway"))
     assert is_retryable(RateLimitError(429, "slow down"))
-    assert not is_retryable(StreamError("cut", partial_text="{"))
+    # a stream that broke mid-way: the predictor cannot resend it, the batch runs the input again
+    assert is_retryable(StreamError("cut", partial_text="{"))
     assert is_retryable(ServiceUnavailableError("http://x"))
     assert not is_retryable(BadRequestError(400, "bad"))
     assert not is_retryable(PredictionParseError("no json", raw_output="x"))

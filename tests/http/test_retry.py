@@ -63,6 +63,15 @@ def test_what_is_retried(error: BaseException, retried: bool) -> None:
     assert RetryPolicy().is_retryable(error) is retried
 
 
+def test_broken_streams_are_retried_only_when_asked() -> None:
+    """Only a caller that runs the whole request again (the batch) asks for it."""
+    policy = RetryPolicy(broken_streams=True)
+    assert policy.is_retryable(StreamError("cut", partial_text="{"))
+    assert policy.is_retryable(ServerError(503, "x"))
+    assert not policy.is_retryable(PredictionTimeoutError("slow"))
+    assert not RetryPolicy().is_retryable(StreamError("cut"))
+
+
 def test_statuses_are_configurable() -> None:
     policy = RetryPolicy(statuses=frozenset({500}))
     assert policy.is_retryable(ServerError(500, "x"))
