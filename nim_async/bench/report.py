@@ -160,6 +160,7 @@ WORKER_COLUMNS = (
     "ok/n",
     "tok/s",
     "CPU busy",
+    "CPU wait",
     "µs/tok",
     "lag p99 ms",
     "headroom",
@@ -167,6 +168,10 @@ WORKER_COLUMNS = (
     "status",
 )
 """The columns of the per-worker table of a ``--workers`` run."""
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f} %"
 
 
 def worker_rows(points: Sequence[dict[str, Any]]) -> list[list[str]]:
@@ -187,7 +192,8 @@ def worker_rows(points: Sequence[dict[str, Any]]) -> list[list[str]]:
                     str(w["pid"]),
                     f"{w['completed']}/{w['num_requests']}",
                     _fmt(w["output_token_throughput"], 0),
-                    "-" if busy is None else f"{busy * 100:.0f} %",
+                    _pct(busy),
+                    _pct(w.get("cpu_wait")),
                     _fmt(w.get("cpu_us_per_token")),
                     _fmt((w.get("loop_lag_ms") or {}).get("p99"), 2),
                     "-" if w.get("headroom") is None else f"{w['headroom']:.1f}×",
@@ -210,7 +216,7 @@ def _worker_notes(point: dict[str, Any], lines: bool = True) -> list[tuple[str, 
         text = (
             f"{label} worker {w['index']} (pid {w['pid']}): {w['completed']}/{w['num_requests']} "
             f"ok, {_fmt(w['output_token_throughput'], 0)} tok/s, CPU busy "
-            f"{'-' if busy is None else f'{busy * 100:.0f} %'}, "
+            f"{_pct(busy)}, waiting for a CPU {_pct(w.get('cpu_wait'))}, "
             f"{_fmt(w.get('cpu_us_per_token'))} µs/tok, lag p99 "
             f"{_fmt((w.get('loop_lag_ms') or {}).get('p99'), 2)} ms"
         )

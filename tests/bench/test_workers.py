@@ -128,6 +128,10 @@ async def test_request_counts_add_up_across_workers(loopback: LoopbackSSEServer)
     assert not second["partial"]
     assert all(w["status"] == "ok" for p in points for w in p["workers"])
     assert len({w["pid"] for w in first["workers"]}) == 3
+    # the self-check's inputs, per worker: time on a CPU and waiting for one (Linux schedstat)
+    assert all(isinstance(w["cpu_busy"], float) for w in first["workers"])
+    assert all(isinstance(w["cpu_wait"], float) for w in first["workers"])
+    assert all(w["client_bound"] in (True, False) for w in first["workers"])
     # the server saw the measured requests plus the warm-up, nothing else
     assert loopback.requests == 31 + 4 + 7
     assert len(records) == 38
