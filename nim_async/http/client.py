@@ -12,6 +12,7 @@ does not know it, remembering which path the server has.
 
 from __future__ import annotations
 
+import asyncio
 import http.cookiejar
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -19,7 +20,12 @@ from typing import Any, Literal
 import httpx
 import orjson
 
-from nim_async.errors import MediaError, NIMPredictionError, ServerError
+from nim_async.errors import (
+    MediaError,
+    NIMPredictionError,
+    ResponseTooLargeError,
+    ServerError,
+)
 from nim_async.http.errors import translate
 from nim_async.http.transport import AiohttpTransport
 from nim_async.protocol.status import error_for_status, retry_after_seconds
@@ -29,6 +35,7 @@ __all__ = [
     "CHAT_PATH",
     "HEALTH_PATHS",
     "MAX_DOWNLOAD_BYTES",
+    "MAX_RESPONSE_BYTES",
     "ChatResponse",
     "ServerClient",
     "Transport",
@@ -43,6 +50,9 @@ HEALTH_PATHS = ("/v1/health/ready", "/health")
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 """The largest image download accepted (bytes)."""
+
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+"""The largest non-streamed answer body read by default (bytes; a chat answer is ~1 KB)."""
 
 
 class _NoCookies(http.cookiejar.CookieJar):
@@ -72,15 +82,32 @@ class ChatResponse:
         raw = response.aiter_bytes() if "content-encoding" in response.headers else None
         self._chunks: AsyncIterator[bytes] = raw or response.aiter_raw()
 
-    async def read(self) -> bytes:
+    async def read(self, max_bytes: int | None = None) -> bytes:
         """Read the whole body and close the response.
+
+        Args:
+            max_bytes: The largest body accepted (``None``: no cap). A ``Content-Length`` above
+                it fails before anything is read; a body that grows past it fails at once.
 
         Raises:
             PredictionTimeoutError: the body did not arrive within the timeout.
             StreamError: the connection broke while reading.
+            ResponseTooLargeError: the body is larger than ``max_bytes``.
         """
         try:
-            return await self._response.aread()
+            if max_bytes is None:
+                return await self._response.aread()
+            declared = self._response.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise _too_large(max_bytes, f"Content-Length {declared}")
+            pieces: list[bytes] = []
+            size = 0
+            async for piece in self._chunks:
+                size += len(piece)
+                if size > max_bytes:
+                    raise _too_large(max_bytes, f"more than {max_bytes} bytes")
+                pieces.append(piece)
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         except httpx.HTTPError as exc:
             raise translate(
                 exc, base_url=self._base_url, phase="read", timeout=self._timeout
@@ -111,6 +138,15 @@ class ChatResponse:
     async def aclose(self) -> None:
         """Close the response (its connection is dropped if the body was not read to the end)."""
         await self._response.aclose()
+
+
+def _too_large(limit: int, seen: str) -> ResponseTooLargeError:
+    return ResponseTooLargeError(
+        f"the server's answer is larger than the cap of {limit} bytes ({seen}); raise "
+        "max_response_bytes if such answers are expected",
+        limit=limit,
+        what="response body",
+    )
 
 
 class ServerClient:
@@ -174,6 +210,16 @@ class ServerClient:
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
+
+    def abandon(self) -> None:
+        """Drop the pool without awaiting anything (its event loop has closed).
+
+        Used when the loop the pool was made on is gone (a second ``asyncio.run()``): its
+        connections cannot be closed from another loop, so they are released quietly.
+        """
+        abandon = getattr(self.transport, "abandon", None)
+        if callable(abandon):
+            abandon()
 
     # ------------------------------------------------------------------ chat
 
@@ -339,17 +385,44 @@ class ServerClient:
             return {}
         return value if isinstance(value, dict) else {}
 
-    async def fetch(self, url: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
+    async def fetch(
+        self, url: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES, deadline: float | None = None
+    ) -> bytes:
         """Download ``url`` (an image) with the pooled client.
 
+        Args:
+            url: The ``http(s)`` URL.
+            max_bytes: The largest download accepted; a ``Content-Length`` above it fails
+                before the body is read.
+            deadline: Seconds for the whole download (``None``: only the client's timeout
+                between reads bounds it).
+
         Raises:
-            MediaError: HTTP error, too large, or the download failed.
+            MediaError: HTTP error, too large, past the deadline, or the download failed.
         """
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._fetch(url, max_bytes)
+        except TimeoutError as exc:
+            raise MediaError(
+                f"the image download from {url} did not finish within {deadline:g} s "
+                "(the predictor's timeout)",
+                source=url,
+            ) from exc
+
+    async def _fetch(self, url: str, max_bytes: int) -> bytes:
         try:
             async with self._client.stream("GET", url) as response:
                 if response.status_code >= 400:
                     raise MediaError(
                         f"downloading the image {url} failed with HTTP {response.status_code}",
+                        source=url,
+                    )
+                declared = response.headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                    raise MediaError(
+                        f"the image at {url} is {declared} bytes, over the cap of {max_bytes} "
+                        "bytes (max_download_bytes)",
                         source=url,
                     )
                 chunks: list[bytes] = []
@@ -358,7 +431,9 @@ class ServerClient:
                     size += len(chunk)
                     if size > max_bytes:
                         raise MediaError(
-                            f"the image at {url} is larger than {max_bytes} bytes", source=url
+                            f"the image at {url} is larger than the cap of {max_bytes} bytes "
+                            "(max_download_bytes)",
+                            source=url,
                         )
                     chunks.append(chunk)
                 return b"".join(chunks)

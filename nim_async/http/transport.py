@@ -21,6 +21,7 @@ decompressed by aiohttp; httpx decodes ``Content-Encoding`` itself, as with its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -209,6 +210,26 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             },
             request=request,
         )
+
+    def abandon(self) -> None:
+        """Forget the session of a closed event loop, without warnings.
+
+        The next request starts a new session on the running loop.
+        """
+        session, self._session = self._session, None
+        if session is None:
+            return
+        connector = session.connector
+        session.detach()  # the session counts as closed: no "Unclosed client session"
+        if connector is not None:
+            for protos in list(connector._conns.values()):
+                for proto, _ in protos:
+                    sock = getattr(proto.transport, "_sock", None)  # the loop cannot close it
+                    if isinstance(sock, socket.socket):
+                        with contextlib.suppress(OSError):
+                            sock.close()
+            connector._conns.clear()
+            connector._closed = True
 
     async def aclose(self) -> None:
         """Close the aiohttp session and every pooled connection."""

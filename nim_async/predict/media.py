@@ -8,11 +8,20 @@ The pipeline, all of it in a bounded pool of worker threads (never on the event 
 
 1. Open the image lazily (Pillow reads only the header first).
 2. Apply the EXIF orientation, so the model sees the image upright.
-3. Downscale to the pixel budget (the model's ``max_pixels``), keeping the aspect ratio; JPEG
-   sources are decoded at reduced scale (``draft``) when that suffices, so a huge photo is
-   never fully decoded.
-4. Encode: a JPEG/PNG/WebP that needs no change is sent byte for byte; anything else is
+3. Refuse an image whose decoded size would exceed the library's own pixel cap
+   (:data:`DEFAULT_MAX_IMAGE_PIXELS`, configurable; far below Pillow's decompression-bomb
+   limit), read from the header before anything is decoded. JPEG sources are decoded at
+   reduced scale (``draft``, reduce-on-load) when that suffices, so a huge photo is never
+   fully decoded and counts against the cap at its reduced size; other formats cannot be
+   reduced while loading and are reduced right after (``resize(reducing_gap=...)``).
+4. Downscale to the pixel budget (the model's ``max_pixels``), keeping the aspect ratio.
+5. Check that the image decodes in full: a corrupt or truncated file is a
+   :class:`~nim_async.errors.MediaError` before anything is sent.
+6. Encode: a JPEG/PNG/WebP that needs no change is sent byte for byte; anything else is
    re-encoded (PNG for lossless sources, JPEG otherwise), then base64-encoded.
+
+Pillow's ``DecompressionBombWarning`` is caught where the image is opened (the global warning
+filters are left as they are), so it never reaches the user's stderr.
 
 URLs are fetched by the caller's HTTP client (the predictor passes its own), so this module
 does no network IO itself.
@@ -26,6 +35,7 @@ import io
 import os
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,10 +45,10 @@ from typing import IO, Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nim_async.errors import MediaError
-from nim_async.http.client import MAX_DOWNLOAD_BYTES
 from nim_async.protocol.geometry import fit_within_budget
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "SUPPORTED_FORMATS",
     "EncodedImage",
     "ImageSource",
@@ -53,6 +63,10 @@ ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Im
 
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
 """Pillow format names accepted as input (MPO is the multi-picture JPEG some cameras write)."""
+
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+"""The largest image decoded by default, in pixels (after JPEG reduce-on-load): about 120 MB
+of RGB. Pillow warns at 89 million pixels and refuses at 179 million."""
 
 _PASS_THROUGH = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _LOSSLESS = {"PNG", "GIF", "BMP", "TIFF"}
@@ -96,6 +110,9 @@ class EncodedImage:
 _EXECUTOR: ThreadPoolExecutor | None = None
 _EXECUTOR_LOCK = threading.Lock()
 _PIL_COPY_LOCK = threading.Lock()
+# catch_warnings() saves and restores the process-wide filter list: two threads doing so at
+# once could leave it changed for good, so the opens that use it take turns (headers only).
+_WARNINGS_LOCK = threading.Lock()
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -177,13 +194,16 @@ async def load_image(
     *,
     max_pixels: int,
     fetch: FetchFn | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> EncodedImage:
     """Load, orient, downscale and encode an image in a worker thread.
 
     Args:
         source: A path, ``http(s)`` URL, ``data:`` URI, bytes, or PIL image.
         max_pixels: The pixel budget; larger images are downscaled to fit.
-        fetch: Async function that downloads a URL (required for URL sources).
+        fetch: Async function that downloads a URL (required for URL sources); it enforces
+            its own size cap and deadline.
+        max_image_pixels: The largest image decoded (see :func:`encode_image`).
 
     Returns:
         The encoded image.
@@ -198,26 +218,31 @@ async def load_image(
     if isinstance(source, str) and _is_url(source):
         if fetch is None:
             raise MediaError("no HTTP client to fetch image URLs with", source=desc)
-        downloaded = await fetch(source)
-        payload = downloaded
-        if len(downloaded) > MAX_DOWNLOAD_BYTES:
-            raise MediaError(
-                f"image at {desc} is larger than {MAX_DOWNLOAD_BYTES} bytes", source=desc
-            )
+        payload = await fetch(source)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_executor(), encode_image, payload, max_pixels, desc)
+    return await loop.run_in_executor(
+        _executor(), encode_image, payload, max_pixels, desc, max_image_pixels
+    )
 
 
 # --------------------------------------------------------------------------- worker side
 
 
-def encode_image(source: object, max_pixels: int, desc: str | None = None) -> EncodedImage:
+def encode_image(
+    source: object,
+    max_pixels: int,
+    desc: str | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> EncodedImage:
     """Load, orient, downscale and encode an image (blocking; run it in a thread).
 
     Args:
         source: A path, ``data:`` URI, bytes, or PIL image (URLs must be fetched first).
         max_pixels: The pixel budget.
         desc: Description of the source for messages (derived from ``source`` if omitted).
+        max_image_pixels: The largest image decoded, in pixels (a JPEG counts at the size it
+            is reduced to on load); checked from the header, before decoding. A PIL image
+            passed in is already decoded and not checked.
 
     Returns:
         The encoded image.
@@ -228,7 +253,7 @@ def encode_image(source: object, max_pixels: int, desc: str | None = None) -> En
     desc = desc or describe_source(source)
     started = time.perf_counter()
     try:
-        result = _encode(source, max_pixels, desc)
+        result = _encode(source, max_pixels, desc, max_image_pixels)
     except MediaError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
@@ -269,25 +294,43 @@ def _open(
             raw = base64.b64decode(payload, validate=False)
         except ValueError as exc:
             raise MediaError(f"invalid base64 in {desc}", source=desc) from exc
-        img = Image.open(io.BytesIO(raw))
+        img = _open_quietly(io.BytesIO(raw))
         return img, img.format, None, raw
     if isinstance(source, (bytes, bytearray, memoryview)):
         raw = bytes(source)
-        img = Image.open(io.BytesIO(raw))
+        img = _open_quietly(io.BytesIO(raw))
         return img, img.format, None, raw
     if not isinstance(source, (str, os.PathLike)):
         raise MediaError(f"unsupported image source {desc}", source=desc)
     path = Path(source).expanduser()
     fh = path.open("rb")
     try:
-        img = Image.open(fh)
+        img = _open_quietly(fh)
         return img, img.format, fh, None
     except BaseException:
         fh.close()
         raise
 
 
-def _encode(source: object, max_pixels: int, desc: str) -> EncodedImage:
+def _open_quietly(fp: IO[bytes]) -> Image.Image:
+    """``Image.open`` (header only) with Pillow's bomb warning kept from the user's stderr."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(fp)
+
+
+def _check_pixels(img: Image.Image, limit: int, desc: str, reduced: bool) -> None:
+    width, height = img.size
+    if width * height > limit:
+        how = " even at the reduced scale it is decoded at" if reduced else ""
+        raise MediaError(
+            f"the image {desc} is {width}x{height} = {width * height} pixels{how}, over the cap "
+            f"of {limit} pixels (max_image_pixels); downscale it first or raise the cap",
+            source=desc,
+        )
+
+
+def _encode(source: object, max_pixels: int, desc: str, max_image_pixels: int) -> EncodedImage:
     img, fmt, fh, raw = _open(source, desc)
     try:
         from_caller = raw is None and fh is None  # a PIL image: always re-encoded
@@ -303,6 +346,8 @@ def _encode(source: object, max_pixels: int, desc: str) -> EncodedImage:
         original = (width, height)
         target = fit_within_budget(width, height, max_pixels)
         if not from_caller and fmt in _PASS_THROUGH and orientation == 1 and target == original:
+            _check_pixels(img, max_image_pixels, desc, reduced=False)
+            img.load()  # the whole file decodes (a truncated or corrupt one raises here)
             if raw is None and fh is not None:
                 fh.seek(0)
                 raw = fh.read()
@@ -321,6 +366,7 @@ def _encode(source: object, max_pixels: int, desc: str) -> EncodedImage:
                 # Decode at a reduced DCT scale (at least the target size): fast, low memory.
                 draft_size = (target[1], target[0]) if orientation in (5, 6, 7, 8) else target
                 img.draft("RGB", draft_size)
+            _check_pixels(img, max_image_pixels, desc, reduced=fmt in ("JPEG", "MPO"))
         img.load()
         work = ImageOps.exif_transpose(img) if orientation != 1 else img
         work = _to_rgb(work)

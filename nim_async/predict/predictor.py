@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -34,17 +35,32 @@ from nim_async.catalog import BoxFormat
 from nim_async.config import NIMConfig, NIMSamplingParams
 from nim_async.errors import (
     GuidedDecodingError,
+    InvalidParameterError,
+    MediaError,
     NIMPredictionError,
+    PredictionTimeoutError,
     ServerError,
 )
-from nim_async.http.client import ChatResponse, ServerClient, Transport
+from nim_async.http.client import (
+    MAX_DOWNLOAD_BYTES,
+    MAX_RESPONSE_BYTES,
+    ChatResponse,
+    ServerClient,
+    Transport,
+)
 from nim_async.http.retry import RetryPolicy
-from nim_async.predict.media import EncodedImage, load_image, validate_source
+from nim_async.predict.media import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    EncodedImage,
+    load_image,
+    validate_source,
+)
 from nim_async.predict.stream import AsyncPredictionStream
-from nim_async.predict.target import check_numbers, resolve_target
+from nim_async.predict.target import check_limits, check_numbers, resolve_target
 from nim_async.protocol import wire
 from nim_async.protocol.geometry import smart_resize
 from nim_async.protocol.guided import check_guided_output
+from nim_async.protocol.sse import DEFAULT_MAX_EVENT_BYTES
 from nim_async.protocol.stream import StreamResult, parse_completion, usage_from
 from nim_async.protocol.tasks import ParseContext, Task, get_task
 from nim_async.protocol.tasks.parsing import split_thinking
@@ -139,8 +155,11 @@ class AsyncNIMPredictor:
             (:func:`~nim_async.catalog.box_format_for_model`), ``norm1024`` for custom weights.
         dialect: Where request fields go (see :data:`~nim_async.protocol.wire.Dialect`):
             ``"auto"`` (learn from the server), ``"openai"``, ``"guided"`` or ``"nvext"``.
-        timeout: Seconds to wait for a connection and between bytes of the answer (for a
-            non-streamed call, the whole generation).
+        timeout: Seconds for the whole of a non-streamed call (sending, the generation,
+            reading the answer, any retries and ``Retry-After`` waits), and for the whole of an
+            image-URL download. For a stream: seconds until the answer starts, then the idle
+            timeout between server-sent *data* events (SSE comment keep-alives do not reset
+            it).
         max_connections: Size of the connection pool (the intended concurrency).
         retries: Retries before streaming starts, for a server that does not answer and for
             HTTP 429, 502, 503 and 504, with jittered exponential backoff and the server's
@@ -153,6 +172,17 @@ class AsyncNIMPredictor:
             pool limits, so size it to ``max_connections`` yourself.
         max_pixels: Pixel budget images are downscaled to before sending (defaults to the
             model's budget from the catalog).
+        stream_deadline: Seconds for the whole of a stream, from opening it (image preparation
+            included) to its last event (``None``, the default: only the idle ``timeout``
+            bounds a stream); past it :class:`~nim_async.errors.PredictionTimeoutError`.
+        max_response_bytes: The largest non-streamed answer body read
+            (:class:`~nim_async.errors.ResponseTooLargeError` past it).
+        max_event_bytes: The largest single server-sent event of a stream
+            (:class:`~nim_async.errors.ResponseTooLargeError` past it).
+        max_download_bytes: The largest image download (``MediaError`` past it).
+        max_image_pixels: The largest image decoded, in pixels after JPEG reduce-on-load
+            (``MediaError`` past it, checked from the header before decoding; far below
+            Pillow's own bomb limit).
 
     Raises:
         ValueError: for an unknown task type, a missing model name or task type, or invalid
@@ -176,11 +206,28 @@ class AsyncNIMPredictor:
         retries: int = 3,
         transport: Transport | None = None,
         max_pixels: int | None = None,
+        stream_deadline: float | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_download_bytes: int = MAX_DOWNLOAD_BYTES,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         target = resolve_target(
             model_name, task_type, port, host, base_url, config, system_prompt, box_format
         )
         check_numbers(dialect, timeout, max_connections, retries, max_pixels)
+        check_limits(
+            stream_deadline=stream_deadline,
+            max_response_bytes=max_response_bytes,
+            max_event_bytes=max_event_bytes,
+            max_download_bytes=max_download_bytes,
+            max_image_pixels=max_image_pixels,
+        )
+        self._stream_deadline = stream_deadline
+        self._max_response_bytes = max_response_bytes
+        self._max_event_bytes = max_event_bytes
+        self._max_download_bytes = max_download_bytes
+        self._max_image_pixels = max_image_pixels
         self._task: Task = get_task(target.task_type)
         self.model_name: str = target.model_name
         self.task_type: str = self._task.name
@@ -200,13 +247,46 @@ class AsyncNIMPredictor:
         self._placeholder_json = orjson.dumps(self._placeholder)
         # Default transport chosen by measurement (benchmarks/README.md): httpx's own pool
         # collapses under many concurrent streams; aiohttp's keeps near raw-aiohttp speed.
+        self._max_connections = max_connections
+        self._own_transport = transport is None
         self._http = ServerClient(
             self._base_url,
             timeout=timeout,
             max_connections=max_connections,
             transport=transport,
         )
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+
+    def _client(self) -> ServerClient:
+        """The HTTP client for the running event loop (a new one after a closed loop)."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return self._http
+        if self._loop is None:
+            self._loop = loop
+            return self._http
+        if not self._loop.is_closed():
+            raise RuntimeError(
+                "this AsyncNIMPredictor is in use on another event loop that is still running; "
+                "create one predictor per event loop (or use the blocking NIMPredictor from "
+                "threads)"
+            )
+        if not self._own_transport:
+            raise RuntimeError(
+                "this AsyncNIMPredictor was used in an earlier asyncio.run() whose loop is "
+                "closed, and the transport you passed belongs to that loop; create the "
+                "predictor (and its transport) inside the coroutine that asyncio.run() runs"
+            )
+        # The earlier loop is gone (a second asyncio.run()): its connections cannot be closed
+        # from here; drop them quietly and start a fresh pool on this loop.
+        self._http.abandon()
+        self._http = ServerClient(
+            self._base_url, timeout=self._timeout, max_connections=self._max_connections
+        )
+        self._wire_lock = asyncio.Lock()
+        self._loop = loop
+        return self._http
 
     # ------------------------------------------------------------------ properties
 
@@ -274,6 +354,9 @@ class AsyncNIMPredictor:
         if self._closed:
             return
         self._closed = True
+        if self._loop is not None and self._loop.is_closed():
+            self._http.abandon()
+            return
         await self._http.aclose()
 
     # ------------------------------------------------------------------ public calls
@@ -305,8 +388,16 @@ class AsyncNIMPredictor:
         """
         call = await self._prepare(source, user_prompt, sampling_params, stream=False)
         started = time.perf_counter()
-        response = await self._send(call.body, stream=False)
-        body = await response.read()
+        timeout = self._timeout
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._send(call.body, stream=False, deadline=timeout)
+                body = await response.read(self._max_response_bytes)
+        except TimeoutError as exc:
+            raise PredictionTimeoutError(
+                f"the request to {self._base_url} did not finish within timeout={timeout:g} s "
+                "(a deadline for the whole call: sending, generation, reading, retries)"
+            ) from exc
         total = time.perf_counter() - started
         try:
             result = parse_completion(body)
@@ -340,15 +431,28 @@ class AsyncNIMPredictor:
             TypeError: when ``sampling_params`` is not a ``NIMSamplingParams``.
         """
         _check_params(sampling_params)
+        _check_prompt(user_prompt)
         validate_source(source)
 
         async def open_() -> _Exchange:
             call = await self._prepare(source, user_prompt, sampling_params, stream=True)
             sent_at = time.perf_counter()
-            response = await self._send(call.body, stream=True)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    response = await self._send(call.body, stream=True, deadline=self._timeout)
+            except TimeoutError as exc:
+                raise PredictionTimeoutError(
+                    f"the stream from {self._base_url} did not start within "
+                    f"timeout={self._timeout:g} s"
+                ) from exc
             return _Exchange(self, call, response, sent_at)
 
-        return AsyncPredictionStream(open_)
+        return AsyncPredictionStream(
+            open_,
+            idle_timeout=self._timeout,
+            deadline=self._stream_deadline,
+            max_event_bytes=self._max_event_bytes,
+        )
 
     def predict_many(self, sources: Iterable[Any], **kwargs: Any) -> AsyncIterator[BatchResult]:
         """Score many inputs with bounded concurrency.
@@ -369,7 +473,7 @@ class AsyncNIMPredictor:
 
     async def health_ready(self) -> bool:
         """Whether the server is ready: NIM's ``/v1/health/ready`` or vLLM's ``/health`` is 200."""
-        return await self._http.health_ready(request_timeout=min(self._timeout, 10.0))
+        return await self._client().health_ready(request_timeout=min(self._timeout, 10.0))
 
     async def list_models(self) -> list[str]:
         """Return the model ids the server serves (``/v1/models``).
@@ -378,7 +482,7 @@ class AsyncNIMPredictor:
             ServiceUnavailableError: no server answers.
             ServerError: the server answered with an HTTP error.
         """
-        return [str(card["id"]) for card in await self._http.models()]
+        return [str(card["id"]) for card in await self._client().models()]
 
     async def wire_format(self) -> WireFormat:
         """Return where fields are sent to this server (asked once for ``dialect="auto"``).
@@ -391,8 +495,9 @@ class AsyncNIMPredictor:
         async with self._wire_lock:
             if self._wire is None:
                 # Under the same retry policy as a send: a restarting server is retried here too.
+                client = self._client()
                 info = await self._retry.run(
-                    lambda: self._http.server_info(request_timeout=min(self._timeout, 10.0)),
+                    lambda: client.server_info(request_timeout=min(self._timeout, 10.0)),
                     label="GET server version",
                 )
                 self._wire = wire_format_for(
@@ -413,8 +518,15 @@ class AsyncNIMPredictor:
         if self._closed:
             raise RuntimeError("this predictor is closed; create a new one")
         params = _check_params(sampling_params) or _DEFAULT_PARAMS
+        _check_prompt(user_prompt)
+        client = self._client()
         wire_format = await self.wire_format()
-        image = await load_image(source, max_pixels=self._max_pixels, fetch=self._http.fetch)
+        image = await load_image(
+            source,
+            max_pixels=self._max_pixels,
+            fetch=partial(client.fetch, max_bytes=self._max_download_bytes, deadline=self._timeout),
+            max_image_pixels=self._max_image_pixels,
+        )
         prompt = self._task.build_prompt(user_prompt)
         constraint = wire.constraint_of(params)
         custom = constraint is not None and not (
@@ -432,25 +544,33 @@ class AsyncNIMPredictor:
         )
         data = wire.splice_image(orjson.dumps(body), self._placeholder_json, image.data_uri)
         if self._box_format == "qwen25-abs":
-            model_input = smart_resize(
-                *image.sent_size,
-                factor=self._spec.patch_size,
-                min_pixels=self._spec.min_pixels,
-                max_pixels=self._spec.max_pixels,
-            )
+            try:
+                model_input = smart_resize(
+                    *image.sent_size,
+                    factor=self._spec.patch_size,
+                    min_pixels=self._spec.min_pixels,
+                    max_pixels=self._spec.max_pixels,
+                )
+            except ValueError as exc:  # an aspect ratio over 200: the server refuses it too
+                raise MediaError(
+                    f"cannot send the image {image.source}: {exc}", source=image.source
+                ) from exc
         else:
             model_input = image.sent_size
         return _Call(data, prompt, image, model_input, params, constraint, custom, wire_format)
 
     # ------------------------------------------------------------------ send
 
-    async def _send(self, body: bytes, *, stream: bool) -> ChatResponse:
+    async def _send(self, body: bytes, *, stream: bool, deadline: float) -> ChatResponse:
         # The one retry policy: no server answering, HTTP 429/502/503/504 (Retry-After
         # honoured); the same body bytes are re-sent. Nothing is retried once streaming began.
-        retry = self._retry.start(label="POST /v1/chat/completions")
+        # The caller's deadline bounds the retries: a Retry-After that would end past it
+        # fails at once (the error carries the server's Retry-After).
+        client = self._client()
+        retry = self._retry.start(deadline=deadline, label="POST /v1/chat/completions")
         while True:
             try:
-                return await self._http.post(body, stream=stream)
+                return await client.post(body, stream=stream)
             except NIMPredictionError as exc:
                 if not await retry.backoff(exc):
                     raise
@@ -504,6 +624,26 @@ class AsyncNIMPredictor:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_prompt(prompt: object) -> None:
+    """Check ``user_prompt``: a ``str`` or ``None``.
+
+    Raises:
+        InvalidParameterError: for anything else (bytes are not decoded for you: the encoding
+            is yours to know).
+    """
+    if prompt is None or isinstance(prompt, str):
+        return
+    hint = (
+        " (decode it first, e.g. prompt.decode('utf-8'))"
+        if isinstance(prompt, bytes | bytearray)
+        else ""
+    )
+    raise InvalidParameterError(
+        f"user_prompt must be a str or None, not {type(prompt).__name__}{hint}",
+        field="user_prompt",
+    )
 
 
 def _check_params(params: object) -> NIMSamplingParams | None:

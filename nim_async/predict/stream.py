@@ -10,6 +10,7 @@ the exchange to turn the result into the task's response. Its lifecycle is one
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,9 +19,9 @@ from typing import Protocol, Self
 
 import anyio
 
-from nim_async.errors import NIMPredictionError, StreamError
+from nim_async.errors import NIMPredictionError, PredictionTimeoutError, StreamError
 from nim_async.http.client import ChatResponse
-from nim_async.protocol.sse import SSEDecoder
+from nim_async.protocol.sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
 from nim_async.protocol.stream import StreamAccumulator, StreamResult, usage_from
 from nim_async.results import PredictionResponse, PredictionTimings, Usage
 
@@ -74,10 +75,30 @@ class AsyncPredictionStream:
         state: The :class:`StreamState`.
     """
 
-    def __init__(self, open_: Callable[[], Awaitable[Exchange]]) -> None:
+    def __init__(
+        self,
+        open_: Callable[[], Awaitable[Exchange]],
+        *,
+        idle_timeout: float | None = None,
+        deadline: float | None = None,
+        max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        """Create a stream (the predictor does: see ``AsyncNIMPredictor.stream``).
+
+        Args:
+            open_: Sends the request and returns the exchange.
+            idle_timeout: Seconds allowed between server-sent *data* events (bytes that carry
+                none, such as comment keep-alives, do not reset it); ``None``: no limit.
+            deadline: Seconds for the whole stream from opening it; ``None``: no limit.
+            max_event_bytes: The largest single event accepted.
+        """
         self._open_exchange = open_
         self._exchange: Exchange | None = None
-        self._decoder = SSEDecoder()
+        self._idle = idle_timeout
+        self._deadline = deadline
+        self._deadline_at: float | None = None
+        self._idle_at: float | None = None
+        self._decoder = SSEDecoder(max_event_bytes)
         self._acc = StreamAccumulator()
         self._pending: list[str] = []
         self._pending_pos = 0
@@ -163,25 +184,56 @@ class AsyncPredictionStream:
             raise StopAsyncIteration
         response = exchange.response
         acc = self._acc
+        decoder = self._decoder
         try:
-            while True:
-                chunk = await response.next_chunk()
-                if chunk is None:
-                    tokens = acc.feed(self._decoder.close())
-                    self._stamp(tokens)
-                    await self._end_of_body()
-                    if tokens:
-                        return tokens
-                    raise StopAsyncIteration
-                tokens = acc.feed(self._decoder.feed(chunk))
-                if tokens:
-                    self._stamp(tokens)
-                    return tokens
+            # One timer per call, moved as data events arrive: the idle limit counts from the
+            # last data event (keep-alive comments do not move it), capped by the deadline.
+            async with asyncio.timeout_at(self._limit_at()) as timer:
+                while True:
+                    chunk = await response.next_chunk()
+                    if chunk is None:
+                        tokens = acc.feed(decoder.close())
+                        self._stamp(tokens)
+                        await self._end_of_body()
+                        if tokens:
+                            return tokens
+                        raise StopAsyncIteration
+                    events = decoder.feed(chunk)
+                    if events:
+                        if self._idle is not None:
+                            self._idle_at = asyncio.get_running_loop().time() + self._idle
+                            timer.reschedule(self._limit_at())
+                        tokens = acc.feed(events)
+                        if tokens:
+                            self._stamp(tokens)
+                            return tokens
+        except TimeoutError as exc:
+            error = self._timeout_error()
+            error.__cause__ = exc
+            await self._fail(error)
+            raise error from exc
         except NIMPredictionError as exc:
             if isinstance(exc, StreamError) and not exc.partial_text:
                 exc.partial_text = acc.text  # joined only on failure, never per chunk
             await self._fail(exc)
             raise
+
+    def _limit_at(self) -> float | None:
+        idle, total = self._idle_at, self._deadline_at
+        if idle is None or total is None:
+            return idle if total is None else total
+        return min(idle, total)
+
+    def _timeout_error(self) -> PredictionTimeoutError:
+        now = asyncio.get_running_loop().time()
+        if self._deadline_at is not None and now >= self._deadline_at - 1e-3:
+            return PredictionTimeoutError(
+                f"the stream did not finish within stream_deadline={self._deadline:g} s"
+            )
+        return PredictionTimeoutError(
+            f"the server sent no data event for {self._idle:g} s (timeout; SSE comment "
+            "keep-alives do not count)"
+        )
 
     def _stamp(self, tokens: list[str]) -> None:
         # All tokens of one network read share one arrival timestamp.
@@ -240,6 +292,7 @@ class AsyncPredictionStream:
             raise StreamError("this stream is closed", partial_text=self.text)
         if self.state is not StreamState.NEW:
             return
+        opened = asyncio.get_running_loop().time()
         try:
             exchange = await self._open_exchange()
         except NIMPredictionError as exc:
@@ -247,6 +300,11 @@ class AsyncPredictionStream:
             self.state = StreamState.FAILED
             raise
         self._exchange = exchange
+        now = asyncio.get_running_loop().time()
+        if self._idle is not None:
+            self._idle_at = now + self._idle
+        if self._deadline is not None:
+            self._deadline_at = opened + self._deadline
         self.encode_seconds = exchange.encode_seconds
         self.request_start_time = exchange.sent_at
         self.state = StreamState.STREAMING

@@ -11,9 +11,10 @@ from typing import Any
 
 from nim_async.catalog import KNOWN_IMAGES, BoxFormat, ImageSpec, box_format_for_model
 from nim_async.config import NIMConfig
+from nim_async.errors import InvalidParameterError
 from nim_async.protocol import wire
 
-__all__ = ["Target", "check_numbers", "resolve_target"]
+__all__ = ["Target", "check_limits", "check_numbers", "check_port", "resolve_target"]
 
 _BOX_FORMATS = ("norm1024", "qwen25-abs", "norm1000")
 
@@ -33,7 +34,7 @@ class Target:
 def resolve_target(
     model_name: str | None,
     task_type: str | None,
-    port: int,
+    port: int | str,
     host: str,
     base_url: str | None,
     config: NIMConfig | None,
@@ -68,8 +69,7 @@ def resolve_target(
     if box_format is not None and box_format not in _BOX_FORMATS:
         raise ValueError(f"unknown box_format {box_format!r}")
     if base_url is None:
-        if not 1 <= port <= 65535:
-            raise ValueError(f"port must be between 1 and 65535, got {port}")
+        port = check_port(port)
         shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
         base_url = f"http://{shown}:{port}"
     if box_format is None:
@@ -82,6 +82,44 @@ def resolve_target(
         box_format=box_format,
         system_prompt=system_prompt,
     )
+
+
+def check_port(port: object) -> int:
+    """Return ``port`` as an ``int``: an ``int`` or a string of digits (``"8000"``), 1-65535.
+
+    Raises:
+        InvalidParameterError: (a ``ValueError``) for anything else.
+    """
+    value: int | None = None
+    if isinstance(port, int) and not isinstance(port, bool):
+        value = port
+    elif isinstance(port, str) and port.strip().isdigit():
+        value = int(port.strip())
+    if value is None or not 1 <= value <= 65535:
+        raise InvalidParameterError(
+            f"port must be an integer between 1 and 65535, got {port!r}", field="port"
+        )
+    return value
+
+
+def check_limits(**limits: float | None) -> None:
+    """Check the predictor's caps and deadlines: each positive (``stream_deadline`` may be None).
+
+    Raises:
+        InvalidParameterError: naming the offending argument.
+    """
+    for name, value in limits.items():
+        if value is None and name == "stream_deadline":
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not value > 0
+            or value == float("inf")
+        ):
+            raise InvalidParameterError(
+                f"{name} must be a positive finite number, got {value!r}", field=name
+            )
 
 
 def check_numbers(

@@ -53,6 +53,8 @@ def error_for_status(
         cls = RateLimitError
     else:
         cls = ServerError
+    if retry_after is not None:
+        message = f"{message} (the server's Retry-After: {retry_after:g} s)"
     return cls(status, message, error_type=error_type, retry_after=retry_after)
 
 
