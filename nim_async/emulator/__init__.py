@@ -17,6 +17,22 @@ By default it follows vLLM 0.32 (measured against the real server by
   metric names and labels as vLLM 0.32's; errors as ``{"error": {message, type, param, code}}``;
 * timing: preprocessing (body, image fetch, scene analysis) adds to the time to first token,
   then tokens follow at the ITL without a catch-up burst; the metrics report what was sent.
+* ``media_io_kwargs`` / ``mm_processor_kwargs`` typed as vLLM 0.32 types them
+  (``dict[str, dict]`` keyed by modality, ``dict``; ``null`` allowed): a flat
+  ``media_io_kwargs`` ``{"fps": 2.0}`` is 400 naming ``media_io_kwargs.fps``;
+* ``video_url`` content parts (``data:video/...;base64,...`` or an http(s) URL of MP4 / MOV /
+  WebM) counted toward the context by the rule in :mod:`~nim_async.emulator.video`.
+
+Tasks, told apart by what the request carries: a JSON schema's top-level key
+(``phrase_grounding`` / ``vqa`` / ``freeform``), else the key the prompt asks for
+(``phrase_grounding``, ``"vqa"``, ``"freeform"``), else grounding words; ``freeform`` gets
+``{"freeform": {"caption": ...}}`` (a description of the scene with positions by thirds, or for a
+video what its container header says); a request with no system text whose last line is not a
+question gets plain text (vi-sdk's ``generic``); anything else VQA JSON. Image tokens follow the
+served model's vision family: Qwen2.5-VL (28-pixel cells, budget 1,003,520) by default, Qwen3-VL
+(32-pixel cells, 65,536..16,777,216 pixels) for ``cosmos-reason2-*`` / Qwen3-VL names
+(:mod:`~nim_async.emulator.geometry`; ``--vision`` / ``--max-pixels`` override). Boxes for
+cosmos-reason2 are 0-1000 of the image (``norm1000``, from the catalog).
 
 ``legacy_guided`` (``--legacy-guided``) selects the older behaviour: top-level ``guided_*``
 enforced and ``nvext`` read, as NIM 1.x / vLLM < 0.12 did (``/version`` then says 0.11.0).
@@ -25,7 +41,24 @@ Differences from vLLM 0.32 that remain (deliberate, or beyond a test double):
 
 * The text is the emulator's deterministic answer from solid-colour regions, never a model's;
   prompt tokens are counted by its own word-piece split, so they differ from a real
-  tokenizer's (image tokens do follow Qwen2.5-VL's rule: one per 28×28 cell, plus 2 markers).
+  tokenizer's (image tokens do follow the processor's rule: one per 28×28 cell for Qwen2.5-VL,
+  per 32×32 cell for Qwen3-VL, plus 2 markers).
+* Videos are not decoded: their tokens come from the container header by the emulator's own
+  rule (:mod:`~nim_async.emulator.video`: fps from ``media_io_kwargs.video.fps`` or
+  ``mm_processor_kwargs.fps``, default 2; 4..768 frames, merged in pairs; at most 256 cells a
+  frame; a header without size / duration counts 640×480 for 2 s), not vLLM's frame sampler;
+  the caption of a video describes its header, not its frames. Files that are not MP4 / MOV /
+  WebM are refused with 400.
+* ``media_io_kwargs`` / ``mm_processor_kwargs`` are accepted as if the server had been
+  started with ``--trust-request-mm-kwargs`` (vLLM 0.32 without it: 400 "Per-request
+  media_io_kwargs are disabled by default ... (parameter=media_io_kwargs)" for any non-empty
+  dict); of their contents only a video ``fps`` is read (it must be a positive number, the
+  emulator's check), the rest is accepted and not applied. Their schema errors use the
+  emulator's ``BadRequestError`` and ``param`` ``media_io_kwargs.fps`` (vLLM: ``Bad Request``,
+  ``body.media_io_kwargs.fps``).
+* The vLLM tier serves with ``--limit-mm-per-prompt {"image": 4, "video": 0}``, so it answers a
+  video with 400 "At most 0 video(s) may be provided in one prompt. (parameter=video)"; the
+  emulator has no per-prompt media limit.
 * NIM's endpoints (``/v1/health/live``, ``/v1/health/ready``, ``/v1/version``,
   ``/v1/metadata``, ``/v1/metrics``) are served too (vLLM: 404); ``/v1/version`` also names
   the emulated vLLM release; ``/health`` answers 503 during ``startup_seconds`` (a real vLLM

@@ -14,11 +14,19 @@ from nim_async.emulator import guided
 from nim_async.emulator.constraints import Constraint
 from nim_async.emulator.grammar import grammar_output
 from nim_async.emulator.rejection import bad
-from nim_async.emulator.responder import detect_task, grounding_output, render_json, vqa_output
+from nim_async.emulator.responder import (
+    answer_vqa,
+    detect_task,
+    freeform_output,
+    grounding_output,
+    render_json,
+    vqa_output,
+)
 from nim_async.emulator.scene import Scene
 from nim_async.emulator.settings import EmulatorSettings
 from nim_async.emulator.tokens import split_tokens
 from nim_async.emulator.validation import ChatRequest
+from nim_async.emulator.video import VideoInfo
 
 __all__ = ["Job", "answer_text", "build_job"]
 
@@ -57,6 +65,7 @@ def build_job(
     *,
     prompt_tokens: int,
     limit: int,
+    videos: list[VideoInfo] | None = None,
 ) -> Job:
     """Answer ``req`` and apply ``stop``, ``min_tokens``, ``ignore_eos`` and the output limit.
 
@@ -64,14 +73,16 @@ def build_job(
         req: The validated request.
         scenes: Scenes of its images, in order.
         settings: Box format, pixel budget, reasoning prefix.
-        prompt_tokens: Prompt tokens, images included.
+        prompt_tokens: Prompt tokens, images and videos included.
         limit: Output token limit (``max_tokens`` or the room left in the context).
+        videos: Header facts of its videos, in order.
 
     Raises:
         RequestError: 400 when a constraint cannot be satisfied.
     """
     rng = random.Random(req.seed) if req.seed is not None and req.temperature > 0 else None
-    text = answer_text(req, scenes[0] if scenes else None, settings, rng)
+    video = videos[0] if videos else None
+    text = answer_text(req, scenes[0] if scenes else None, settings, rng, video)
     stop_reason: str | None = None
     if req.stops:
         min_chars = len("".join(split_tokens(text)[: req.min_tokens])) if req.min_tokens else 0
@@ -108,20 +119,37 @@ def _natural(
     scene: Scene | None,
     settings: EmulatorSettings,
     rng: random.Random | None,
+    video: VideoInfo | None = None,
 ) -> tuple[str, str]:
     """The unconstrained answer as ``(json_text, short_answer)``."""
     schema_key = None
     if constraint is not None and constraint[0] == "json":
         schema_key = guided.schema_task_key(constraint[1])
-    task = detect_task(schema_key, "\n".join(req.system_texts + req.user_texts))
+    texts = "\n".join(req.system_texts + req.user_texts)
+    task = detect_task(schema_key, texts, system=bool(req.system_texts))
+    question = req.user_texts[-1] if req.user_texts else ""
+    if task == "generic" and constraint is not None and constraint[0] == "json_object":
+        task = "vqa"  # JSON was asked for: the VQA object, as before
     if task == "phrase_grounding":
         prompt = "\n".join(req.user_texts)
-        obj = grounding_output(scene, prompt, settings.box_format, settings.max_pixels, rng)
+        obj = grounding_output(
+            scene,
+            prompt,
+            settings.box_format,
+            settings.pixel_budget,
+            rng,
+            settings.vision_family,
+        )
         return render_json(obj), obj["phrase_grounding"]["sentence"]
     if task == "vqa":
-        question = req.user_texts[-1] if req.user_texts else ""
         obj = vqa_output(scene, question, rng)
         return render_json(obj), obj["vqa"]["answer"]
+    if task == "freeform":
+        obj = freeform_output(scene, video, rng)
+        return render_json(obj), obj["freeform"]["caption"]
+    if task == "generic":
+        text = answer_vqa(scene, question, rng)
+        return text, text
     try:
         text = render_json(guided.schema_instance(constraint[1] if constraint else {}, rng))
     except guided.GuidedError as exc:
@@ -134,14 +162,22 @@ def answer_text(
     scene: Scene | None,
     settings: EmulatorSettings,
     rng: random.Random | None,
+    video: VideoInfo | None = None,
 ) -> str:
     """The whole answer text of ``req`` (constraint applied, reasoning prefix added).
+
+    Args:
+        req: The validated request.
+        scene: Scene of its first image, if any.
+        settings: Box format, pixel budget, reasoning prefix.
+        rng: Sampling randomness (``None``: greedy).
+        video: Header facts of its first video, if any.
 
     Raises:
         RequestError: 400 when a constraint cannot be satisfied.
     """
     constraint = req.constraint
-    natural, answer = _natural(req, constraint, scene, settings, rng)
+    natural, answer = _natural(req, constraint, scene, settings, rng, video)
     if constraint is None or constraint[0] in ("json", "json_object"):
         text = natural
     elif constraint[0] == "choice":

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from nim_async.emulator.answer import Job, build_job
-from nim_async.emulator.geometry import image_tokens
+from nim_async.emulator.geometry import VisionFamily, image_tokens
 from nim_async.emulator.rejection import RequestError, bad
 from nim_async.emulator.rendering import DONE, ChunkRenderer, completion_body, error_body
 from nim_async.emulator.state import ServerState
@@ -27,6 +27,7 @@ from nim_async.emulator.timing import (
     sleep_until,
 )
 from nim_async.emulator.validation import check_context, parse_request
+from nim_async.emulator.video import requested_fps, video_prompt_tokens
 
 __all__ = ["ChatEndpoint", "image_prompt_tokens"]
 
@@ -36,19 +37,23 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contr
 _BATCH_BELOW = 0.0002  # seconds: a token due sooner than this joins the pending write
 
 
-def image_prompt_tokens(size: tuple[int, int], max_pixels: int) -> int:
-    """Prompt tokens of one image: one per 28×28 cell after the Qwen2.5-VL resize, plus 2.
+def image_prompt_tokens(
+    size: tuple[int, int], max_pixels: int, family: VisionFamily = "qwen2.5-vl"
+) -> int:
+    """Prompt tokens of one image: one per cell after the family's resize, plus 2.
 
-    The 2 are the vision start and end markers around the image's pad tokens.
+    A cell is 28×28 for Qwen2.5-VL and 32×32 for Qwen3-VL; the 2 are the vision start and end
+    markers around the image's pad tokens.
 
     Args:
         size: ``(width, height)`` of the image as sent.
         max_pixels: Vision pixel budget.
+        family: The vision processor.
 
     Raises:
         ValueError: for an aspect ratio the processor refuses (over 200).
     """
-    return image_tokens(size[0], size[1], max_pixels) + 2
+    return image_tokens(size[0], size[1], max_pixels, family) + 2
 
 
 def error_response(
@@ -114,14 +119,19 @@ class ChatEndpoint:
         s = self._state.settings
         req = parse_request(raw, s, self._state.fields)
         scenes = [await self._state.images.scene(url) for url in req.image_urls]
+        videos = [await self._state.images.video(url) for url in req.video_urls]
+        family, budget = s.vision_family, s.pixel_budget
+        fps = requested_fps(req.media_io_kwargs, req.mm_processor_kwargs)
         prompt_tokens = req.text_tokens
-        for sc in scenes:
-            try:
-                prompt_tokens += image_prompt_tokens(sc.size, s.max_pixels)
-            except ValueError as exc:
-                raise bad(str(exc), "messages") from None
+        try:
+            for sc in scenes:
+                prompt_tokens += image_prompt_tokens(sc.size, budget, family)
+            for info in videos:
+                prompt_tokens += video_prompt_tokens(info, fps, budget, family)
+        except ValueError as exc:
+            raise bad(str(exc), "messages") from None
         limit = check_context(req, prompt_tokens, s.max_model_len)
-        return build_job(req, scenes, s, prompt_tokens=prompt_tokens, limit=limit)
+        return build_job(req, scenes, s, prompt_tokens=prompt_tokens, limit=limit, videos=videos)
 
     async def _generate(
         self,

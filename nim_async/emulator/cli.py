@@ -19,6 +19,7 @@ import tempfile
 from typing import Any
 
 from nim_async.catalog import BOX_FORMATS, box_format_for_model
+from nim_async.emulator.geometry import VISION_FAMILIES
 from nim_async.emulator.server import Emulator, EmulatorStartupError
 from nim_async.emulator.settings import DIALECTS, EmulatorSettings
 
@@ -137,8 +138,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--max-pixels",
         type=int,
-        default=1280 * 28 * 28,
-        help="vision pixel budget for image tokens and qwen25-abs boxes (default 1003520)",
+        default=None,
+        help="vision pixel budget for image tokens and qwen25-abs boxes (default: the model's "
+        "vision family: 1003520 for Qwen2.5-VL, 16777216 for Qwen3-VL / cosmos-reason2)",
+    )
+    out.add_argument(
+        "--vision",
+        choices=VISION_FAMILIES,
+        default=None,
+        help="vision processor to follow for image and video tokens (default: from the served "
+        "model name: qwen3-vl for cosmos-reason2, else qwen2.5-vl)",
     )
     out.add_argument(
         "--seed",
@@ -268,6 +277,7 @@ def build_settings(args: argparse.Namespace) -> tuple[EmulatorSettings, str, int
         model_path=model_path,
         max_pixels=args.max_pixels,
         seed=args.seed,
+        vision=getattr(args, "vision", None),
     )
     return settings, args.host, port
 

@@ -199,7 +199,7 @@ def choose(choices: list[str], preferred: list[str], rng: random.Random | None =
 
 
 def schema_task_key(schema: Any) -> str:
-    """Return the task key (``phrase_grounding`` / ``vqa``) a JSON schema asks for.
+    """Return the task key (``phrase_grounding`` / ``vqa`` / ``freeform``) a JSON schema asks for.
 
     Args:
         schema: A JSON schema.
@@ -212,7 +212,7 @@ def schema_task_key(schema: Any) -> str:
     props = schema.get("properties")
     if not isinstance(props, dict):
         return ""
-    for key in ("phrase_grounding", "vqa"):
+    for key in ("phrase_grounding", "vqa", "freeform"):
         if key in props:
             return key
     return ""

@@ -1,4 +1,6 @@
-"""Images of a request: data URIs and http(s) URLs turned into cached :class:`Scene` objects.
+"""Media of a request: data URIs and http(s) URLs turned into cached scenes and video headers.
+
+Images become :class:`Scene` objects, videos :class:`~nim_async.emulator.video.VideoInfo`.
 
 Fetching and analysing an image is the emulator's preprocessing: like a real server's, it runs
 before the first token is scheduled and so adds to the time to first token.
@@ -16,6 +18,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout
 
 from nim_async.emulator.rejection import bad
 from nim_async.emulator.scene import Scene, analyse_bytes
+from nim_async.emulator.video import VideoInfo, read_video_info
 
 __all__ = ["ImageLoader", "decode_data_uri"]
 
@@ -24,20 +27,25 @@ _CACHE_SIZE = 64
 _THREAD_ABOVE = 32 * 1024  # bytes: smaller images are analysed on the loop (cheaper than a hop)
 
 
-def decode_data_uri(url: str) -> bytes:
-    """Decode a ``data:image/...;base64,...`` URI.
+def decode_data_uri(url: str, kind: str = "image") -> bytes:
+    """Decode a ``data:image/...;base64,...`` (or ``data:video/...``) URI.
+
+    Args:
+        url: The data URI.
+        kind: The media type it must have (``image`` or ``video``).
 
     Raises:
-        RequestError: 400 for a malformed URI, a non-image type or bad base64.
+        RequestError: 400 for a malformed URI, a type of another kind or bad base64.
     """
     m = _DATA_URI.match(url)
     if m is None:
         raise bad("Invalid data URI: expected data:<mime>;base64,<data>", "messages")
     if not m.group(3):
-        raise bad("Invalid data URI: only base64-encoded images are supported", "messages")
+        raise bad(f"Invalid data URI: only base64-encoded {kind}s are supported", "messages")
     mime = m.group(1) or ""
-    if mime and not mime.startswith("image/"):
-        raise bad(f"Invalid data URI: {mime!r} is not an image type", "messages")
+    if mime and not mime.startswith(f"{kind}/"):
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise bad(f"Invalid data URI: {mime!r} is not {article} {kind} type", "messages")
     try:
         return base64.b64decode(url[m.end() :], validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -51,6 +59,7 @@ class ImageLoader:
 
     def __init__(self) -> None:
         self._scenes: OrderedDict[tuple[int, int, str], Scene] = OrderedDict()
+        self._videos: OrderedDict[tuple[int, int, str], VideoInfo] = OrderedDict()
         self._http: ClientSession | None = None
 
     async def scene(self, url: str) -> Scene:
@@ -85,16 +94,45 @@ class ImageLoader:
             self._scenes.popitem(last=False)
         return scene
 
-    async def _fetch(self, url: str) -> bytes:
+    async def video(self, url: str) -> VideoInfo:
+        """Return the header facts of the video at ``url`` (a data URI or an http(s) URL).
+
+        Raises:
+            RequestError: 400 when the video cannot be fetched or is not MP4/MOV/WebM.
+        """
+        key = (len(url), hash(url), url[-48:])
+        cached = self._videos.get(key)
+        if cached is not None:
+            self._videos.move_to_end(key)
+            return cached
+        if url.startswith("data:"):
+            data = decode_data_uri(url, "video")
+        elif url.startswith(("http://", "https://")):
+            data = await self._fetch(url, "video")
+        else:
+            raise bad(
+                "video_url must be a data: URI (data:video/...;base64,...) or an http(s) URL",
+                "messages",
+            )
+        try:
+            info = read_video_info(data)
+        except ValueError as exc:
+            raise bad(f"Failed to load video: {exc}", "messages") from None
+        self._videos[key] = info
+        if len(self._videos) > _CACHE_SIZE:
+            self._videos.popitem(last=False)
+        return info
+
+    async def _fetch(self, url: str, kind: str = "image") -> bytes:
         if self._http is None:
             self._http = ClientSession(timeout=ClientTimeout(total=30))
         try:
             async with self._http.get(url) as resp:
                 if resp.status != 200:
-                    raise bad(f"fetching the image at {url} returned HTTP {resp.status}")
+                    raise bad(f"fetching the {kind} at {url} returned HTTP {resp.status}")
                 return await resp.read()
         except ClientError as exc:
-            raise bad(f"cannot fetch the image at {url}: {exc}") from None
+            raise bad(f"cannot fetch the {kind} at {url}: {exc}") from None
 
     async def close(self) -> None:
         """Close the HTTP session used to fetch images (idempotent)."""

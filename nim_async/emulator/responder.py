@@ -1,4 +1,4 @@
-"""The emulator's deterministic answers: phrase grounding and VQA from a :class:`Scene`.
+"""The emulator's deterministic answers from a :class:`Scene`: grounding, VQA, captions, text.
 
 This is a test double standing in for a vision-language model; what it returns is emulator
 output, never a model's. No IO.
@@ -12,16 +12,20 @@ import re
 from typing import Any
 
 from nim_async.catalog import BoxFormat
-from nim_async.emulator.geometry import encode_box
+from nim_async.emulator.geometry import VisionFamily, encode_box
 from nim_async.emulator.scene import COLOR_NAMES, Region, Scene
+from nim_async.emulator.video import VideoInfo
 
 __all__ = [
     "answer_vqa",
+    "caption",
     "describe",
     "detect_task",
+    "freeform_output",
     "grounding_output",
     "model_boxes",
     "render_json",
+    "video_caption",
     "vqa_output",
 ]
 
@@ -58,25 +62,37 @@ def render_json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def detect_task(schema_key: str | None, texts: str) -> str:
+def detect_task(schema_key: str | None, texts: str, *, system: bool = True) -> str:
     """Decide which task a request asks for.
+
+    In order: the JSON schema's top-level key; the key a prompt asks for
+    (``phrase_grounding``, ``"vqa"``, ``"freeform"``); grounding words (bounding box, locate,
+    detect); then a request without any system text whose last line is not a question is
+    ``generic`` (plain text, as a chat template with no format asked for); anything else VQA.
 
     Args:
         schema_key: Top-level key of the requested JSON schema, if any.
         texts: System and user text of the request.
+        system: Whether the request has system text (``False``: a bare chat).
 
     Returns:
-        ``"phrase_grounding"``, ``"vqa"``, or ``"other"`` for a schema of another shape.
+        ``"phrase_grounding"``, ``"vqa"``, ``"freeform"``, ``"generic"``, or ``"other"`` for a
+        schema of another shape.
     """
     if schema_key is not None:
-        return schema_key if schema_key in ("phrase_grounding", "vqa") else "other"
+        known = ("phrase_grounding", "vqa", "freeform")
+        return schema_key if schema_key in known else "other"
     low = texts.lower()
     if "phrase_grounding" in low:
         return "phrase_grounding"
     if '"vqa"' in low:
         return "vqa"
+    if '"freeform"' in low:
+        return "freeform"
     if any(w in low for w in ("bounding box", "locate", "grounding", "detect")):
         return "phrase_grounding"
+    if not system and not low.rstrip().endswith("?"):
+        return "generic"
     return "vqa"
 
 
@@ -125,11 +141,70 @@ def describe(scene: Scene | None, rng: random.Random | None = None) -> str:
     return opener + _join([p for p, _ in groups]) + "."
 
 
+def _where(region: Region, size: tuple[int, int]) -> str:
+    """``top left`` / ``centre`` / ``bottom`` ... of the region's centre, by thirds."""
+    x = (region.box[0] + region.box[2]) / 2 / max(size[0], 1)
+    y = (region.box[1] + region.box[3]) / 2 / max(size[1], 1)
+    row = ("top", "middle", "bottom")[min(int(y * 3), 2)]
+    col = ("left", "centre", "right")[min(int(x * 3), 2)]
+    if row == "middle":
+        return "centre" if col == "centre" else f"middle {col}"
+    return row if col == "centre" else f"{row} {col}"
+
+
+def caption(scene: Scene | None, rng: random.Random | None = None) -> str:
+    """A free-form description of ``scene``: what it shows and where.
+
+    The sentence of :func:`describe`, then one sentence per colour / shape group saying where
+    in the image (by thirds) its members are, then the background.
+
+    Args:
+        scene: The image's scene, or ``None`` without an image.
+        rng: Varies the opening wording.
+    """
+    head = describe(scene, rng)
+    if scene is None or not scene.regions:
+        return head
+    parts = [head]
+    for phrase, members in _groups(scene.regions):
+        places = _join(list(dict.fromkeys(_where(r, scene.size) for r in members)))
+        verb = "is" if len(members) == 1 else "are"
+        parts.append(f"{phrase[0].upper()}{phrase[1:]} {verb} at the {places}.")
+    parts.append(f"The background is {scene.background}.")
+    return " ".join(parts)
+
+
+def video_caption(info: VideoInfo) -> str:
+    """A caption for a video from its container header (the emulator decodes no frames).
+
+    Args:
+        info: What the container header says (or the fallbacks).
+    """
+    if not info.measured:
+        return (
+            f"A {info.container.upper()} video; its header gives no complete size and "
+            "duration, and the emulator does not decode frames."
+        )
+    return (
+        f"A {info.seconds:g}-second {info.container.upper()} video of {info.width}x{info.height} "
+        "pixels; the emulator reads its header only and does not decode frames."
+    )
+
+
+def freeform_output(
+    scene: Scene | None, video: VideoInfo | None = None, rng: random.Random | None = None
+) -> dict[str, Any]:
+    """Build ``{"freeform": {"caption": ...}}`` (a video's caption when one is given)."""
+    text = video_caption(video) if video is not None else caption(scene, rng)
+    return {"freeform": {"caption": text}}
+
+
 def model_boxes(
     region_boxes: list[tuple[float, float, float, float]],
     size: tuple[int, int],
     box_format: BoxFormat,
     max_pixels: int,
+    family: VisionFamily = "qwen2.5-vl",
 ) -> list[list[int]]:
     """Convert pixel boxes of the image as sent to the model convention, as integers.
 
@@ -138,8 +213,9 @@ def model_boxes(
         size: ``(width, height)`` of the image as sent.
         box_format: Target convention.
         max_pixels: Vision pixel budget (for the ``qwen25-abs`` resize).
+        family: The vision processor (for the ``qwen25-abs`` resize).
     """
-    return [encode_box(box, size, box_format, max_pixels) for box in region_boxes]
+    return [encode_box(box, size, box_format, max_pixels, family) for box in region_boxes]
 
 
 def grounding_output(
@@ -148,6 +224,7 @@ def grounding_output(
     box_format: BoxFormat,
     max_pixels: int,
     rng: random.Random | None = None,
+    family: VisionFamily = "qwen2.5-vl",
 ) -> dict[str, Any]:
     """Build ``{"phrase_grounding": {...}}`` for ``scene``.
 
@@ -169,7 +246,9 @@ def grounding_output(
     groundings = [
         {
             "phrase": phrase,
-            "grounding": model_boxes([r.box for r in members], scene.size, box_format, max_pixels),
+            "grounding": model_boxes(
+                [r.box for r in members], scene.size, box_format, max_pixels, family
+            ),
         }
         for phrase, members in groups
     ]

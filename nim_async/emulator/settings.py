@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from nim_async.catalog import BOX_FORMATS, BoxFormat
+from nim_async.emulator.geometry import (
+    VISION_FAMILIES,
+    VisionFamily,
+    vision_family_for,
+    vision_rule,
+)
 
 __all__ = ["DIALECTS", "EMULATED_VLLM", "LEGACY_VLLM", "Dialect", "EmulatorSettings"]
 
@@ -60,7 +66,12 @@ class EmulatorSettings:
         reasoning: Prefix every answer with a ``<think>…</think>`` block.
         model_path: Directory of custom weights (``config.json`` required); reported as
             ``root`` in ``/v1/models``.
-        max_pixels: Vision pixel budget used for image tokens and ``qwen25-abs`` boxes.
+        max_pixels: Vision pixel budget used for image tokens and ``qwen25-abs`` boxes;
+            ``None``: the vision family's default (1,003,520 for Qwen2.5-VL, 16,777,216 for
+            Qwen3-VL).
+        vision: The vision processor whose resize and token count the emulator follows;
+            ``None``: from the served model name (``cosmos-reason2-*`` and Qwen3-VL names:
+            ``qwen3-vl``; otherwise ``qwen2.5-vl``).
         seed: Seed of the emulator's own randomness (fault injection, unseeded sampling).
     """
 
@@ -81,8 +92,9 @@ class EmulatorSettings:
     ignore_guided: bool = False
     reasoning: bool = False
     model_path: str | None = None
-    max_pixels: int = 1280 * 28 * 28
+    max_pixels: int | None = None
     seed: int | None = None
+    vision: VisionFamily | None = None
 
     def __post_init__(self) -> None:
         """Check ranges.
@@ -111,8 +123,24 @@ class EmulatorSettings:
             raise ValueError("exit_after must be >= 0")
         if self.dialect is not None and self.dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}")
-        if self.max_pixels < 4 * 28 * 28:
+        if self.vision is not None and self.vision not in VISION_FAMILIES:
+            raise ValueError(f"vision must be one of {', '.join(VISION_FAMILIES)}")
+        if self.max_pixels is not None and self.max_pixels < 4 * 28 * 28:
             raise ValueError("max_pixels must be >= 3136")
+
+    @property
+    def vision_family(self) -> VisionFamily:
+        """The vision family in effect: :attr:`vision`, or the served model name's."""
+        if self.vision is not None:
+            return self.vision
+        return vision_family_for(self.served_model_name)
+
+    @property
+    def pixel_budget(self) -> int:
+        """The pixel budget in effect: :attr:`max_pixels`, or the vision family's default."""
+        if self.max_pixels is not None:
+            return self.max_pixels
+        return vision_rule(self.vision_family).default_max_pixels
 
     @property
     def effective_dialect(self) -> Dialect:

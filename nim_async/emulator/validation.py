@@ -48,10 +48,10 @@ EXTENSION_FIELDS = frozenset(
         "structured_outputs", "skip_special_tokens", "spaces_between_special_tokens",
         "include_stop_str_in_output", "stop_token_ids", "length_penalty", "use_beam_search",
         "best_of", "echo", "add_generation_prompt", "continue_final_message", "chat_template",
-        "chat_template_kwargs", "mm_processor_kwargs", "documents", "priority", "request_id",
-        "prompt_logprobs", "return_tokens_as_token_ids", "truncate_prompt_tokens", "bad_words",
-        "allowed_token_ids", "logits_processors", "add_special_tokens", "cache_salt",
-        "vllm_xargs",
+        "chat_template_kwargs", "mm_processor_kwargs", "media_io_kwargs", "documents",
+        "priority", "request_id", "prompt_logprobs", "return_tokens_as_token_ids",
+        "truncate_prompt_tokens", "bad_words", "allowed_token_ids", "logits_processors",
+        "add_special_tokens", "cache_salt", "vllm_xargs",
     }
 )  # fmt: skip
 """vLLM's sampling extensions (top level on vLLM and NIM 2.x, under ``nvext`` on NIM 1.x)."""
@@ -115,6 +115,9 @@ class ChatRequest:
         image_urls: Image URLs in order.
         text_tokens: Prompt tokens of the text (images are counted later).
         constraint: The one structured-output constraint, if any.
+        video_urls: Video URLs in order (``video_url`` parts).
+        media_io_kwargs: Per-modality media loading options (``{"video": {"fps": 2}}``).
+        mm_processor_kwargs: Options for the multimodal processor.
     """
 
     stream: bool
@@ -133,6 +136,9 @@ class ChatRequest:
     image_urls: list[str]
     text_tokens: int
     constraint: Constraint | None
+    video_urls: list[str]
+    media_io_kwargs: dict[str, dict[str, Any]] | None
+    mm_processor_kwargs: dict[str, Any] | None
 
 
 def _is_int(v: object) -> bool:
@@ -170,7 +176,9 @@ def parse_request(raw: bytes, settings: EmulatorSettings, fields: FieldLog) -> C
             param="model",
         )
     p = merge_fields(body, settings, fields)
-    system_texts, user_texts, images, tokens = read_messages(body.get("messages"))
+    videos: list[str] = []
+    system_texts, user_texts, images, tokens = read_messages(body.get("messages"), videos)
+    media_io, mm_kwargs = _media_kwargs(p)
     stream, include_usage, continuous = _stream_options(p)
     max_tokens, max_param, min_tokens = _limits(p)
     temperature, seed = _sampling_values(p)
@@ -194,7 +202,44 @@ def parse_request(raw: bytes, settings: EmulatorSettings, fields: FieldLog) -> C
         image_urls=images,
         text_tokens=tokens,
         constraint=find_constraint(p),
+        video_urls=videos,
+        media_io_kwargs=media_io,
+        mm_processor_kwargs=mm_kwargs,
     )
+
+
+def _media_kwargs(
+    p: dict[str, Any],
+) -> tuple[dict[str, dict[str, Any]] | None, dict[str, Any] | None]:
+    """Validate ``media_io_kwargs`` / ``mm_processor_kwargs`` with vLLM 0.32's schema.
+
+    vLLM types them ``dict[str, dict[str, Any]]`` (keyed by modality) and ``dict[str, Any]``;
+    ``null`` is allowed. A flat ``{"fps": 2.0}`` is refused there as
+    ``body.media_io_kwargs.fps: Input should be a valid dictionary``. A video ``fps`` that is
+    given must be a positive number (the emulator's check).
+    """
+    media_io = p.get("media_io_kwargs")
+    if media_io is not None:
+        if not isinstance(media_io, dict):
+            raise bad("media_io_kwargs: Input should be a valid dictionary", "media_io_kwargs")
+        for modality, options in media_io.items():
+            if not isinstance(options, dict):
+                raise bad(
+                    f"media_io_kwargs.{modality}: Input should be a valid dictionary (options "
+                    'are keyed by modality, e.g. {"video": {"fps": 2}})',
+                    f"media_io_kwargs.{modality}",
+                )
+    mm_kwargs = p.get("mm_processor_kwargs")
+    if mm_kwargs is not None and not isinstance(mm_kwargs, dict):
+        raise bad("mm_processor_kwargs: Input should be a valid dictionary", "mm_processor_kwargs")
+    for where, source in (
+        ("media_io_kwargs.video.fps", (media_io or {}).get("video") or {}),
+        ("mm_processor_kwargs.fps", mm_kwargs or {}),
+    ):
+        fps = source.get("fps")
+        if fps is not None and (not _is_num(fps) or fps <= 0):
+            raise bad(f"{where} must be a positive number, got {fps!r}", where)
+    return media_io, mm_kwargs
 
 
 def merge_fields(
@@ -346,7 +391,9 @@ def _stops(value: object) -> list[str]:
     raise bad("stop must be a string or a list of strings", "stop")
 
 
-def _content_texts(i: int, content: list[Any], images: list[str]) -> list[str]:
+def _content_texts(
+    i: int, content: list[Any], images: list[str], videos: list[str] | None = None
+) -> list[str]:
     texts: list[str] = []
     for j, part in enumerate(content):
         if not isinstance(part, dict):
@@ -363,17 +410,29 @@ def _content_texts(i: int, content: list[Any], images: list[str]) -> list[str]:
             if not isinstance(url, str) or not url:
                 raise bad(f"messages[{i}].content[{j}].image_url.url must be a string", "messages")
             images.append(url)
+        elif kind == "video_url" and videos is not None:
+            vu = part.get("video_url")
+            url = vu.get("url") if isinstance(vu, dict) else vu
+            if not isinstance(url, str) or not url:
+                raise bad(f"messages[{i}].content[{j}].video_url.url must be a string", "messages")
+            videos.append(url)
         else:
             raise bad(
                 f"messages[{i}].content[{j}].type {kind!r} is not supported "
-                "(use 'text' or 'image_url')",
+                "(use 'text', 'image_url' or 'video_url')",
                 "messages",
             )
     return texts
 
 
-def read_messages(messages: object) -> tuple[list[str], list[str], list[str], int]:
+def read_messages(
+    messages: object, videos: list[str] | None = None
+) -> tuple[list[str], list[str], list[str], int]:
     """Validate ``messages``; return system texts, user texts, image URLs and text tokens.
+
+    Args:
+        messages: The request's ``messages``.
+        videos: Where ``video_url`` URLs are collected; ``None`` refuses video parts.
 
     Raises:
         RequestError: 400 naming the first malformed message.
@@ -399,7 +458,7 @@ def read_messages(messages: object) -> tuple[list[str], list[str], list[str], in
         if isinstance(content, str):
             texts = [content]
         elif isinstance(content, list):
-            texts = _content_texts(i, content, images)
+            texts = _content_texts(i, content, images, videos)
         elif content is None and role == "assistant":
             texts = []
         elif content is None:

@@ -127,3 +127,103 @@ async def test_emulator_answers_with_hand_derived_boxes_and_tokens(
     [grounding] = answer["phrase_grounding"]["groundings"]
     assert grounding["grounding"] == [expected]
     assert with_image["usage"]["prompt_tokens"] - without["usage"]["prompt_tokens"] == 254
+
+
+# Qwen3-VL (cosmos-reason2), issue 13. Its processor rule (Qwen2VLImageProcessorFast with
+# patch_size 16, merge_size 2): the same steps with F = 32, min_pixels 65536 (256x256) and the
+# budget 16777216 (4096x4096). Tokens = (W/32)*(H/32). Derived by hand below; the same values
+# came out of transformers 5.19's smart_resize(factor=32, min_pixels=65536, max_pixels=...) in
+# the vLLM tier's venv when these were written (a one-off check, not run here).
+QWEN3_MAX = 16777216
+
+QWEN3_CASES = [
+    # 641x479: 641/32 = 20.03 -> 20 -> 640; 479/32 = 14.97 -> 15 -> 480; 307200 in range;
+    # 20*15 = 300 (Qwen2.5's rule gives 644x476 and 391 for nearly the same image)
+    (641, 479, QWEN3_MAX, (640, 480), 300),
+    # 333x1001: 10.41 -> 10 -> 320; 31.28 -> 31 -> 992; 317440 in range; 10*31 = 310
+    (333, 1001, QWEN3_MAX, (320, 992), 310),
+    # 1500x301: 46.875 -> 47 -> 1504; 9.406 -> 9 -> 288; 433152 in range; 47*9 = 423
+    (1500, 301, QWEN3_MAX, (1504, 288), 423),
+    # 777x777: 24.28 -> 24 -> 768 both; 24*24 = 576
+    (777, 777, QWEN3_MAX, (768, 768), 576),
+    # 100x80: 3.125 -> 3 -> 96; 2.5 -> 2 (half to even) -> 64; 6144 < 65536 -> beta =
+    # sqrt(65536/8000) = 2.8622; 100*2.8622/32 = 8.94 -> ceil 9 -> 288; 80*2.8622/32 = 7.16 ->
+    # ceil 8 -> 256; 9*8 = 72 (Qwen2.5-VL would keep 112x84... its minimum is only 3136)
+    (100, 80, QWEN3_MAX, (288, 256), 72),
+    # 8000x6000: 250 -> 8000; 187.5 -> 188 (even) -> 6016; 48.1e6 > 16777216 -> beta =
+    # sqrt(48e6/16777216) = sqrt(2.8610) = 1.6915; 8000/1.6915/32 = 147.8 -> 147 -> 4704;
+    # 6000/1.6915/32 = 110.85 -> 110 -> 3520; 147*110 = 16170
+    (8000, 6000, QWEN3_MAX, (4704, 3520), 16170),
+    # a smaller budget (262144 = 256 cells): 1920x1080 -> 60 -> 1920, 33.75 -> 34 -> 1088;
+    # 2088960 > 262144 -> beta = sqrt(2073600/262144) = 2.8125; 1920/2.8125/32 = 21.33 -> 21
+    # -> 672; 1080/2.8125/32 = 12.0 -> 12 -> 384; 21*12 = 252
+    (1920, 1080, 262144, (672, 384), 252),
+    # 64x48 at that budget: 2 -> 64; 1.5 -> 2 (even) -> 64; 4096 < 65536 -> beta =
+    # sqrt(65536/3072) = 4.6188; 64*4.6188/32 = 9.24 -> 10 -> 320; 48*4.6188/32 = 6.93 -> 7
+    # -> 224; 10*7 = 70
+    (64, 48, 262144, (320, 224), 70),
+]
+
+
+@pytest.mark.parametrize(("w", "h", "max_pixels", "size", "tokens"), QWEN3_CASES)
+def test_qwen3_vl_resize_and_tokens_match_hand_derivation(w, h, max_pixels, size, tokens):
+    assert model_input_size(w, h, max_pixels, "qwen3-vl") == size
+    assert image_tokens(w, h, max_pixels, "qwen3-vl") == tokens
+    out_w, out_h = size
+    assert out_w % 32 == 0
+    assert out_h % 32 == 0
+    assert tokens == (out_w // 32) * (out_h // 32)
+
+
+def test_qwen3_vl_refuses_aspect_over_200_and_its_family_comes_from_the_name():
+    from nim_async.emulator.geometry import vision_family_for
+    from nim_async.emulator.settings import EmulatorSettings
+
+    with pytest.raises(ValueError, match="aspect ratio"):
+        model_input_size(3000, 10, QWEN3_MAX, "qwen3-vl")
+    assert vision_family_for("cosmos-reason2-2b") == "qwen3-vl"
+    assert vision_family_for("cosmos-reason2-8b") == "qwen3-vl"
+    assert vision_family_for("my-cosmos-reason2-lora") == "qwen3-vl"
+    assert vision_family_for("cosmos-reason1-7b") == "qwen2.5-vl"
+    s = EmulatorSettings(served_model_name="cosmos-reason2-2b")
+    assert (s.vision_family, s.pixel_budget) == ("qwen3-vl", QWEN3_MAX)
+    s = EmulatorSettings()
+    assert (s.vision_family, s.pixel_budget) == ("qwen2.5-vl", DEFAULT_MAX)
+    s = EmulatorSettings(served_model_name="custom", vision="qwen3-vl", max_pixels=262144)
+    assert (s.vision_family, s.pixel_budget) == ("qwen3-vl", 262144)
+
+
+def test_qwen3_vl_abs_boxes_use_the_32_pixel_input():
+    # qwen25-abs on a Qwen3-VL model refers to its own input: 641x479 -> 640x480;
+    # 64*640/641 = 63.9 -> 64; 48*480/479 = 48.1 -> 48; 320*640/641 = 319.5 -> 320 (319.50 ->
+    # round 320); 240*480/479 = 240.5 -> 241 (240.501)
+    assert encode_box((64, 48, 320, 240), (641, 479), "qwen25-abs", QWEN3_MAX, "qwen3-vl") == [
+        64,
+        48,
+        320,
+        241,
+    ]
+
+
+# End to end: the same 512x384 PNG served as cosmos-reason2-2b. Qwen3-VL input: 512/32 = 16 ->
+# 512; 384/32 = 12 -> 384 (196608 px, in range): 16*12 = 192 tokens + 2 markers = 194. Boxes
+# 0-1000 of the image: 64/512 = 0.125 -> 125, 48/384 -> 125, 320/512 -> 625, 240/384 -> 625.
+@pytest.mark.parametrize("name", ["cosmos-reason2-2b", "cosmos-reason2-8b"])
+async def test_cosmos_reason2_counts_qwen3_vl_tokens_and_boxes_0_1000(start_emulator, api, name):
+    import orjson
+
+    from nim_async.catalog import box_format_for_model
+
+    png = _png_with_red_box((512, 384), (64, 48, 320, 240))
+    async with start_emulator(served_model_name=name, box_format=box_format_for_model(name)) as emu:
+        body = api.body(None, "Locate the red square.", model=name)
+        body["messages"][0]["content"].insert(
+            0, {"type": "image_url", "image_url": {"url": api.data_uri(png, "image/png")}}
+        )
+        with_image = (await api.post(emu.url, body)).json()
+        plain = api.body(None, "Locate the red square.", model=name)
+        without = (await api.post(emu.url, plain)).json()
+    answer = orjson.loads(with_image["choices"][0]["message"]["content"])
+    [grounding] = answer["phrase_grounding"]["groundings"]
+    assert grounding["grounding"] == [[125, 125, 625, 625]]
+    assert with_image["usage"]["prompt_tokens"] - without["usage"]["prompt_tokens"] == 194

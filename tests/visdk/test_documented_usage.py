@@ -203,12 +203,6 @@ async def test_visdk_default_task_is_freeform(emulator: Any) -> None:
         predictor.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # the script exits with PredictionParseError
-    reason="the emulator answers freeform prompts with VQA JSON (it knows phrase grounding and "
-    "VQA only); freeform needs {'freeform': {'caption': ...}} from it",
-)
 async def test_visdk_freeform_caption(
     start_emulator: Any, image_factory: Any, tmp_path: Path
 ) -> None:
