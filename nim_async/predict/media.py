@@ -339,6 +339,9 @@ def _encode(source: object, max_pixels: int, desc: str, max_image_pixels: int) -
                 f"unsupported image format {fmt} in {desc}; use JPEG, PNG, WebP, GIF, BMP or TIFF",
                 source=desc,
             )
+        if not from_caller and fmt not in ("JPEG", "MPO"):
+            # Before the EXIF read: for a PNG, getexif() decodes the whole image.
+            _check_pixels(img, max_image_pixels, desc, reduced=False)
         orientation = _orientation(img)
         width, height = img.size
         if orientation in (5, 6, 7, 8):
