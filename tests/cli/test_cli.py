@@ -296,10 +296,11 @@ async def test_batch_with_failures_then_resume_retrying_errors(
     refused = await cli(*batch_args(emulator.url))
     assert "--resume" in refused.one_line_error()
 
-    # --resume alone skips everything recorded, errors included: nothing to do.
+    # --resume alone skips everything recorded, errors included; the kept errors still count
+    # (issue 14: the summary names them and the exit status is 1).
     again = await cli(*batch_args(emulator.url, "--resume"))
-    assert again.rc == 0
-    assert "0 ok, 0 failed, 20 already recorded" in again.err
+    assert again.rc == 1
+    assert f"0 ok, 0 failed, {len(failed)} failed (earlier), 20 already recorded" in again.err
 
     second = await cli(*batch_args(emulator.url, "--resume", "--retry-errors"))
     assert second.rc == 0, second.err
