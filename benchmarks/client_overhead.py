@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-workers", action="store_true", help="--quick: skip the --workers 2 vs 1 goal"
     )
-    parser.add_argument("--workers-rounds", type=int, default=2)
+    parser.add_argument("--workers-rounds", type=int, default=3)
     parser.add_argument("--workers-duration", type=float, default=4.0)
     parser.add_argument("--json", help="write all results here")
     args = parser.parse_args(argv)
@@ -792,6 +792,11 @@ def main(argv: list[str] | None = None) -> int:
             one, two, _ = workers_ratio(url, args.workers_rounds, args.workers_duration, 256, 64)
             if one and two:
                 a, b = statistics.median(two), statistics.median(one)
+                print(
+                    "  each round's ratio: "
+                    + ", ".join(f"{x / y:.2f}×" for x, y in zip(two, one, strict=False)),
+                    flush=True,
+                )
                 extra.append(
                     (
                         f"nim-async bench --workers 2 vs 1 tok/s ({os.cpu_count()} cores)",
@@ -810,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=150)
     table = Table(title=f"client overhead, same run (stack judged: {args.lib})")
     for col in ("figure", "measured", "goal", "ratio", "met"):
         table.add_column(col)
