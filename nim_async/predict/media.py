@@ -4,7 +4,8 @@ A *source* is a path (``str`` or :class:`pathlib.Path`), an ``http(s)://`` URL, 
 URI, raw ``bytes``, or a :class:`PIL.Image.Image`. Supported formats: JPEG, PNG, WebP, GIF
 (first frame), BMP and TIFF.
 
-The pipeline, all of it in a bounded pool of worker threads (never on the event loop):
+The pipeline runs in a bounded pool of worker threads, except for an image given as bytes of at
+most :data:`INLINE_MAX_BYTES`, which is prepared on the event loop (cheaper than the hop):
 
 1. Open the image lazily (Pillow reads only the header first).
 2. Apply the EXIF orientation, so the model sees the image upright.
@@ -49,6 +50,7 @@ from nim_async.protocol.geometry import fit_within_budget
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "INLINE_MAX_BYTES",
     "SUPPORTED_FORMATS",
     "EncodedImage",
     "ImageSource",
@@ -67,6 +69,11 @@ SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BM
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 """The largest image decoded by default, in pixels (after JPEG reduce-on-load): about 120 MB
 of RGB. Pillow warns at 89 million pixels and refuses at 179 million."""
+
+INLINE_MAX_BYTES = 32 * 1024
+"""Images given as bytes up to this size are prepared on the event loop, not in a worker thread:
+the thread hop (~50-80 us of CPU) costs more than the work it moves (a 180x180 JPEG: ~80 us,
+its validity check included; the worst 32 KiB JPEG ~0.4 ms). See ``benchmarks/README.md``."""
 
 _PASS_THROUGH = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _LOSSLESS = {"PNG", "GIF", "BMP", "TIFF"}
@@ -196,7 +203,7 @@ async def load_image(
     fetch: FetchFn | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> EncodedImage:
-    """Load, orient, downscale and encode an image in a worker thread.
+    """Load, orient, downscale and encode an image in a worker thread (small bytes: inline).
 
     Args:
         source: A path, ``http(s)`` URL, ``data:`` URI, bytes, or PIL image.
@@ -219,6 +226,8 @@ async def load_image(
         if fetch is None:
             raise MediaError("no HTTP client to fetch image URLs with", source=desc)
         payload = await fetch(source)
+    elif isinstance(source, bytes | bytearray | memoryview) and len(source) <= INLINE_MAX_BYTES:
+        return encode_image(source, max_pixels, desc, max_image_pixels)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
         _executor(), encode_image, payload, max_pixels, desc, max_image_pixels
@@ -350,6 +359,10 @@ def _encode(source: object, max_pixels: int, desc: str, max_image_pixels: int) -
         target = fit_within_budget(width, height, max_pixels)
         if not from_caller and fmt in _PASS_THROUGH and orientation == 1 and target == original:
             _check_pixels(img, max_image_pixels, desc, reduced=False)
+            if fmt in ("JPEG", "MPO"):
+                # Every byte is still entropy-decoded (truncation is found) but the inverse
+                # DCT runs at 1/8 scale: half the cost of a full decode.
+                img.draft("RGB", (1, 1))
             img.load()  # the whole file decodes (a truncated or corrupt one raises here)
             if raw is None and fh is not None:
                 fh.seek(0)

@@ -202,11 +202,12 @@ class AsyncPredictionStream:
                     if events:
                         if self._idle is not None:
                             self._idle_at = asyncio.get_running_loop().time() + self._idle
-                            timer.reschedule(self._limit_at())
                         tokens = acc.feed(events)
                         if tokens:
                             self._stamp(tokens)
-                            return tokens
+                            return tokens  # the next call starts its timer from _idle_at
+                        if self._idle is not None:
+                            timer.reschedule(self._limit_at())  # data without content
         except TimeoutError as exc:
             error = self._timeout_error()
             error.__cause__ = exc
