@@ -144,12 +144,15 @@ def _mp4_fields(data: bytes) -> tuple[tuple[int, int] | None, float | None]:
             if kind in _MP4_CONTAINERS:
                 todo.append((lo, hi))
             elif kind == b"mvhd" and seconds is None and hi - lo >= 20:
-                if data[lo] == 1 and hi - lo >= 32:
+                v1 = data[lo] == 1
+                if v1 and hi - lo < 32:
+                    continue
+                if v1:
                     scale, duration = struct.unpack_from(">IQ", data, lo + 20)
                 else:
                     scale, duration = struct.unpack_from(">II", data, lo + 12)
                 seconds = duration / scale if scale else None
-            elif kind == b"tkhd" and size is None:
+            elif kind == b"tkhd" and size is None and hi > lo:
                 at = lo + (88 if data[lo] == 1 else 76)
                 if at + 8 <= hi:
                     w, h = struct.unpack_from(">II", data, at)
@@ -203,8 +206,8 @@ def _webm_fields(data: bytes) -> tuple[tuple[int, int] | None, float | None]:
             elif eid == _EBML_HEADER:
                 pass
             pos += size
-    except IndexError:
-        pass
+    except (IndexError, struct.error):
+        pass  # a truncated header: keep what was read
     seconds = duration * scale / 1e9 if duration is not None else None
     return ((width, height) if width and height else None), seconds
 

@@ -113,6 +113,62 @@ def test_container_headers_are_read_without_a_decoder():
         read_video_info(b"GIF89a not a video")
 
 
+def make_mp4_v1(width: int, height: int, seconds: float) -> bytes:
+    """Version-1 (64-bit) mvhd and tkhd, the moov in a 64-bit "largesize" box, after mdat."""
+    scale = 90000
+    mvhd = _box(
+        b"mvhd",
+        b"\x01\x00\x00\x00"
+        + struct.pack(">QQIQ", 0, 0, scale, round(seconds * scale))
+        + b"\x00" * 80,  # rate .. next_track_ID (not read)
+    )
+    tkhd = _box(
+        b"tkhd",
+        b"\x01\x00\x00\x03"
+        + struct.pack(">QQIIQ", 0, 0, 1, 0, round(seconds * scale))
+        + b"\x00" * 52  # reserved, layer, group, volume, reserved, matrix
+        + struct.pack(">II", width << 16, height << 16),
+    )
+    payload = mvhd + _box(b"trak", tkhd)
+    moov = struct.pack(">I4sQ", 1, b"moov", 16 + len(payload)) + payload
+    ftyp = _box(b"ftyp", b"qt  " + struct.pack(">I", 0) + b"qt  ")
+    return ftyp + _box(b"mdat", b"\x00" * 100) + moov
+
+
+def test_version_1_boxes_and_a_moov_after_mdat_are_read():
+    info = read_video_info(make_mp4_v1(1920, 1080, 12.5))
+    assert (info.width, info.height, info.seconds, info.measured) == (1920, 1080, 12.5, True)
+
+
+def test_truncated_headers_fall_back_instead_of_failing():
+    for data in (make_mp4(64, 48, 3.0), make_webm(1280, 720, 2.5)):
+        for cut in range(8, len(data)):
+            info = read_video_info(data[:cut])
+            assert info.width > 0
+            assert info.height > 0
+            assert info.seconds > 0
+    # a file too short for any header is refused (neither container)
+    with pytest.raises(ValueError, match="neither"):
+        read_video_info(b"\x00\x00")
+
+
+def test_cli_vision_and_budget_options():
+    import argparse
+
+    from nim_async.emulator.cli import add_arguments, build_settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = ["--served-model-name", "custom-lora", "--port", "0"]
+    settings, _, _ = build_settings(parser.parse_args(args))
+    assert (settings.vision_family, settings.pixel_budget) == ("qwen2.5-vl", 1003520)
+    more = [*args, "--vision", "qwen3-vl", "--max-pixels", "262144"]
+    settings, _, _ = build_settings(parser.parse_args(more))
+    assert (settings.vision_family, settings.pixel_budget) == ("qwen3-vl", 262144)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*args, "--vision", "qwen9"])
+
+
 def test_frames_are_even_and_clamped():
     assert video_frames(3.0, 2.0) == 6
     assert video_frames(0.5, 2.0) == 4  # at least 4
