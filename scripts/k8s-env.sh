@@ -29,6 +29,9 @@ STATE=${NIM_TEST_STATE:-/tmp/nim-async-test-env}/k8s
 SRC_PKG=kubernetes
 GO=/usr/lib/go-1.19/bin/go
 NS=nimk8s
+# enter the namespace's network only: `ip netns exec` also remounts /sys in a mount namespace of
+# its own, which hides the cgroup mounts from kubelet and runc ("mountpoint for cpu not found")
+IN_NS="nsenter --net=/run/netns/$NS"
 API_PORT=${NIM_K8S_API_PORT:-6443}
 ETCD_PORT=${NIM_K8S_ETCD_PORT:-2479}
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
@@ -276,10 +279,10 @@ relay() {  # relay <name> <port> <into|out>: 127.0.0.1:<port> reachable across t
     nohup socat "UNIX-LISTEN:$sock,fork,mode=600" "TCP:127.0.0.1:$port" >/dev/null 2>&1 &
     echo $! >"$STATE/relay-$name-a.pid"
     wait_for 5 test -S "$sock"
-    nohup ip netns exec "$NS" socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" \
+    nohup $IN_NS socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" \
       "UNIX-CONNECT:$sock" >/dev/null 2>&1 &
   else
-    nohup ip netns exec "$NS" socat "UNIX-LISTEN:$sock,fork,mode=600" "TCP:127.0.0.1:$port" \
+    nohup $IN_NS socat "UNIX-LISTEN:$sock,fork,mode=600" "TCP:127.0.0.1:$port" \
       >/dev/null 2>&1 &
     echo $! >"$STATE/relay-$name-a.pid"
     wait_for 5 test -S "$sock"
@@ -343,7 +346,7 @@ state = "$c/state"
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors."127.0.0.1:$REG_PORT"]
     endpoint = ["http://127.0.0.1:$REG_PORT"]
 TOML
-  nohup ip netns exec "$NS" containerd --config "$c/config.toml" >"$STATE/containerd.log" 2>&1 &
+  nohup $IN_NS containerd --config "$c/config.toml" >"$STATE/containerd.log" 2>&1 &
   echo $! >"$c.pid"
   wait_for 30 ctr --address "$c/containerd.sock" version \
     || die "containerd did not start (see $STATE/containerd.log)"
@@ -356,6 +359,16 @@ node_ready() {
 start_node() {
   local bin=$1
   if [ ! -e "/run/netns/$NS" ]; then ip netns add "$NS"; ip netns exec "$NS" ip link set lo up; fi
+  # kubelet needs a default route to find a node IP (else the node has no addresses at all and
+  # the API server cannot reach it for logs / port-forward): a veth pair with both ends inside
+  # the namespace, so the route leads nowhere outside it
+  if ! ip netns exec "$NS" ip link show nim0 >/dev/null 2>&1; then
+    ip netns exec "$NS" ip link add nim0 type veth peer name nim1
+    ip netns exec "$NS" ip addr add 10.89.0.1/24 dev nim0
+    ip netns exec "$NS" ip link set nim1 up
+    ip netns exec "$NS" ip link set nim0 up
+    ip netns exec "$NS" ip route add default via 10.89.0.2 dev nim0
+  fi
   relay api "$API_PORT" into
   relay registry "$REG_PORT" into
   start_containerd
@@ -382,7 +395,7 @@ imageGCLowThresholdPercent: 98
 serializeImagePulls: false
 resolvConf: /etc/resolv.conf
 YAML
-    nohup ip netns exec "$NS" "$bin/kubelet" --config "$STATE/kubelet/config.yaml" \
+    nohup $IN_NS "$bin/kubelet" --config "$STATE/kubelet/config.yaml" \
       --kubeconfig "$STATE/kubeconfig" --hostname-override localhost \
       --container-runtime remote \
       --container-runtime-endpoint "unix://$STATE/containerd/containerd.sock" \
