@@ -7,6 +7,7 @@ port-forward; a wrong key is a RegistryAuthError naming the pull failure; stop l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -137,3 +138,21 @@ async def test_wrong_registry_key_is_registry_auth_error(
             namespace=namespace,
             kubeconfig=pod_cluster.kubeconfig,
         )
+
+
+async def test_no_gpu_on_the_node_is_gpu_runtime_error(
+    pod_cluster: Cluster, api: Any, namespace: str
+) -> None:
+    from nim_async.errors import GPURuntimeError
+
+    config = emulator_config(registry_env(), gpus=1, startup_timeout=120.0)
+    backend_options = {"namespace": namespace, "kubeconfig": pod_cluster.kubeconfig}
+    deployer = AsyncNIMDeployer(config, quiet=True, backend="kubernetes", **backend_options)
+    with pytest.raises(GPURuntimeError) as info:
+        await deployer.deploy()
+    assert "nvidia.com/gpu" in str(info.value)
+    for _ in range(300):  # a failed deploy removes what it made (the pod goes a moment later)
+        if not await labelled(api, namespace):
+            break
+        await asyncio.sleep(0.1)
+    assert await labelled(api, namespace) == {}
