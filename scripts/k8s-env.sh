@@ -146,6 +146,9 @@ do_build() {  # the long part; run in the background by "build --background"
   done
   rmdir "$out.tmp" 2>/dev/null || true
   echo "$ver" >"$home/VERSION"
+  if [ -z "${NIM_K8S_KEEP_BUILD:-}" ]; then  # the source tree and go cache: 2 GB no longer needed
+    rm -rf "$home/src" "$home/gocache" "$home/gopath"
+  fi
   say "done: $(du -sh "$out" | cut -f1) in $out"
 }
 
