@@ -318,3 +318,21 @@ async def test_cli_deploy_ps_stop_kubernetes(
     code, text = await cli("stop", "cosmos-reason1-7b")
     assert code == 0, text
     assert await labelled(api, namespace) == {}
+
+
+async def test_blocking_nimdeployer_passes_the_kubernetes_keywords(
+    cluster: Cluster, api: Any, with_crd: None, namespace: str
+) -> None:
+    from nim_async.sync.deployer import NIMDeployer
+
+    options = {"backend": "kubernetes", "namespace": namespace, "kubeconfig": cluster.kubeconfig}
+    deployer = NIMDeployer(make_config(), quiet=True, **options)
+    task = asyncio.create_task(asyncio.to_thread(deployer.deploy))
+    await wait_for_nimservice(api, namespace, "cosmos-reason1-7b")
+    await set_status(api, namespace, "cosmos-reason1-7b", {"state": "Ready"})
+    result = await asyncio.wait_for(task, 30)
+    assert result.base_url.endswith(f".{namespace}.svc.cluster.local:8000")
+    rows = await asyncio.to_thread(NIMDeployer.list, **options)
+    assert [r.name for r in rows] == ["cosmos-reason1-7b"]
+    assert await asyncio.to_thread(NIMDeployer.stop, "cosmos-reason1-7b", True, **options)
+    assert await labelled(api, namespace) == {}
