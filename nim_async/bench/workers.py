@@ -450,20 +450,23 @@ async def run_workers(
             per_worker: list[list[RequestRecord]] = [[] for _ in workers]
             dones: list[dict[str, Any] | None] = [None for _ in workers]
 
-            async def until_ready(w: WorkerProcess, k: int = k) -> None:
+            async def until_ready(w: WorkerProcess, k: int = k) -> bool:
+                """Wait for ``w``'s warm-up; whether it takes part (no share: it skips)."""
                 while (event := await w.next_event()) is not None:
                     if event.get("t") == "ready" and event.get("p") == k:
-                        return
+                        return not event.get("skip")
                 if w.died_at_point is None:
                     w.died_at_point = k
+                return False
 
-            await asyncio.gather(*(until_ready(w) for w in workers))
+            taking_part = await asyncio.gather(*(until_ready(w) for w in workers))
             if on_ready is not None:
                 on_ready(k, workers)
             before = await scrape_before() if scrape_before is not None else None
             origin = time.perf_counter()
-            for w in workers:
-                w.send(b"go\n")
+            for w, part in zip(workers, taking_part, strict=True):
+                if part:  # a worker that skips this point does not wait for "go"
+                    w.send(b"go\n")
 
             async def collect(
                 w: WorkerProcess,

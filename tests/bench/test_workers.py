@@ -138,6 +138,27 @@ async def test_request_counts_add_up_across_workers(loopback: LoopbackSSEServer)
     assert sorted({labels["worker"] for labels, _, _ in records}) == [0, 1, 2]
 
 
+async def test_workers_start_measuring_together_after_a_point_they_skip(
+    loopback: LoopbackSSEServer,
+) -> None:
+    """A worker with no share of a point must still wait for the others at the next one."""
+    points, records = await run_workers(
+        _args(),
+        loopback.url,
+        "loopback",
+        [_load(1, 40, 0), _load(2, 8, 0)],
+        count=2,
+        ceiling=None,
+        headroom_bound=3.0,
+    )
+    assert [w["num_requests"] for w in points[0]["workers"]] == [40, 0]
+    assert [w["num_requests"] for w in points[1]["workers"]] == [4, 4]
+    second = [(labels, r, origin) for labels, r, origin in records if labels["concurrency"] == 2]
+    assert {labels["worker"] for labels, _, _ in second} == {0, 1}
+    # every measured request of the second point was sent after the parent's "go"
+    assert all(r.scheduled_start >= origin for _, r, origin in second)
+
+
 async def test_a_worker_that_dies_is_reported(loopback: LoopbackSSEServer) -> None:
     killed: list[int] = []
 
