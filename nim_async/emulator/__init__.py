@@ -32,7 +32,8 @@ question gets plain text (vi-sdk's ``generic``); anything else VQA JSON. Image t
 served model's vision family: Qwen2.5-VL (28-pixel cells, budget 1,003,520) by default, Qwen3-VL
 (32-pixel cells, 65,536..16,777,216 pixels) for ``cosmos-reason2-*`` / Qwen3-VL names
 (:mod:`~nim_async.emulator.geometry`; ``--vision`` / ``--max-pixels`` override). Boxes for
-cosmos-reason2 are 0-1000 of the image (``norm1000``, from the catalog).
+cosmos-reason2 are 0-1000 of the image (``norm1000``): without a ``box_format`` the served name
+picks the catalog's convention, in-process as on the command line.
 
 ``legacy_guided`` (``--legacy-guided``) selects the older behaviour: top-level ``guided_*``
 enforced and ``nvext`` read, as NIM 1.x / vLLM < 0.12 did (``/version`` then says 0.11.0).

@@ -135,7 +135,7 @@ def _natural(
         obj = grounding_output(
             scene,
             prompt,
-            settings.box_format,
+            settings.box_convention,
             settings.pixel_budget,
             rng,
             settings.vision_family,

@@ -92,7 +92,7 @@ class _Routes:
         info = {
             "shortName": s.served_model_name,
             "modelUrl": self.root(),
-            "boxFormat": s.box_format,
+            "boxFormat": s.box_convention,
             "maxModelLen": s.max_model_len,
             "config": self.state.model_config,
         }

@@ -179,7 +179,7 @@ class Emulator:
             EMULATOR_NOTE,
             s.served_model_name,
             self.url,
-            s.box_format,
+            s.box_convention,
             s.max_model_len,
             "legacy guided_* enforced" if s.legacy_guided else f"vLLM {s.vllm_version} fields",
         )

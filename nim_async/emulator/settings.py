@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from nim_async.catalog import BOX_FORMATS, BoxFormat
+from nim_async.catalog import BOX_FORMATS, BoxFormat, box_format_for_model
 from nim_async.emulator.geometry import (
     VISION_FAMILIES,
     VisionFamily,
@@ -42,7 +42,10 @@ class EmulatorSettings:
         served_model_name: Model id served at ``/v1/models`` and required in requests.
         max_model_len: Context length; longer prompts are rejected with 400.
         box_format: Coordinate convention of emitted boxes (``qwen25-abs``, ``norm1000``,
-            ``norm1024``).
+            ``norm1024``); ``None``: the catalog's for the served model name
+            (:func:`~nim_async.catalog.box_format_for_model`: ``norm1000`` for cosmos-reason2,
+            ``qwen25-abs`` for cosmos-reason1, ``norm1024`` for other names), as the command
+            does. Read :attr:`box_convention` for the one in effect.
         startup_seconds: Seconds ``/v1/health/ready`` answers 503 after start.
         ttft_ms: Time to first token, in milliseconds.
         itl_ms: Inter-token latency, in milliseconds.
@@ -77,7 +80,7 @@ class EmulatorSettings:
 
     served_model_name: str = "cosmos-reason1-7b"
     max_model_len: int = 8192
-    box_format: BoxFormat = "qwen25-abs"
+    box_format: BoxFormat | None = None
     startup_seconds: float = 0.0
     ttft_ms: float = 0.0
     itl_ms: float = 0.0
@@ -106,7 +109,7 @@ class EmulatorSettings:
             raise ValueError("served_model_name must not be empty")
         if self.max_model_len < 1:
             raise ValueError("max_model_len must be >= 1")
-        if self.box_format not in BOX_FORMATS:
+        if self.box_format is not None and self.box_format not in BOX_FORMATS:
             raise ValueError(f"box_format must be one of {', '.join(BOX_FORMATS)}")
         for name in ("startup_seconds", "ttft_ms", "itl_ms", "prefill_ms_per_1k_tokens"):
             if getattr(self, name) < 0:
@@ -127,6 +130,13 @@ class EmulatorSettings:
             raise ValueError(f"vision must be one of {', '.join(VISION_FAMILIES)}")
         if self.max_pixels is not None and self.max_pixels < 4 * 28 * 28:
             raise ValueError("max_pixels must be >= 3136")
+
+    @property
+    def box_convention(self) -> BoxFormat:
+        """The box convention in effect: :attr:`box_format`, or the served model name's."""
+        if self.box_format is not None:
+            return self.box_format
+        return box_format_for_model(self.served_model_name)
 
     @property
     def vision_family(self) -> VisionFamily:

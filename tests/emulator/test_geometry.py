@@ -186,9 +186,17 @@ def test_qwen3_vl_refuses_aspect_over_200_and_its_family_comes_from_the_name():
     assert vision_family_for("my-cosmos-reason2-lora") == "qwen3-vl"
     assert vision_family_for("cosmos-reason1-7b") == "qwen2.5-vl"
     s = EmulatorSettings(served_model_name="cosmos-reason2-2b")
-    assert (s.vision_family, s.pixel_budget) == ("qwen3-vl", QWEN3_MAX)
+    facts = (s.vision_family, s.pixel_budget, s.box_convention)
+    assert facts == ("qwen3-vl", QWEN3_MAX, "norm1000")
     s = EmulatorSettings()
-    assert (s.vision_family, s.pixel_budget) == ("qwen2.5-vl", DEFAULT_MAX)
+    assert (s.vision_family, s.pixel_budget, s.box_convention) == (
+        "qwen2.5-vl",
+        DEFAULT_MAX,
+        "qwen25-abs",
+    )
+    assert EmulatorSettings(served_model_name="x", box_format="norm1000").box_convention == (
+        "norm1000"
+    )
     s = EmulatorSettings(served_model_name="custom", vision="qwen3-vl", max_pixels=262144)
     assert (s.vision_family, s.pixel_budget) == ("qwen3-vl", 262144)
 
@@ -212,10 +220,9 @@ def test_qwen3_vl_abs_boxes_use_the_32_pixel_input():
 async def test_cosmos_reason2_counts_qwen3_vl_tokens_and_boxes_0_1000(start_emulator, api, name):
     import orjson
 
-    from nim_async.catalog import box_format_for_model
-
     png = _png_with_red_box((512, 384), (64, 48, 320, 240))
-    async with start_emulator(served_model_name=name, box_format=box_format_for_model(name)) as emu:
+    # no box_format given: the served name picks norm1000 from the catalog, as the command does
+    async with start_emulator(served_model_name=name) as emu:
         body = api.body(None, "Locate the red square.", model=name)
         body["messages"][0]["content"].insert(
             0, {"type": "image_url", "image_url": {"url": api.data_uri(png, "image/png")}}
