@@ -391,3 +391,35 @@ def test_a_predictor_used_from_a_second_asyncio_run_works_quietly() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["red", "red"]
     assert done.stderr == ""
+
+
+# --------------------------------------------------------------------------- issue 15: reuse
+
+
+async def test_the_reused_body_follows_params_prompt_and_model(serve: Any) -> None:
+    from nim_async import NIMSamplingParams
+
+    bodies: list[dict[str, Any]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        bodies.append(await request.json())
+        return web.json_response(ANSWER)
+
+    server = await serve(record)
+    async with predictor(server) as p:
+        await p(_jpeg(), user_prompt="one?", sampling_params=NIMSamplingParams(max_tokens=7))
+        await p(_jpeg(), user_prompt="one?", sampling_params=NIMSamplingParams(max_tokens=9))
+        await p(_jpeg((32, 32)), user_prompt="two?")
+        p.model_name = "other-model"
+        await p(_jpeg(), user_prompt="two?")
+    assert [b["max_tokens"] for b in bodies[:2]] == [7, 9]
+    texts = [
+        [part for part in b["messages"][-1]["content"] if part["type"] == "text"] for b in bodies
+    ]
+    assert [t[0]["text"] for t in texts] == ["one?", "one?", "two?", "two?"]
+    assert [b["model"] for b in bodies] == [MODEL, MODEL, MODEL, "other-model"]
+    images = [
+        [part for part in b["messages"][-1]["content"] if part["type"] == "image_url"]
+        for b in bodies
+    ]
+    assert images[0][0]["image_url"]["url"] != images[2][0]["image_url"]["url"]

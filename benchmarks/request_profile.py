@@ -1,0 +1,138 @@
+"""Where a short streamed request's CPU goes: cProfile of ``AsyncNIMPredictor.stream`` (issue 15).
+
+Against the zero-delay loopback server (:mod:`nim_async.bench.loopback_server`, its own
+process), concurrency 256, 64-token answers, a 180x180 JPEG passed as bytes. Prints the client
+process's CPU per request without the profiler, then the profiled CPU time (process clock)
+grouped by layer, per request and as a share. cProfile inflates every Python call, so read the
+shares, not the absolute profiled figures::
+
+    python benchmarks/request_profile.py [--requests 3072] [--tokens 64] [--concurrency 256]
+
+Run it from another checkout (``cd OTHER && python /path/to/request_profile.py``) to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import cProfile
+import io
+import pstats
+import subprocess
+import sys
+import time
+
+from PIL import Image
+
+from nim_async import AsyncNIMPredictor, NIMSamplingParams
+
+GROUPS = (
+    ("nim_async/predict/media", "media (load, check, base64)"),
+    ("nim_async/protocol/wire", "body build"),
+    ("nim_async/protocol/sse", "SSE framing"),
+    ("nim_async/protocol/stream", "chunk handling (accumulator)"),
+    ("nim_async/predict/stream", "stream object"),
+    ("nim_async/predict/predictor", "predictor prepare/finish"),
+    ("nim_async/protocol/tasks", "final parse"),
+    ("pydantic", "final parse"),
+    ("nim_async/http/transport", "transport adapter (httpx<->aiohttp)"),
+    ("nim_async/http", "http client"),
+    ("httpx", "httpx request/response objects"),
+    ("aiohttp", "aiohttp (HTTP parser, pool)"),
+    ("multidict", "aiohttp (HTTP parser, pool)"),
+    ("yarl", "aiohttp (HTTP parser, pool)"),
+    ("PIL", "media (load, check, base64)"),
+    ("concurrent/futures", "worker-thread hop"),
+    ("threading", "worker-thread hop"),
+    ("asyncio", "event loop"),
+    ("selectors", "event loop"),
+)
+
+
+def _group(filename: str, name: str) -> str:
+    for needle, label in GROUPS:
+        if needle in filename:
+            return label
+    if "orjson" in name:
+        return "orjson (body dumps, chunk loads)"
+    if "socket" in name or "select" in name:
+        return "event loop"
+    if "binascii" in name or "b2a" in name:
+        return "media (load, check, base64)"
+    return "builtins and other"
+
+
+async def _run(
+    p: AsyncNIMPredictor, image: bytes, params: NIMSamplingParams, c: int, n: int
+) -> None:
+    gate = asyncio.Semaphore(c)
+
+    async def one() -> None:
+        async with gate, p.stream(image, sampling_params=params) as stream:
+            async for _ in stream:
+                pass
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def _main(url: str, args: argparse.Namespace) -> None:
+    buf = io.BytesIO()
+    Image.effect_noise((180, 180), 40).convert("RGB").save(buf, "JPEG", quality=90)
+    image = buf.getvalue()
+    params = NIMSamplingParams(max_tokens=args.tokens, ignore_eos=True, temperature=0.0)
+    n = args.requests
+    async with AsyncNIMPredictor(
+        "loopback",
+        "vqa",
+        base_url=url,
+        max_connections=args.concurrency,
+        retries=0,
+        dialect="openai",
+    ) as p:
+        await _run(p, image, params, args.concurrency, 512)  # warm-up: pool, caches
+        cpu, wall = time.process_time(), time.perf_counter()
+        await _run(p, image, params, args.concurrency, n)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        print(
+            f"image {len(image)} B; unprofiled: {cpu / n * 1e6:.0f} us CPU/request, "
+            f"{n * args.tokens / wall:,.0f} tok/s"
+        )
+        prof = cProfile.Profile(time.process_time)
+        prof.enable()
+        await _run(p, image, params, args.concurrency, n)
+        prof.disable()
+    stats = pstats.Stats(prof)
+    groups: collections.Counter[str] = collections.Counter()
+    for (filename, _, name), row in stats.stats.items():  # type: ignore[attr-defined]
+        groups[_group(filename, name)] += row[2]
+    total = sum(groups.values())
+    print(f"profiled: {total / n * 1e6:.0f} us CPU/request (cProfile overhead included)")
+    for label, seconds in groups.most_common():
+        print(f"  {label:38} {seconds / n * 1e6:7.0f} us  {100 * seconds / total:5.1f} %")
+
+
+def main() -> None:
+    """Start the loopback server, profile, print."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3072)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=256)
+    args = parser.parse_args()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nim_async.bench.loopback_server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        asyncio.run(_main(server.stdout.readline().strip(), args))
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait(10)
+
+
+if __name__ == "__main__":
+    main()
