@@ -256,3 +256,49 @@ def test_cli_workers_run_reports_each_worker(tmp_path: Path) -> None:
     assert point["output_tokens"] == 30 * 16
     lines = (tmp_path / "w.requests.jsonl").read_bytes().splitlines()
     assert sorted({orjson.loads(line)["worker"] for line in lines}) == [0, 1]
+
+
+async def test_bench_exits_1_and_says_partial_when_a_worker_dies(
+    loopback: LoopbackSSEServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command's exit status and output when one of its workers is killed."""
+    from nim_async.bench import cli as bench_cli
+    from nim_async.bench import workers as workers_mod
+
+    real = workers_mod.run_workers
+
+    async def killing(*args: object, **kwargs: object) -> object:
+        def kill(point: int, workers: Sequence[WorkerProcess]) -> None:
+            if point == 0:
+                os.kill(workers[0].pid, signal.SIGKILL)
+
+        kwargs["on_ready"] = kill
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(workers_mod, "run_workers", killing)
+    parser = argparse.ArgumentParser()
+    bench_cli.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--url",
+            loopback.url,
+            "--workers",
+            "2",
+            "--concurrency",
+            "2",
+            "--num-requests",
+            "6",
+            "--max-tokens",
+            "4",
+            "--num-images",
+            "1",
+            "--image-sizes",
+            "64x48",
+            "--no-self-check",
+        ]
+    )
+    status = await bench_cli.run(args)
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "(PARTIAL)" in out
+    assert "worker 0 killed by SIGKILL (exit status -9)" in out
