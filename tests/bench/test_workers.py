@@ -302,3 +302,79 @@ async def test_bench_exits_1_and_says_partial_when_a_worker_dies(
     assert status == 1
     assert "(PARTIAL)" in out
     assert "worker 0 killed by SIGKILL (exit status -9)" in out
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_an_interrupted_bench_terminates_its_workers() -> None:
+    """Ctrl-C reaches only the parent (workers have sessions of their own): it ends them."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nim_async.bench.loopback_server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        bench = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nim_async.bench",
+                "--url",
+                url,
+                "--workers",
+                "2",
+                "--concurrency",
+                "2",
+                "--duration",
+                "120",
+                "--max-tokens",
+                "4",
+                "--num-images",
+                "1",
+                "--image-sizes",
+                "64x48",
+                "--no-self-check",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert bench.stdout is not None
+        for line in bench.stdout:
+            if "worker processes" in line:
+                break
+        workers: list[int] = []
+        for _ in range(200):  # until both workers have started (at most ~20 s)
+            workers = [p for p in _children(bench.pid) if p != bench.pid]
+            if len(workers) >= 2:
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        assert len(workers) >= 2
+        bench.send_signal(signal.SIGINT)
+        status = bench.wait(timeout=60)
+        bench.stdout.close()
+        assert status == 130
+        assert not any(_alive(p) for p in workers)
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait(timeout=10)
+        assert server.stdout is not None
+        server.stdout.close()
