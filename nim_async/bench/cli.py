@@ -7,6 +7,7 @@ Examples::
         --num-requests 200 --max-tokens 256 --json out.json --plot out.png
     nim-async bench --url http://gpu-host:8000 --request-rate 2,4,8 --arrival gamma \\
         --burstiness 0.5 --duration 60 --slo ttft=500,tpot=50
+    nim-async bench --url http://gpu-host:8000 --concurrency 256 --workers 4   # 4 processes
 
 Without ``--url`` the emulator (a test double, not a model) is started in a child process with
 the timing flags given here (``--ttft-ms``, ``--itl-ms``, ``--max-num-seqs`` ...).
