@@ -75,6 +75,13 @@ INLINE_MAX_BYTES = 32 * 1024
 the thread hop (~50-80 us of CPU) costs more than the work it moves (a 180x180 JPEG: ~80 us,
 its validity check included; the worst 32 KiB JPEG ~0.4 ms). See ``benchmarks/README.md``."""
 
+# In-memory images (bytes, data URIs) already seen to decode in full: the same bytes asked
+# another question skip the decode check (bytes cache their hash; a hit costs one compare).
+# Bounded: at most _DECODED_ENTRIES images of at most _DECODED_MAX_BYTES each are held.
+_DECODED: dict[bytes, None] = {}
+_DECODED_ENTRIES = 128
+_DECODED_MAX_BYTES = 64 * 1024
+
 _PASS_THROUGH = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _LOSSLESS = {"PNG", "GIF", "BMP", "TIFF"}
 _ORIENTATION_TAG = 0x0112
@@ -359,11 +366,16 @@ def _encode(source: object, max_pixels: int, desc: str, max_image_pixels: int) -
         target = fit_within_budget(width, height, max_pixels)
         if not from_caller and fmt in _PASS_THROUGH and orientation == 1 and target == original:
             _check_pixels(img, max_image_pixels, desc, reduced=False)
-            if fmt in ("JPEG", "MPO"):
-                # Every byte is still entropy-decoded (truncation is found) but the inverse
-                # DCT runs at 1/8 scale: half the cost of a full decode.
-                img.draft("RGB", (1, 1))
-            img.load()  # the whole file decodes (a truncated or corrupt one raises here)
+            if raw is None or raw not in _DECODED:
+                if fmt in ("JPEG", "MPO"):
+                    # Every byte is still entropy-decoded (truncation is found) but the
+                    # inverse DCT runs at 1/8 scale: half the cost of a full decode.
+                    img.draft("RGB", (1, 1))
+                img.load()  # the whole file decodes (a truncated or corrupt one raises here)
+                if raw is not None and len(raw) <= _DECODED_MAX_BYTES:
+                    if len(_DECODED) >= _DECODED_ENTRIES:
+                        _DECODED.clear()
+                    _DECODED[raw] = None
             if raw is None and fh is not None:
                 fh.seek(0)
                 raw = fh.read()

@@ -290,7 +290,12 @@ async def test_a_truncated_jpeg_is_a_media_error_and_nothing_is_sent(
     async with predictor(server) as p:
         with pytest.raises(errors.MediaError):
             await p(whole[: int(len(whole) * keep)])
-    assert server.chat_calls == 0
+        assert server.chat_calls == 0
+        await p(whole)  # checked once, then remembered as decodable
+        await p(bytes(whole))
+        with pytest.raises(errors.MediaError):  # a cut copy of a remembered image: checked
+            await p(whole[: int(len(whole) * keep)])
+    assert server.chat_calls == 2
 
 
 async def test_an_aspect_ratio_over_200_is_a_media_error_before_sending(serve: Any) -> None:
