@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 from nim_async.catalog import BoxFormat
 from nim_async.results import PredictionResponse, Usage
 
-__all__ = ["ParseContext", "Task"]
+__all__ = ["ParseContext", "Task", "keyed_object_schema"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,40 @@ class ParseContext:
     model_input_size: tuple[int, int] | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
+
+    def response_fields(self, text: str, thinking: str | None) -> dict[str, Any]:
+        """The fields every task's response takes from the request and the raw output.
+
+        Args:
+            text: The model's full output.
+            thinking: The reasoning split off the output, if any.
+        """
+        return {
+            "model": self.model,
+            "prompt": self.prompt,
+            "raw_output": text,
+            "thinking": thinking,
+            "usage": self.usage,
+            "finish_reason": self.finish_reason,
+            "image_size": self.original_size,
+        }
+
+
+def keyed_object_schema(
+    key: str, properties: dict[str, Any], required: list[str]
+) -> dict[str, Any]:
+    """The JSON schema ``{key: {<properties>}}`` with ``key`` and ``required`` both required.
+
+    Args:
+        key: The task's top-level output key.
+        properties: The JSON schemas of the object under ``key``.
+        required: Which of ``properties`` must be present.
+    """
+    return {
+        "type": "object",
+        "properties": {key: {"type": "object", "properties": properties, "required": required}},
+        "required": [key],
+    }
 
 
 class Task(ABC):

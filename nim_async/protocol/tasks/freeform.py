@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from nim_async.errors import PredictionParseError
-from nim_async.protocol.tasks.base import ParseContext, Task
+from nim_async.protocol.tasks.base import ParseContext, Task, keyed_object_schema
 from nim_async.protocol.tasks.parsing import find_final_json_object, no_json_error, split_thinking
 from nim_async.results import FreeformResponse
 
@@ -32,17 +32,9 @@ class FreeformTask(Task):
 
     def output_schema(self) -> dict[str, Any]:
         """Return the JSON schema ``{"freeform": {"caption": string}}``."""
-        return {
-            "type": "object",
-            "properties": {
-                "freeform": {
-                    "type": "object",
-                    "properties": {"caption": {"type": "string", "minLength": 1}},
-                    "required": ["caption"],
-                }
-            },
-            "required": ["freeform"],
-        }
+        return keyed_object_schema(
+            self.key, {"caption": {"type": "string", "minLength": 1}}, ["caption"]
+        )
 
     def parse(self, text: str, context: ParseContext) -> FreeformResponse:
         """Parse the caption from the output.
@@ -54,13 +46,7 @@ class FreeformTask(Task):
         thinking, caption = parse_caption(text, context, self.name)
         return FreeformResponse(
             task_type=self.name,
-            model=context.model,
-            prompt=context.prompt,
-            raw_output=text,
-            thinking=thinking,
-            usage=context.usage,
-            finish_reason=context.finish_reason,
-            image_size=context.original_size,
+            **context.response_fields(text, thinking),
             caption=caption,
         )
 

@@ -38,12 +38,6 @@ class GenericTask(Task):
         if not answer and not thinking:
             raise PredictionParseError("the model produced no text", raw_output=text)
         return GenericResponse(
-            model=context.model,
-            prompt=context.prompt,
-            raw_output=text,
-            thinking=thinking,
-            usage=context.usage,
-            finish_reason=context.finish_reason,
-            image_size=context.original_size,
+            **context.response_fields(text, thinking),
             text=answer,
         )

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from nim_async.errors import PredictionParseError
 from nim_async.protocol.geometry import Box, to_pixels
-from nim_async.protocol.tasks.base import ParseContext, Task
+from nim_async.protocol.tasks.base import ParseContext, Task, keyed_object_schema
 from nim_async.protocol.tasks.parsing import find_final_json_object, no_json_error, split_thinking
 from nim_async.results import BoundingBox, Grounding, PhraseGroundingResponse
 
@@ -39,30 +39,19 @@ class PhraseGroundingTask(Task):
             "minItems": 4,
             "maxItems": 4,
         }
-        return {
+        grounding = {
             "type": "object",
             "properties": {
-                "phrase_grounding": {
-                    "type": "object",
-                    "properties": {
-                        "sentence": {"type": "string"},
-                        "groundings": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "phrase": {"type": "string"},
-                                    "grounding": {"type": "array", "items": box},
-                                },
-                                "required": ["phrase", "grounding"],
-                            },
-                        },
-                    },
-                    "required": ["sentence", "groundings"],
-                }
+                "phrase": {"type": "string"},
+                "grounding": {"type": "array", "items": box},
             },
-            "required": ["phrase_grounding"],
+            "required": ["phrase", "grounding"],
         }
+        return keyed_object_schema(
+            self.key,
+            {"sentence": {"type": "string"}, "groundings": {"type": "array", "items": grounding}},
+            ["sentence", "groundings"],
+        )
 
     def parse(self, text: str, context: ParseContext) -> PhraseGroundingResponse:
         """Parse the grounding JSON and convert boxes to original-image pixels.
@@ -88,13 +77,7 @@ class PhraseGroundingTask(Task):
             )
         groundings = [self._grounding(item, context, text) for item in raw_groundings]
         return PhraseGroundingResponse(
-            model=context.model,
-            prompt=context.prompt,
-            raw_output=text,
-            thinking=thinking,
-            usage=context.usage,
-            finish_reason=context.finish_reason,
-            image_size=context.original_size,
+            **context.response_fields(text, thinking),
             sentence=sentence,
             groundings=groundings,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from nim_async.errors import PredictionParseError
-from nim_async.protocol.tasks.base import ParseContext, Task
+from nim_async.protocol.tasks.base import ParseContext, Task, keyed_object_schema
 from nim_async.protocol.tasks.parsing import find_final_json_object, no_json_error, split_thinking
 from nim_async.results import VQAResponse
 
@@ -25,17 +25,7 @@ class VQATask(Task):
 
     def output_schema(self) -> dict[str, Any]:
         """Return the JSON schema ``{"vqa": {"answer": string}}``."""
-        return {
-            "type": "object",
-            "properties": {
-                "vqa": {
-                    "type": "object",
-                    "properties": {"answer": {"type": "string"}},
-                    "required": ["answer"],
-                }
-            },
-            "required": ["vqa"],
-        }
+        return keyed_object_schema(self.key, {"answer": {"type": "string"}}, ["answer"])
 
     def parse(self, text: str, context: ParseContext) -> VQAResponse:
         """Parse ``{"vqa": {"answer": ...}}`` from the output.
@@ -57,12 +47,6 @@ class VQATask(Task):
                 'the VQA output has no {"vqa": {"answer": <text>}}', raw_output=text
             )
         return VQAResponse(
-            model=context.model,
-            prompt=context.prompt,
-            raw_output=text,
-            thinking=thinking,
-            usage=context.usage,
-            finish_reason=context.finish_reason,
-            image_size=context.original_size,
+            **context.response_fields(text, thinking),
             answer=answer,
         )
