@@ -46,6 +46,7 @@ from typing import IO, Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nim_async.errors import MediaError
+from nim_async.predict.sources import describe_source
 from nim_async.protocol.geometry import fit_within_budget
 
 __all__ = [
@@ -140,25 +141,6 @@ def _executor() -> ThreadPoolExecutor:
 
 
 # --------------------------------------------------------------------------- sources
-
-
-def describe_source(source: object) -> str:
-    """Return a short description of a source for error messages (never its bytes).
-
-    Args:
-        source: Any source value.
-    """
-    if isinstance(source, str):
-        if source.startswith("data:"):
-            return f"data URI ({len(source)} characters)"
-        return source if len(source) <= 200 else source[:197] + "..."
-    if isinstance(source, os.PathLike):
-        return str(os.fspath(source))
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<{len(source)} bytes>"
-    if isinstance(source, Image.Image):
-        return f"<PIL image {source.mode} {source.width}x{source.height}>"
-    return f"<{type(source).__name__}>"
 
 
 def _is_url(source: str) -> bool:

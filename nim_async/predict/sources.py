@@ -12,7 +12,7 @@ import hashlib
 import os
 from os import PathLike
 
-__all__ = ["is_url", "source_identity", "source_label"]
+__all__ = ["describe_source", "is_url", "source_identity", "source_label"]
 
 _URL_SCHEMES = ("http://", "https://", "data:")
 
@@ -61,3 +61,18 @@ def source_label(source: object) -> str:
     if isinstance(size, tuple):
         return f"<{type(source).__name__} {size[0]}x{size[1]}>"
     return f"<{type(source).__name__}>"
+
+
+def describe_source(source: object) -> str:
+    """:func:`source_label`, shortened for an error message (never a source's bytes).
+
+    A data URI is named by its length and text over 200 characters is cut.
+
+    Args:
+        source: Any source value.
+    """
+    if isinstance(source, str):
+        if source.startswith("data:"):
+            return f"data URI ({len(source)} characters)"
+        return source if len(source) <= 200 else source[:197] + "..."
+    return source_label(source)

@@ -9,14 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nim_async.catalog import KNOWN_IMAGES, BoxFormat, ImageSpec, box_format_for_model
+from nim_async.catalog import BOX_FORMATS, KNOWN_IMAGES, BoxFormat, ImageSpec, box_format_for_model
 from nim_async.config import NIMConfig
 from nim_async.errors import InvalidParameterError
 from nim_async.protocol import wire
 
 __all__ = ["Target", "check_limits", "check_numbers", "check_port", "resolve_target"]
-
-_BOX_FORMATS = ("norm1024", "qwen25-abs", "norm1000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +64,7 @@ def resolve_target(
             "task_type is required: 'phrase-grounding' or 'vqa' (custom-weights runs "
             "without stored run metadata need it too)"
         )
-    if box_format is not None and box_format not in _BOX_FORMATS:
+    if box_format is not None and box_format not in BOX_FORMATS:
         raise ValueError(f"unknown box_format {box_format!r}")
     if base_url is None:
         port = check_port(port)
