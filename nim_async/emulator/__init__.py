@@ -85,13 +85,13 @@ Differences from vLLM 0.32 that remain (deliberate, or beyond a test double):
 from __future__ import annotations
 
 from nim_async.emulator.server import OWNED_BY, Emulator, EmulatorStartupError
-from nim_async.emulator.settings import DIALECTS, Dialect, EmulatorSettings
+from nim_async.emulator.settings import FIELD_SOURCES, EmulatorSettings, FieldSource
 
 __all__ = [
-    "DIALECTS",
+    "FIELD_SOURCES",
     "OWNED_BY",
-    "Dialect",
     "Emulator",
     "EmulatorSettings",
     "EmulatorStartupError",
+    "FieldSource",
 ]

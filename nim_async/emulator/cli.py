@@ -21,7 +21,7 @@ from typing import Any
 from nim_async.catalog import BOX_FORMATS, box_format_for_model
 from nim_async.emulator.geometry import VISION_FAMILIES
 from nim_async.emulator.server import Emulator, EmulatorStartupError
-from nim_async.emulator.settings import DIALECTS, EmulatorSettings
+from nim_async.emulator.settings import FIELD_SOURCES, EmulatorSettings
 
 __all__ = ["DESCRIPTION", "add_arguments", "build_settings", "main", "run"]
 
@@ -112,8 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default chosen from the served model name",
     )
     out.add_argument(
-        "--dialect",
-        choices=DIALECTS,
+        "--sampling-fields",
+        choices=FIELD_SOURCES,
         default=None,
         help="where sampling fields are read: both (top-level and nvext), openai (top-level "
         "only; nvext ignored, as vLLM does), nvext (vLLM extensions only under nvext, NIM 1.x); "
@@ -270,7 +270,7 @@ def build_settings(args: argparse.Namespace) -> tuple[EmulatorSettings, str, int
         fail_status=args.fail_status,
         disconnect_after=args.disconnect_after,
         exit_after=args.exit_after,
-        dialect=args.dialect,
+        sampling_fields=args.sampling_fields,
         legacy_guided=getattr(args, "legacy_guided", False),
         ignore_guided=args.ignore_guided,
         reasoning=args.reasoning,

@@ -5,7 +5,7 @@
   than one kind in the result is vLLM's "You can only use one kind of structured outputs
   constraint" 400, none at all its "You must use one kind" 400.
 * ``guided_*`` fields reach this module only when they are honoured (legacy mode, or inside
-  ``nvext`` with a dialect that reads it); then the NIM 1.x rule applies: one kind in all.
+  ``nvext`` with sampling_fields set to read it); then the NIM 1.x rule applies: one kind in all.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def find_constraint(params: dict[str, Any]) -> Constraint | None:
     """Return the request's one constraint, checked, or None.
 
     Args:
-        params: The request fields the emulator reads (after dialect handling).
+        params: The request fields the emulator reads (after the sampling_fields setting).
 
     Raises:
         RequestError: 400 for conflicting or malformed constraints.

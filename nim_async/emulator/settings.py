@@ -14,7 +14,7 @@ from nim_async.emulator.geometry import (
     vision_rule,
 )
 
-__all__ = ["DIALECTS", "EMULATED_VLLM", "LEGACY_VLLM", "Dialect", "EmulatorSettings"]
+__all__ = ["EMULATED_VLLM", "FIELD_SOURCES", "LEGACY_VLLM", "EmulatorSettings", "FieldSource"]
 
 EMULATED_VLLM = "0.32.0"
 """The vLLM release whose API the emulator follows by default (``/version``)."""
@@ -22,7 +22,7 @@ EMULATED_VLLM = "0.32.0"
 LEGACY_VLLM = "0.11.0"
 """The vLLM release reported in legacy mode (``guided_*`` still honoured, as before 0.12)."""
 
-Dialect = Literal["both", "openai", "nvext"]
+FieldSource = Literal["both", "openai", "nvext"]
 """Where the emulator reads sampling fields.
 
 * ``both``: top-level (NIM 2.x) and under ``nvext`` (NIM 1.x); ``nvext`` wins on conflict.
@@ -31,7 +31,7 @@ Dialect = Literal["both", "openai", "nvext"]
   ``nvext``; top-level extensions are ignored with a log line.
 """
 
-DIALECTS: tuple[Dialect, ...] = ("both", "openai", "nvext")
+FIELD_SOURCES: tuple[FieldSource, ...] = ("both", "openai", "nvext")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +57,12 @@ class EmulatorSettings:
             a non-streaming response longer than this is dropped before it is sent.
         exit_after: Seconds after start at which the emulator stops serving (the process exits
             when run as a command); None = never.
-        dialect: Where sampling fields are read (see :data:`Dialect`); ``None`` follows the
-            server profile: ``openai`` (vLLM 0.32: ``nvext`` ignored), or ``both`` with
+        sampling_fields: Where sampling fields are read (see :data:`FieldSource`); ``None``
+            follows the server profile: ``openai`` (vLLM 0.32: ``nvext`` ignored), or ``both`` with
             ``legacy_guided``. An explicit ``both`` / ``nvext`` honours ``nvext`` (guided
             fields inside it included) as NIM 1.x did.
         legacy_guided: Behave as vLLM < 0.12 / NIM 1.x: enforce top-level ``guided_*`` fields
-            and (unless ``dialect`` says otherwise) honour ``nvext``. Default off: top-level
+            and (unless ``sampling_fields`` says otherwise) honour ``nvext``. Default off: top-level
             ``guided_*`` are ignored with a warning, as vLLM 0.32 does.
         ignore_guided: Ignore ``guided_*`` fields everywhere (top level and ``nvext``), even in
             legacy mode; ``structured_outputs`` and ``response_format`` stay honoured.
@@ -90,7 +90,7 @@ class EmulatorSettings:
     fail_status: int = 503
     disconnect_after: int | None = None
     exit_after: float | None = None
-    dialect: Dialect | None = None
+    sampling_fields: FieldSource | None = None
     legacy_guided: bool = False
     ignore_guided: bool = False
     reasoning: bool = False
@@ -124,8 +124,8 @@ class EmulatorSettings:
             raise ValueError("disconnect_after must be >= 0")
         if self.exit_after is not None and self.exit_after < 0:
             raise ValueError("exit_after must be >= 0")
-        if self.dialect is not None and self.dialect not in DIALECTS:
-            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}")
+        if self.sampling_fields is not None and self.sampling_fields not in FIELD_SOURCES:
+            raise ValueError(f"sampling_fields must be one of {', '.join(FIELD_SOURCES)}")
         if self.vision is not None and self.vision not in VISION_FAMILIES:
             raise ValueError(f"vision must be one of {', '.join(VISION_FAMILIES)}")
         if self.max_pixels is not None and self.max_pixels < 4 * 28 * 28:
@@ -153,10 +153,10 @@ class EmulatorSettings:
         return vision_rule(self.vision_family).default_max_pixels
 
     @property
-    def effective_dialect(self) -> Dialect:
-        """The dialect in effect: :attr:`dialect`, or the server profile's when it is None."""
-        if self.dialect is not None:
-            return self.dialect
+    def effective_sampling_fields(self) -> FieldSource:
+        """Where sampling fields are read: :attr:`sampling_fields`, else the server profile's."""
+        if self.sampling_fields is not None:
+            return self.sampling_fields
         return "both" if self.legacy_guided else "openai"
 
     @property

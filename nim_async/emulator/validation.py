@@ -154,7 +154,7 @@ def parse_request(raw: bytes, settings: EmulatorSettings, fields: FieldLog) -> C
 
     Args:
         raw: The request body.
-        settings: The emulator's settings (model name, dialect, guided handling).
+        settings: The emulator's settings (model name, sampling_fields, guided handling).
         fields: Where ignored fields are logged.
 
     Raises:
@@ -245,17 +245,17 @@ def _media_kwargs(
 def merge_fields(
     body: dict[str, Any], settings: EmulatorSettings, fields: FieldLog
 ) -> dict[str, Any]:
-    """Return the fields the emulator reads, per the dialect and the guided-field handling.
+    """Return the fields the emulator reads, per sampling_fields and the guided-field handling.
 
     Args:
         body: The request object.
-        settings: Dialect, ``legacy_guided`` and ``ignore_guided``.
+        settings: ``sampling_fields``, ``legacy_guided`` and ``ignore_guided``.
         fields: Where ignored fields are logged.
 
     Raises:
         RequestError: when ``nvext`` is read and is not an object.
     """
-    dialect = settings.effective_dialect
+    sampling_fields = settings.effective_sampling_fields
     known = OPENAI_FIELDS | EXTENSION_FIELDS | _LEGACY_GUIDED | {"nvext"}
     unknown = {k for k in body if k not in known}
     if unknown:
@@ -269,17 +269,17 @@ def merge_fields(
     if top_guided and (settings.ignore_guided or not settings.legacy_guided):
         params = {k: v for k, v in params.items() if k not in top_guided}
     nvext = body.get("nvext")
-    if dialect == "openai":
+    if sampling_fields == "openai":
         if nvext is not None:
             shown = set(nvext) if isinstance(nvext, dict) else {"nvext"}
             fields.ignored({f"nvext.{k}" for k in shown}, "(nvext is NIM 1.x's) ")
         return params
     if nvext is not None and not isinstance(nvext, dict):
         raise bad("nvext must be an object", "nvext")
-    if dialect == "nvext":
+    if sampling_fields == "nvext":
         top_ext = {k for k in params if k in EXTENSION_FIELDS or k in _LEGACY_GUIDED}
         if top_ext:
-            fields.ignored(top_ext, "(dialect nvext, use nvext) ")
+            fields.ignored(top_ext, "(sampling_fields nvext, use nvext) ")
             params = {k: v for k, v in params.items() if k not in top_ext}
     if nvext:
         allowed = OPENAI_FIELDS | EXTENSION_FIELDS | _LEGACY_GUIDED

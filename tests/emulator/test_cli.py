@@ -105,19 +105,21 @@ def test_guided_handling_flags():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     default, _, _ = build_settings(parser.parse_args([]))
-    assert (default.legacy_guided, default.effective_dialect, default.vllm_version) == (
+    assert (default.legacy_guided, default.effective_sampling_fields, default.vllm_version) == (
         False,
         "openai",
         "0.32.0",
     )
     legacy, _, _ = build_settings(parser.parse_args(["--legacy-guided"]))
-    assert (legacy.legacy_guided, legacy.effective_dialect, legacy.vllm_version) == (
+    assert (legacy.legacy_guided, legacy.effective_sampling_fields, legacy.vllm_version) == (
         True,
         "both",
         "0.11.0",
     )
-    nvext, _, _ = build_settings(parser.parse_args(["--legacy-guided", "--dialect", "nvext"]))
-    assert nvext.effective_dialect == "nvext"
+    nvext, _, _ = build_settings(
+        parser.parse_args(["--legacy-guided", "--sampling-fields", "nvext"])
+    )
+    assert nvext.effective_sampling_fields == "nvext"
 
 
 async def test_container_contract_and_sigterm(tmp_path):

@@ -1,4 +1,4 @@
-"""Sampling fields, token accounting, guided decoding, dialects and client request shapes."""
+"""Sampling fields (and where they are read), token accounting, guided decoding, request shapes."""
 
 from __future__ import annotations
 
@@ -263,19 +263,21 @@ async def test_ignore_guided_overrides_legacy_mode(start_emulator, api, red_imag
 
 
 @pytest.mark.parametrize(
-    ("dialect", "legacy", "top_level", "nvext"),
+    ("sampling_fields", "legacy", "top_level", "nvext"),
     [
         (None, False, False, False),  # the default: vLLM 0.32 ignores guided_* and nvext
         (None, True, True, True),  # legacy mode: NIM 1.x read both
         ("both", True, True, True),
         ("openai", True, True, False),
         ("nvext", True, False, True),
-        ("nvext", False, False, True),  # an explicit nvext dialect reads nvext (NIM 1.x)
+        ("nvext", False, False, True),  # sampling_fields="nvext" reads nvext (NIM 1.x)
     ],
 )
-async def test_dialects(start_emulator, api, red_image, caplog, dialect, legacy, top_level, nvext):
+async def test_sampling_field_sources(
+    start_emulator, api, red_image, caplog, sampling_fields, legacy, top_level, nvext
+):
     caplog.set_level(logging.WARNING, logger="nim_async.emulator")
-    async with start_emulator(dialect=dialect, legacy_guided=legacy) as emu:
+    async with start_emulator(sampling_fields=sampling_fields, legacy_guided=legacy) as emu:
         r_top = await api.post(emu.url, api.body(red_image, Q, guided_choice=["cat"], top_k=5))
         r_nv = await api.post(
             emu.url, api.body(red_image, Q, nvext={"guided_choice": ["cat"], "top_k": 5})

@@ -143,7 +143,7 @@ def test_schema_bad_ref():
         {"fail_status": 200},
         {"disconnect_after": -1},
         {"exit_after": -1},
-        {"dialect": "x"},
+        {"sampling_fields": "x"},
         {"max_pixels": 10},
         {"served_model_name": ""},
     ],

@@ -326,7 +326,7 @@ async def test_ignored_guided_decoding_is_detected(start_emulator: Any, image_fa
 async def test_nvext_dialect_places_extensions(start_emulator: Any, image_factory: Any) -> None:
     image = image_factory(shapes=[("red", (10, 10, 90, 90))])
     params = NIMSamplingParams(guided_choice=["alpha", "beta"])
-    async with start_emulator(dialect="nvext") as emu:
+    async with start_emulator(sampling_fields="nvext") as emu:
         async with AsyncNIMPredictor(MODEL, "vqa", port=emu.port, dialect="nvext") as p:
             result = await p(image, "Pick one", params)
             assert result.result in ("alpha", "beta")
