@@ -5,6 +5,8 @@
 * ``start_emulator``: a factory; ``async with start_emulator(ttft_ms=2, fail_rate=0.5) as emu:``
   (keyword arguments are :class:`nim_async.emulator.EmulatorSettings` fields, plus an optional
   ``settings=`` base).
+* ``failing_emulator``: a separate ``python -m nim_async.emulator --fail-rate 1 --fail-status
+  503`` process (every inference answered 503); yields its port.
 * ``image_factory``: ``image_factory(size=(640, 480), shapes=[("red", (x0, y0, x1, y1))],
   fmt="JPEG") -> bytes``: solid shapes drawn with Pillow on a white background. A shape may
   carry a third element ``"ellipse"`` (default ``"rectangle"``); ``background=`` changes the
@@ -13,7 +15,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import socket
+import sys
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -53,6 +59,44 @@ async def start_emulator() -> AsyncIterator[StartEmulator]:
     yield factory
     for emu in made:
         await emu.stop()
+
+
+@pytest.fixture
+async def failing_emulator() -> AsyncIterator[int]:
+    """An emulator process answering every inference with 503; yields its port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nim_async.emulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--fail-rate",
+        "1",
+        "--fail-status",
+        "503",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(300):
+            try:
+                await asyncio.to_thread(
+                    urllib.request.urlopen, f"http://127.0.0.1:{port}/v1/health/live", None, 1
+                )
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the emulator did not start")
+        yield port
+    finally:
+        proc.terminate()
+        await proc.wait()
 
 
 def _draw_image(

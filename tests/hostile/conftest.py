@@ -2,8 +2,7 @@
 
 * ``run_cli(*args, cwd=...)``: run the console script, return its :class:`Done`;
 * ``free_port()``: a free TCP port on 127.0.0.1;
-* ``failing_emulator`` (fixture): ``python -m nim_async.emulator --fail-rate 1 --fail-status 503``
-  in its own process; yields its port;
+* ``failing_emulator`` (fixture, from ``tests/conftest.py``): an emulator process answering 503;
 * ``docker_env`` (fixture): the facts of ``scripts/test-env.sh`` (registry, key, emulator image)
   or a skip.
 """
@@ -16,8 +15,6 @@ import shlex
 import signal
 import socket
 import sys
-import urllib.request
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,42 +112,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-async def failing_emulator() -> AsyncIterator[int]:
-    """An emulator process answering every inference with 503; yields its port."""
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nim_async.emulator",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--fail-rate",
-        "1",
-        "--fail-status",
-        "503",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(300):
-            try:
-                await asyncio.to_thread(
-                    urllib.request.urlopen, f"http://127.0.0.1:{port}/v1/health/live", None, 1
-                )
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        else:
-            pytest.fail("the emulator did not start")
-        yield port
-    finally:
-        proc.terminate()
-        await proc.wait()
 
 
 @dataclass(frozen=True)

@@ -3,57 +3,9 @@ a blocking script's single call and batch send exactly the documented attempts p
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import sys
-import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from .conftest import assert_clean, run_script
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-async def failing_emulator() -> AsyncIterator[int]:
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nim_async.emulator",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--fail-rate",
-        "1",
-        "--fail-status",
-        "503",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(300):
-            try:
-                await asyncio.to_thread(
-                    urllib.request.urlopen, f"http://127.0.0.1:{port}/v1/health/live", None, 1
-                )
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        else:
-            pytest.fail("the emulator did not start")
-        yield port
-    finally:
-        proc.terminate()
-        await proc.wait()
 
 
 async def test_sends_per_input_for_a_call_and_inside_a_batch(
