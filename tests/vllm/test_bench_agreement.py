@@ -124,6 +124,8 @@ def test_nim_bench_agrees_with_vllm_bench_serve(vllm_server: Any, tmp_path: Path
             break
     table = result["stdout"]
     nim, vllm = result["nim"]["raw"], result["vllm"]["raw"]
+    # both runs found the server's image and prefix caches warm (one primed request per image)
+    assert result["workload"]["primed_requests"] == 8, table
     # the same workload: every request done, the same prompt and output tokens on both sides
     assert nim["completed"] == vllm["completed"] == 32, table
     assert nim["failed"] == vllm["failed"] == 0, table
