@@ -273,7 +273,9 @@ def _env(name: str) -> str | None:
     return value or None
 
 
-GpuSpec = Literal["all"] | int | list[str] | None
+GpuSpec = Literal["all"] | int | list[str] | list[list[str]] | None
+"""``NIMConfig.gpus``: ``"all"``, a count, device ids, one group of device ids per replica, or
+``None`` (no GPU request)."""
 
 
 class NIMConfig(BaseModel):
@@ -289,6 +291,14 @@ class NIMConfig(BaseModel):
     rebuilt with ``overwrite``), so the served model is the fine-tune; needs
     ``pip install 'nim-async[merge]'``. Off by default: NIM then serves the base weights and
     the deploy warns that the adapter is not applied.
+
+    ``replicas``: how many containers of this image and config to run (default 1: one container,
+    named and published exactly as before). Replica ``i`` is published on host port
+    ``port + i`` and named ``container_name`` (replica 0) or ``{container_name}-r{i}``. GPUs per
+    replica: with ``gpus="all"`` and more than one replica, replica ``i`` gets device ``i``; a
+    count ``k`` gives replica ``i`` devices ``i*k .. i*k+k-1``; device ids are split evenly, in
+    order; explicit groups give one list of device ids per replica
+    (``gpus=[["0", "1"], ["2", "3"]]``, exactly ``replicas`` lists, no device in two).
 
     Raises:
         InvalidConfigError: naming the field, for any invalid value.
@@ -328,13 +338,21 @@ class NIMConfig(BaseModel):
     )
 
     registry: str = Field(DEFAULT_REGISTRY, description="Registry path images are pulled from.")
-    gpus: GpuSpec = Field("all", description="'all', a count, device ids, or None for no GPU.")
+    gpus: GpuSpec = Field(
+        "all",
+        description="'all', a count, device ids, one list of device ids per replica, or None "
+        "for no GPU.",
+    )
     host: str = Field("127.0.0.1", description="Host address the port is published on.")
     startup_timeout: float = Field(600.0, gt=0, description="Seconds to wait for readiness.")
     model_path: str | Path | None = Field(None, description="Local Hugging Face checkpoint dir.")
     endpoint: str = Field(
         default_factory=lambda: _env("DATATURE_VI_API_ENDPOINT") or DEFAULT_VI_ENDPOINT,
         description="Datature Vi API base URL (falls back to DATATURE_VI_API_ENDPOINT).",
+    )
+    replicas: int = Field(
+        1,
+        description="Containers of this image and config, on host ports port .. port+replicas-1.",
     )
 
     if not TYPE_CHECKING:
@@ -401,16 +419,89 @@ class NIMConfig(BaseModel):
             )
         return value
 
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _check_gpu_groups(cls, value: object) -> object:
+        # one group of device ids per replica: [["0", "1"], ["2", "3"]]; integers become text
+        if not isinstance(value, list | tuple) or not any(
+            isinstance(item, list | tuple) for item in value
+        ):
+            return value
+        groups: list[list[str]] = []
+        for i, group in enumerate(value):
+            if not isinstance(group, list | tuple):
+                raise ValueError(
+                    "gpus mixes device ids and groups; give either device ids "
+                    "(['0', '1']) or one list per replica ([['0'], ['1']])"
+                )
+            if not group:
+                raise ValueError(f"gpus group {i} is empty; every replica needs a device id")
+            ids = []
+            for device in group:
+                if isinstance(device, bool) or not isinstance(device, str | int):
+                    raise ValueError(
+                        f"gpus group {i} holds {device!r}; device ids are text or integers"
+                    )
+                ids.append(str(device))
+            groups.append(ids)
+        return groups
+
     @field_validator("gpus")
     @classmethod
     def _check_gpus(cls, value: GpuSpec) -> GpuSpec:
         if isinstance(value, bool):
-            raise ValueError("gpus must be 'all', a count, a list of device ids, or None")
+            raise ValueError(
+                "gpus must be 'all', a count, a list of device ids, one list of device ids per "
+                "replica, or None"
+            )
         if isinstance(value, int) and value < 1:
             raise ValueError("gpus as a count must be at least 1 (use None for no GPU)")
         if isinstance(value, list) and not value:
             raise ValueError("gpus as a list must name at least one device id")
         return value
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _check_replicas(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"replicas must be a whole number (1 or more), got {value!r}")
+        if value < 1:
+            raise ValueError(f"replicas must be at least 1, got {value}")
+        return value
+
+    @field_validator("replicas")
+    @classmethod
+    def _check_replica_set(cls, n: int, info: ValidationInfo) -> int:
+        # the port range and the GPU split for n replicas (port and gpus are validated first)
+        port = info.data.get("port")
+        if isinstance(port, int) and port + n - 1 > 65535:
+            raise ValueError(
+                f"replicas={n} from port={port} needs host ports {port}-{port + n - 1}, past "
+                "65535; choose a lower port"
+            )
+        gpus = info.data.get("gpus")
+        if isinstance(gpus, list) and gpus and isinstance(gpus[0], list):
+            if len(gpus) != n:
+                raise ValueError(
+                    f"gpus gives {len(gpus)} GPU group(s) for replicas={n}; give one list of "
+                    f"device ids per replica, e.g. gpus={[[str(i)] for i in range(n)]!r}"
+                )
+            seen: dict[str, int] = {}
+            for i, group in enumerate(gpus):
+                for device in group:
+                    if device in seen:
+                        raise ValueError(
+                            f"GPU {device!r} is in gpus group {seen[device]} and group {i}; "
+                            "each replica needs GPUs of its own"
+                        )
+                    seen[device] = i
+        elif isinstance(gpus, list) and n > 1 and len(gpus) % n:
+            raise ValueError(
+                f"gpus lists {len(gpus)} device id(s) for replicas={n}; give a multiple of {n} "
+                "(split evenly, in order) or one list of device ids per replica, e.g. "
+                f"gpus={[[str(i)] for i in range(n)]!r}"
+            )
+        return n
 
     @field_validator("served_model_name")
     @classmethod
@@ -529,4 +620,6 @@ class NIMConfig(BaseModel):
         )
         if self.merge_adapter:  # only when set: existing containers keep their hash
             shaping["merge_adapter"] = True
+        if self.replicas != 1:  # likewise
+            shaping["replicas"] = self.replicas
         return hashlib.sha256(orjson.dumps(shaping, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nim_async.catalog import BoxFormat
 
@@ -43,17 +43,26 @@ Coordinate = int | float
 """One box coordinate as the model wrote it (integers stay integers)."""
 
 
+def _base_url(host: str, port: int) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
 class NIMDeploymentResult(BaseModel):
     """Result of a NIM container deployment.
 
     Attributes:
-        container_id: Docker container ID.
-        container_name: Name of the running container.
+        container_id: Docker container ID (of replica 0 when there are several).
+        container_name: Name of the running container (replica 0's, which is also the
+            deployment's name).
         served_model_name: Name the model is served as.
-        port: Host port the container is exposed on.
+        port: Host port the container is exposed on (replica 0's).
         available_models: Model IDs the server lists at ``/v1/models``.
         host: Host address the port is published on.
         reused: Whether an already-running container was reused.
+        endpoints: The base URL of every replica (``http://host:port``), in replica order;
+            ``[base_url]`` for a single container (filled in when not given).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -65,13 +74,22 @@ class NIMDeploymentResult(BaseModel):
     available_models: list[str] | None = None
     host: str = "127.0.0.1"
     reused: bool = False
+    endpoints: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_endpoints(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("endpoints") and "port" in data:
+            data = {
+                **data,
+                "endpoints": [_base_url(str(data.get("host") or "127.0.0.1"), int(data["port"]))],
+            }
+        return data
 
     @property
     def base_url(self) -> str:
-        """The URL of the deployed NIM (``http://host:port``)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
+        """The URL of the deployed NIM (``http://host:port``; replica 0's)."""
+        return _base_url(self.host, self.port)
 
 
 class Usage(BaseModel):

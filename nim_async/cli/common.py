@@ -185,10 +185,11 @@ _CONFIG_FIELDS = (
     "secret_key",
     "organization_id",
     "endpoint",
+    "replicas",
 )
 
 
-def _parse_gpus(value: str) -> str | int | list[str] | None:
+def _parse_gpus(value: str) -> str | int | list[str] | list[list[str]] | None:
     text = value.strip()
     if text.lower() == "none":
         return None
@@ -196,6 +197,8 @@ def _parse_gpus(value: str) -> str | int | list[str] | None:
         return "all"
     if text.isdigit():
         return int(text)
+    if ";" in text:  # one group of device ids per replica: 0,1;2,3
+        return [[p.strip() for p in group.split(",") if p.strip()] for group in text.split(";")]
     return [part.strip() for part in text.split(",") if part.strip()]
 
 

@@ -126,10 +126,17 @@ def _print_result(args: argparse.Namespace, image_name: str, result: NIMDeployme
         return EXIT_OK
     out = console()
     verb = "Reusing" if result.reused else "Deployed"
-    out.print(
-        f"[green]{verb}[/green] {result.container_name} ({result.container_id[:12]}) "
-        f"serving {result.served_model_name or image_name} at [bold]{result.base_url}[/]"
-    )
+    if len(result.endpoints) > 1:
+        out.print(
+            f"[green]{verb}[/green] {result.container_name} ({len(result.endpoints)} replicas) "
+            f"serving {result.served_model_name or image_name} at "
+            + ", ".join(f"[bold]{url}[/]" for url in result.endpoints)
+        )
+    else:
+        out.print(
+            f"[green]{verb}[/green] {result.container_name} ({result.container_id[:12]}) "
+            f"serving {result.served_model_name or image_name} at [bold]{result.base_url}[/]"
+        )
     where = ""
     if getattr(args, "kubernetes", False):
         where = f" --kubernetes --namespace {args.namespace}"

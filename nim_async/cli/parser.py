@@ -189,9 +189,16 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--gpus",
-        help="'all', a count, comma-separated device ids, or 'none' (default: all)",
+        help="'all', a count, comma-separated device ids, groups per replica separated by ';' "
+        "(0,1;2,3), or 'none' (default: all)",
     )
     group.add_argument("--startup-timeout", type=float, help="seconds to wait for readiness")
+    group.add_argument(
+        "--replicas",
+        type=int,
+        help="containers of the same image and config on ports PORT .. PORT+N-1, one GPU each "
+        "with --gpus all, --gpus 0,1;2,3 for explicit groups (default: 1)",
+    )
     group.add_argument("--secret-key", help="Vi secret key (default: $DATATURE_VI_SECRET_KEY)")
     group.add_argument(
         "--organization-id", help="Vi organization (default: $DATATURE_VI_ORGANIZATION_ID)"

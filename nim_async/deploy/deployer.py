@@ -4,13 +4,19 @@ The flow of :meth:`AsyncNIMDeployer.deploy`::
 
     validate (cache dir) -> pull unless present or force_pull (login first: $oauthtoken / key)
     -> custom weights (nim_async.deploy.weights.prepare_weights)
-    -> existing container (reuse / remove / ContainerExistsError)
-    -> create (the body from nim_async.deploy.spec) + start
-    -> stream logs (a task) -> wait ready while watching the container -> GET /v1/models
-    -> NIMDeploymentResult
+    -> existing containers of the deployment (reuse the set / remove it / ContainerExistsError)
+    -> host ports port .. port+replicas-1 checked free (nim_async.deploy.ports)
+    -> create every replica (the bodies from nim_async.deploy.spec) + start them
+    -> stream logs (a task each) -> wait until all are ready, concurrently, while watching
+       each container -> GET /v1/models -> NIMDeploymentResult (endpoints: one per replica)
 
-A deploy that fails or is cancelled after creating its container removes that container; the
-image and the cache stay. All Docker calls go through :mod:`nim_async.deploy.docker`; all HTTP calls
+``NIMConfig(replicas=N)`` deploys N containers of one image and config as one deployment
+(names, ports, GPUs and labels: :mod:`nim_async.deploy.spec`); ``replicas=1`` is the single
+container it always was. Reuse, auto-kill and :class:`ContainerExistsError` apply to the whole
+set: it is reused only when every replica runs (and no extra one does). A deploy that fails or
+is cancelled after creating containers removes every one it created (one replica that exits,
+is not ready in time or cannot start fails the deploy, naming that replica); the image and the
+cache stay. All Docker calls go through :mod:`nim_async.deploy.docker`; all HTTP calls
 through :mod:`nim_async.http.health`. Nothing connects to Docker before :meth:`deploy`, :meth:`stop`
 or :meth:`list`. Progress, logs and state changes are :mod:`nim_async.deploy.events` values; the
 deployer draws nothing itself.
@@ -23,8 +29,9 @@ import builtins
 import contextlib
 import os
 import time
+from collections.abc import Awaitable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio
 from pydantic import BaseModel
@@ -43,14 +50,19 @@ from nim_async.deploy.events import (
     TransferFinished,
     resolve_sink,
 )
+from nim_async.deploy.ports import check_ports_free
 from nim_async.deploy.spec import (
     CONFIG_HASH_LABEL,
     CONTAINER_PORT,
+    DEPLOYMENT_LABEL,
     MANAGED_LABEL,
+    REPLICA_LABEL,
     ModelMount,
     container_spec,
     env_value,
     published_port,
+    replica_base_url,
+    replica_name,
 )
 from nim_async.deploy.status import ContainerStatus, status_from_inspect, status_from_summary
 from nim_async.errors import (
@@ -77,6 +89,39 @@ __all__ = [
 REGISTRY_USER = "$oauthtoken"
 LOG_TAIL = 50
 BACKENDS = ("docker", "kubernetes")
+
+_T = TypeVar("_T")
+
+
+async def _all_or_nothing(steps: Sequence[Awaitable[_T]]) -> list[_T]:
+    """Run ``steps`` concurrently; the first to fail cancels the others (and waits for them).
+
+    Returns:
+        Their results, in order.
+
+    Raises:
+        BaseException: The first failure (the lowest index among those failed together);
+            a cancellation from outside cancels every step before it propagates.
+    """
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+    if failed:
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        error = failed[0].exception()
+        assert error is not None
+        raise error
+    return [task.result() for task in tasks]
 
 
 def _kubernetes() -> Any:
@@ -129,14 +174,65 @@ def _exists_advice(config: NIMConfig, info: dict[str, Any]) -> str:
     )
 
 
+def _describe_member(info: dict[str, Any]) -> str:
+    state = info.get("State") or {}
+    name = str(info.get("Name", "")).lstrip("/")
+    what = "running" if state.get("Running") else str(state.get("Status") or "unknown")
+    if not _ours(info):
+        what += f", not started by nim_async (no {MANAGED_LABEL} label)"
+    return f"{name} ({what})"
+
+
+def _set_exists_advice(
+    config: NIMConfig, found: builtins.list[dict[str, Any]], names: builtins.list[str]
+) -> str:
+    """The ContainerExistsError message for a set of replicas that may not be reused."""
+    name = config.container_name
+    n = config.replicas
+    running = {
+        str(i.get("Name", "")).lstrip("/") for i in found if (i.get("State") or {}).get("Running")
+    }
+    reusable = (
+        all(member in running for member in names)
+        and len(found) == len(names)
+        and all(_ours(i) for i in found)
+    )
+    fixes = ["set auto_kill_existing_container=True to replace them"]
+    if reusable:  # the whole set runs: reuse was switched off
+        fixes.insert(0, "set use_existing_container=True to reuse them")
+    return (
+        f"Deployment {name!r} (replicas={n}: {', '.join(names)}) has existing containers: "
+        f"{', '.join(_describe_member(i) for i in found)}"
+        + ("" if reusable else "; a set is reused only when every replica runs and no other does")
+        + f". To go on: {', '.join(fixes)}, or remove them with NIMDeployer.stop({name!r}) "
+        f"(nim-async stop {name})."
+    )
+
+
+def _with_replica(
+    exc: BaseException, replica: int, n: int, name: str, port: int, *, created: bool = True
+) -> None:
+    """Say in ``exc``'s message which replica of ``n`` failed (no change for one replica)."""
+    if n == 1 or not isinstance(exc, NIMError) or len(exc.args) != 1:
+        return
+    after = (
+        f", so the deploy removes all {n} containers it created"
+        if created
+        else " (the running replicas were left as they are)"
+    )
+    exc.args = (
+        f"Replica {replica} of {n} ({name!r}, host port {port}) failed{after}: {exc.args[0]}",
+    )
+
+
 class DeployTimings(BaseModel):
     """``time.perf_counter()`` marks of the last :meth:`AsyncNIMDeployer.deploy` (for benchmarks).
 
     Attributes:
         started: When ``deploy()`` began.
-        container_started: When the container was started.
-        ready: When readiness was observed.
-        exited: When the container's exit was observed.
+        container_started: When the container was started (the last replica's start).
+        ready: When readiness was observed (of the last replica to become ready).
+        exited: When a container's exit was observed.
         finished: When ``deploy()`` returned or raised.
     """
 
@@ -205,7 +301,7 @@ class AsyncNIMDeployer:
         self._kube: Any = None
         self._quiet = quiet
         self._sink = resolve_sink(quiet=quiet, on_event=on_event, console=console)
-        self._log_task: asyncio.Task[None] | None = None
+        self._log_tasks: builtins.list[asyncio.Task[None]] = []
         self.timings = DeployTimings()
 
     @property
@@ -252,24 +348,34 @@ class AsyncNIMDeployer:
     # ------------------------------------------------------------------ deploy
 
     async def deploy(self) -> NIMDeploymentResult:
-        """Deploy the NIM container and wait until it is ready.
+        """Deploy the NIM container(s) and wait until every one is ready.
+
+        With ``config.replicas`` = N > 1, N containers (replica ``i`` named
+        ``{container_name}-r{i}`` from 1 on, on host port ``port + i``) are started together and
+        waited for concurrently; the result's :attr:`~NIMDeploymentResult.endpoints` lists
+        their URLs.
 
         Returns:
-            The deployment result (container id and name, port, served and available models).
+            The deployment result (container id and name, port, served and available models,
+            the endpoint of every replica).
 
         Raises:
             InvalidConfigError: If the cache directory cannot be used.
             RegistryAuthError: If the registry refuses the NGC key.
             ImagePullError: If the image cannot be pulled.
             ModelIncompatibilityError: If custom weights do not fit the image.
-            ContainerExistsError: If a container of that name exists and may not be reused or
-                removed.
+            ContainerExistsError: If containers of the deployment exist and may not be reused
+                or removed.
             GPURuntimeError: If the host has no GPU container runtime.
-            PortInUseError: If the host port is taken.
-            ContainerExitedError: If the container exits or is OOM-killed while starting.
-            ServiceNotReadyError: If it is not ready within ``config.startup_timeout``.
+            PortInUseError: If a host port of the range is taken (nothing is started).
+            ContainerExitedError: If a container exits or is OOM-killed while starting.
+            ServiceNotReadyError: If one is not ready within ``config.startup_timeout``.
             DockerUnavailableError: If the Docker daemon cannot be reached.
             APIError: For other Docker failures.
+
+        With several replicas the error's message begins with the replica that failed
+        (``Replica 1 of 3 ('name-r1', host port 8001) failed ...``); every container the
+        deploy created is removed before it is raised.
         """
         self.timings = DeployTimings(started=time.perf_counter())
         try:
@@ -284,78 +390,180 @@ class AsyncNIMDeployer:
         finally:
             self.timings.finished = time.perf_counter()
 
+    def _names(self) -> builtins.list[str]:
+        config = self._config
+        return [replica_name(config.container_name, i) for i in range(config.replicas)]
+
     async def _deploy(self) -> NIMDeploymentResult:
         config = self._config
         cache_dir = config.ensure_cache_dir()
+        names = self._names()
         async with DockerClient(secrets=(config.nvidia_api_key.get_secret_value(),)) as docker:
             await self._ensure_image(docker)
 
             from nim_async.deploy.weights import prepare_weights
 
             prepared = await prepare_weights(config, quiet=self._quiet, on_event=self._sink)
-            existing = await docker.inspect_container(config.container_name)
-            if existing is not None:
-                running = bool((existing.get("State") or {}).get("Running"))
-                if running and config.use_existing_container and _ours(existing):
-                    return await self._reuse(docker, existing)
-                await self._remove_existing(docker, existing)
+            found = await self._existing(docker, names)
+            if found:
+                if self._reusable(found, names):
+                    return await self._reuse(docker, found)
+                await self._remove_existing(docker, found, names)
+            check_ports_free(config.host, [config.port + i for i in range(len(names))])
             model = None
             if prepared is not None:
                 model = ModelMount(prepared.host_dir, prepared.container_dir)
-            body = container_spec(
-                config, cache_dir=cache_dir, model=model, user=(os.getuid(), os.getgid())
-            )
-            container_id = await self._create(docker, body)
+            user = (os.getuid(), os.getgid())
+            bodies = [
+                container_spec(config, cache_dir=cache_dir, model=model, user=user, replica=i)
+                for i in range(len(names))
+            ]
+            created: builtins.list[str] = []
             try:
-                models = await self._start_and_wait(docker, container_id)
+                ids = await _all_or_nothing(
+                    [
+                        self._create(docker, name, body, created)
+                        for name, body in zip(names, bodies, strict=True)
+                    ]
+                )
+                models = await self._start_and_wait(docker, ids, names)
             except BaseException:
-                await self._remove_quietly(docker, container_id)
+                with anyio.CancelScope(shield=True):
+                    await _all_or_nothing([self._remove_quietly(docker, c) for c in created])
                 raise
         name = config.container_name
-        self._state(DeployState.READY, name, f"{name} at {config.base_url}")
+        endpoints = [self._url(i) for i in range(len(names))]
+        if len(names) == 1:
+            self._state(DeployState.READY, name, f"{name} at {config.base_url}")
+        else:
+            self._state(
+                DeployState.READY,
+                name,
+                f"{name}: {len(names)} replicas ready at {', '.join(endpoints)}",
+            )
         return NIMDeploymentResult(
-            container_id=container_id,
+            container_id=ids[0],
             container_name=name,
             served_model_name=config.served_model_name or (models[0] if models else None),
             port=config.port,
             available_models=models,
             host=config.host,
+            endpoints=endpoints,
         )
 
-    async def _remove_existing(self, docker: DockerClient, existing: dict[str, Any]) -> None:
-        name = self._config.container_name
-        if not self._config.auto_kill_existing_container:
-            raise ContainerExistsError(name, _exists_advice(self._config, existing))
-        self._state(DeployState.REMOVING_EXISTING, name, f"Removing the existing container {name}")
-        await docker.remove_container(str(existing["Id"]), force=True)
+    def _url(self, replica: int) -> str:
+        return replica_base_url(self._config, replica)
 
-    async def _create(self, docker: DockerClient, body: dict[str, Any]) -> str:
-        name = self._config.container_name
+    async def _existing(
+        self, docker: DockerClient, names: builtins.list[str]
+    ) -> builtins.list[dict[str, Any]]:
+        """The containers of this deployment: each replica's name, and any labelled with it.
+
+        Returns:
+            Inspect documents: the named replicas in order, then extra labelled ones.
+        """
+        infos = await asyncio.gather(*(docker.inspect_container(n) for n in names))
+        found = [info for info in infos if info is not None]
+        seen = {str(info["Id"]) for info in found}
+        labelled = await docker.list_containers(
+            labels={MANAGED_LABEL: "true", DEPLOYMENT_LABEL: self._config.container_name}
+        )
+        for item in labelled:
+            if str(item.get("Id")) not in seen:
+                info = await docker.inspect_container(str(item["Id"]))
+                if info is not None:
+                    found.append(info)
+                    seen.add(str(info["Id"]))
+        return found
+
+    def _reusable(self, found: builtins.list[dict[str, Any]], names: builtins.list[str]) -> bool:
+        """Whether ``found`` is exactly the running set of replicas nim_async started."""
+        if not self._config.use_existing_container or len(found) != len(names):
+            return False
+        by_name = {str(info.get("Name", "")).lstrip("/"): info for info in found}
+        return all(
+            name in by_name
+            and bool((by_name[name].get("State") or {}).get("Running"))
+            and _ours(by_name[name])
+            for name in names
+        )
+
+    async def _remove_existing(
+        self,
+        docker: DockerClient,
+        found: builtins.list[dict[str, Any]],
+        names: builtins.list[str],
+    ) -> None:
+        config = self._config
+        if not config.auto_kill_existing_container:
+            first = str(found[0].get("Name", "")).lstrip("/") or config.container_name
+            if len(names) == 1 and len(found) == 1:
+                raise ContainerExistsError(first, _exists_advice(config, found[0]))
+            raise ContainerExistsError(first, _set_exists_advice(config, found, names))
+
+        async def remove(info: dict[str, Any]) -> None:
+            name = str(info.get("Name", "")).lstrip("/")
+            self._state(
+                DeployState.REMOVING_EXISTING, name, f"Removing the existing container {name}"
+            )
+            await docker.remove_container(str(info["Id"]), force=True)
+
+        await _all_or_nothing([remove(info) for info in found])
+
+    async def _create(
+        self,
+        docker: DockerClient,
+        name: str,
+        body: dict[str, Any],
+        created: builtins.list[str],
+    ) -> str:
         try:
-            return await docker.create_container(name, body)
+            container_id = await docker.create_container(name, body)
         except asyncio.CancelledError:
             # cancelled mid-request: the engine may have created it anyway
             await self._remove_if_ours(docker, name)
             raise
+        created.append(container_id)
+        return container_id
 
-    async def _start_and_wait(self, docker: DockerClient, container_id: str) -> list[str] | None:
+    async def _start_and_wait(
+        self, docker: DockerClient, ids: builtins.list[str], names: builtins.list[str]
+    ) -> builtins.list[str] | None:
+        try:
+            await _all_or_nothing(
+                [
+                    self._start_replica(docker, i, cid, name)
+                    for i, (cid, name) in enumerate(zip(ids, names, strict=True))
+                ]
+            )
+            return await self._models(self._url(0))
+        finally:
+            await self._stop_log_task()
+
+    async def _start_replica(
+        self, docker: DockerClient, replica: int, container_id: str, name: str
+    ) -> None:
         config = self._config
-        name = config.container_name
+        n = config.replicas
+        port = config.port + replica
+        which = f" (replica {replica} of {n})" if n > 1 else ""
         self._state(
             DeployState.STARTING,
             name,
-            f"Starting {name} ({config.image_ref}) on "
-            f"{config.host}:{config.port} -> {CONTAINER_PORT}/tcp",
+            f"Starting {name}{which} ({config.image_ref}) on "
+            f"{config.host}:{port} -> {CONTAINER_PORT}/tcp",
         )
-        await docker.start_container(container_id, port=config.port)
-        self.timings.container_started = time.perf_counter()
-        if config.stream_logs and self._sink is not None:
-            self._log_task = asyncio.create_task(self._stream_logs(docker, container_id, name))
         try:
-            await self._wait_ready(docker, container_id, name, config.base_url, created=True)
-            return await self._models(config.base_url)
-        finally:
-            await self._stop_log_task()
+            await docker.start_container(container_id, port=port)
+            self.timings.container_started = time.perf_counter()
+            if config.stream_logs and self._sink is not None:
+                self._log_tasks.append(
+                    asyncio.create_task(self._stream_logs(docker, container_id, name))
+                )
+            await self._wait_ready(docker, container_id, name, self._url(replica), created=True)
+        except NIMError as exc:
+            _with_replica(exc, replica, n, name, port)
+            raise
 
     async def _ensure_image(self, docker: DockerClient) -> None:
         config = self._config
@@ -391,40 +599,69 @@ class AsyncNIMDeployer:
         finally:
             self._emit(TransferFinished(summary))
 
-    async def _reuse(self, docker: DockerClient, info: dict[str, Any]) -> NIMDeploymentResult:
+    async def _reuse(
+        self, docker: DockerClient, found: builtins.list[dict[str, Any]]
+    ) -> NIMDeploymentResult:
         config = self._config
-        name = str(info.get("Name", "")).lstrip("/") or config.container_name
-        container_id = str(info["Id"])
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        if labels.get(CONFIG_HASH_LABEL) not in (None, config.config_hash()):
+        names = self._names()
+        by_name = {str(info.get("Name", "")).lstrip("/"): info for info in found}
+        infos = [by_name[name] for name in names]
+        changed = [
+            name
+            for name, info in zip(names, infos, strict=True)
+            if ((info.get("Config") or {}).get("Labels") or {}).get(CONFIG_HASH_LABEL)
+            not in (None, config.config_hash())
+        ]
+        if changed:
+            what = (
+                f"the running container {changed[0]} was"
+                if len(names) == 1
+                else f"the running containers {', '.join(changed)} were"
+            )
             self._emit(
                 Notice(
-                    f"the running container {name} was started with different settings; "
-                    "reusing it anyway (auto_kill_existing_container=True and "
+                    f"{what} started with different settings; "
+                    "reusing anyway (auto_kill_existing_container=True and "
                     "use_existing_container=False replace it)",
                     Level.NOTE,
                 )
             )
-        host, port = published_port(info)
-        port = port or config.port
-        host = host or config.host
-        base_url = NIMDeploymentResult(
-            container_id=container_id, container_name=name, port=port, host=host
-        ).base_url
-        self._state(
-            DeployState.REUSING, name, f"Reusing the running container {name} at {base_url}"
-        )
-        await self._wait_ready(docker, container_id, name, base_url, created=False)
+        endpoints: builtins.list[tuple[str, int, str]] = []
+        for replica, info in enumerate(infos):
+            host, port = published_port(info)
+            port = port or config.port + replica
+            host = host or config.host
+            base_url = NIMDeploymentResult(
+                container_id="", container_name="", port=port, host=host
+            ).base_url
+            endpoints.append((host, port, base_url))
+
+        async def wait(replica: int) -> None:
+            name = names[replica]
+            info = infos[replica]
+            base_url = endpoints[replica][2]
+            self._state(
+                DeployState.REUSING, name, f"Reusing the running container {name} at {base_url}"
+            )
+            try:
+                await self._wait_ready(docker, str(info["Id"]), name, base_url, created=False)
+            except NIMError as exc:
+                _with_replica(exc, replica, len(names), name, endpoints[replica][1], created=False)
+                raise
+
+        await _all_or_nothing([wait(i) for i in range(len(names))])
+        host, port, base_url = endpoints[0]
         models = await self._models(base_url)
-        served = env_value(info, "NIM_SERVED_MODEL_NAME")
+        served = env_value(infos[0], "NIM_SERVED_MODEL_NAME")
         return NIMDeploymentResult(
-            container_id=container_id,
-            container_name=name,
+            container_id=str(infos[0]["Id"]),
+            container_name=names[0],
             served_model_name=served or (models[0] if models else None),
             port=port,
             available_models=models,
             host=host,
             reused=True,
+            endpoints=[url for _, _, url in endpoints],
         )
 
     async def _wait_ready(
@@ -500,12 +737,11 @@ class AsyncNIMDeployer:
                     self._emit(LogLine(name, self._scrub(line)))
 
     async def _stop_log_task(self) -> None:
-        task, self._log_task = self._log_task, None
-        if task is None:
-            return
-        task.cancel()
+        tasks, self._log_tasks = self._log_tasks, []
+        for task in tasks:
+            task.cancel()
         with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _remove_if_ours(self, docker: DockerClient, name: str) -> None:
         with anyio.move_on_after(30, shield=True), contextlib.suppress(NIMError):
@@ -540,11 +776,16 @@ class AsyncNIMDeployer:
     ) -> bool:
         """Stop a NIM container (SIGTERM, SIGKILL after ``grace`` seconds) and remove it.
 
+        A deployment of several replicas is stopped as a whole by its name (replica 0's
+        container name, ``NIMConfig.container_name``): every replica, at once. Naming another
+        replica's container (``name-r1``) stops only that one.
+
         With ``backend="kubernetes"``: delete every object the deploy of that name created
         (NIMService or Deployment + Service, the two secrets) and wait until its pods are gone.
 
         Args:
-            container_name: Container name or id (Kubernetes: the deployment's name).
+            container_name: Container name or id, or the deployment's name (Kubernetes: the
+                deployment's name).
             quiet: Print nothing.
             grace: Seconds between SIGTERM and SIGKILL.
             on_event: Receives the state changes instead of the console.
@@ -554,7 +795,7 @@ class AsyncNIMDeployer:
             kubeconfig: Kubeconfig path.
 
         Returns:
-            ``True`` if the container was found (and is now gone), ``False`` if not.
+            ``True`` if anything was found (and is now gone), ``False`` if not.
 
         Raises:
             DockerUnavailableError: If the Docker daemon cannot be reached.
@@ -573,22 +814,62 @@ class AsyncNIMDeployer:
             )
             return bool(await kube.stop(container_name, grace=max(grace, 30.0)))
 
-        def state(state: DeployState, message: str) -> None:
+        def state(state: DeployState, name: str, message: str) -> None:
             if sink is not None:
-                sink(StateChanged(state, container_name, message))
+                sink(StateChanged(state, name, message))
 
         async with DockerClient() as docker:
-            info = await docker.inspect_container(container_name)
-            if info is None:
-                state(DeployState.NOT_FOUND, f"No container named {container_name!r}")
+            targets = await cls._stop_targets(docker, container_name)
+            if not targets:
+                state(
+                    DeployState.NOT_FOUND,
+                    container_name,
+                    f"No container named {container_name!r}",
+                )
                 return False
-            container_id = str(info["Id"])
-            if (info.get("State") or {}).get("Running"):
-                state(DeployState.STOPPING, f"Stopping {container_name} (grace {grace:g} s)")
-                await docker.stop_container(container_id, grace=grace)
-            removed = await docker.remove_container(container_id, force=True)
-        state(DeployState.REMOVED, f"Removed {container_name}")
-        return removed or info is not None
+
+            async def stop_one(info: dict[str, Any]) -> None:
+                container_id = str(info["Id"])
+                name = str(info.get("Name", "")).lstrip("/") or container_name
+                if (info.get("State") or {}).get("Running"):
+                    state(DeployState.STOPPING, name, f"Stopping {name} (grace {grace:g} s)")
+                    await docker.stop_container(container_id, grace=grace)
+                await docker.remove_container(container_id, force=True)
+                state(DeployState.REMOVED, name, f"Removed {name}")
+
+            # every replica at once: stop takes one grace period, not one per replica
+            await asyncio.gather(*(stop_one(info) for info in targets))
+        return True
+
+    @classmethod
+    async def _stop_targets(
+        cls, docker: DockerClient, container_name: str
+    ) -> builtins.list[dict[str, Any]]:
+        """What ``stop(container_name)`` removes.
+
+        The container of that name or id and, when it is a deployment's replica 0 (or no
+        container has that name), every container labelled as that deployment's replica.
+        """
+        info = await docker.inspect_container(container_name)
+        deployment: str | None = container_name
+        if info is not None:
+            labels = (info.get("Config") or {}).get("Labels") or {}
+            replica = str(labels.get(REPLICA_LABEL) or "0")
+            deployment = labels.get(DEPLOYMENT_LABEL) if replica == "0" and _ours(info) else None
+        targets = [info] if info is not None else []
+        if deployment:
+            seen = {str(i["Id"]) for i in targets}
+            members = await docker.list_containers(
+                labels={MANAGED_LABEL: "true", DEPLOYMENT_LABEL: deployment}
+            )
+            for item in members:
+                if str(item.get("Id")) in seen:
+                    continue
+                member = await docker.inspect_container(str(item["Id"]))
+                if member is not None:
+                    targets.append(member)
+                    seen.add(str(member["Id"]))
+        return targets
 
     @classmethod
     async def status(cls, container_name: str) -> ContainerStatus | None:

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict
 from nim_async.deploy.spec import (
     CONFIG_HASH_LABEL,
     CONTAINER_PORT,
+    DEPLOYMENT_LABEL,
     LABEL_PREFIX,
+    REPLICA_LABEL,
     describe_state,
     env_value,
     published_port,
@@ -36,6 +38,9 @@ class ContainerStatus(BaseModel):
         port: Host port of the NIM.
         served_model_name: ``NIM_SERVED_MODEL_NAME`` it was started with, if any.
         config_hash: Hash of the settings it was started with.
+        deployment: The deployment it is a replica of (``NIMConfig.container_name``), when
+            labelled.
+        replica: Its replica index in that deployment, when labelled.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -49,6 +54,13 @@ class ContainerStatus(BaseModel):
     port: int | None = None
     served_model_name: str | None = None
     config_hash: str | None = None
+    deployment: str | None = None
+    replica: int | None = None
+
+
+def _replica(labels: Mapping[str, Any]) -> int | None:
+    value = str(labels.get(REPLICA_LABEL, ""))
+    return int(value) if value.isdigit() else None
 
 
 def status_from_inspect(info: Mapping[str, Any]) -> ContainerStatus:
@@ -70,6 +82,8 @@ def status_from_inspect(info: Mapping[str, Any]) -> ContainerStatus:
         port=port,
         served_model_name=env_value(info, "NIM_SERVED_MODEL_NAME"),
         config_hash=labels.get(CONFIG_HASH_LABEL),
+        deployment=labels.get(DEPLOYMENT_LABEL),
+        replica=_replica(labels),
     )
 
 
@@ -96,4 +110,6 @@ def status_from_summary(item: Mapping[str, Any]) -> ContainerStatus:
         port=port,
         served_model_name=labels.get(f"{LABEL_PREFIX}served_model_name"),
         config_hash=labels.get(CONFIG_HASH_LABEL),
+        deployment=labels.get(DEPLOYMENT_LABEL),
+        replica=_replica(labels),
     )

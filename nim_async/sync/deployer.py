@@ -117,6 +117,9 @@ class NIMDeployer:
     def deploy(self) -> NIMDeploymentResult:
         """Deploy a NIM container (with optional custom weights) and wait until it is ready.
 
+        With ``NIMConfig(replicas=N)``: N containers as one deployment, all waited for
+        (see :meth:`AsyncNIMDeployer.deploy`); ``result.endpoints`` lists their URLs.
+
         Returns:
             The deployment result.
 
@@ -159,8 +162,11 @@ class NIMDeployer:
     ) -> bool:
         """Stop a running NIM container and remove it.
 
+        The name of a deployment of several replicas (``NIMConfig.container_name``) stops and
+        removes every replica, at once; a replica's own name (``name-r1``) only that one.
+
         Args:
-            container_name: Container name or ID.
+            container_name: Container name or ID, or the deployment's name.
             quiet: Suppress console output.
             grace: Seconds between SIGTERM and SIGKILL.
             **kubernetes: ``backend="kubernetes"``, ``namespace``, ``context``, ``kubeconfig``.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Literal
 
 from rich.console import Console
@@ -20,6 +20,7 @@ def draw_table(
     *,
     justify: Literal["left", "right"] = "left",
     marks: Mapping[str, str] | None = None,
+    no_wrap: Collection[str] = (),
 ) -> None:
     """Print ``rows`` under ``columns`` as one rich table.
 
@@ -32,10 +33,11 @@ def draw_table(
         rows: Text cells, one sequence per row.
         justify: Alignment of every column.
         marks: Words to colour wherever a cell contains them (``{"CLIENT-BOUND": "red"}``).
+        no_wrap: Columns whose cells stay on one line (the others give way first).
     """
     table = Table(title=title, header_style="bold")
     for name in columns:
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify=justify, no_wrap=name in no_wrap)
     for row in rows:
         cells = [escape(cell) for cell in row]
         for word, style in (marks or {}).items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -154,3 +155,116 @@ async def test_emulator_image_builds(cli: Any, registry: dict[str, str]) -> None
         assert inspect.stdout.strip() == image_id
     finally:
         await asyncio.to_thread(_docker, "rmi", tag)
+
+
+def _free_ports(n: int) -> int:
+    from nim_async.deploy.ports import port_taken
+
+    for _ in range(200):
+        base = _free_port()
+        if base + n <= 65536 and not any(port_taken("127.0.0.1", base + i) for i in range(n)):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+async def _on_a_terminal(*args: str, env: dict[str, str]) -> str:
+    """Run the CLI with stdout on a pseudo-terminal (as a person at a shell sees it)."""
+    import pty
+
+    from tests.cli.conftest import COMMAND
+
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *COMMAND, *args, stdout=slave, stderr=asyncio.subprocess.PIPE, env=env
+        )
+        os.close(slave)
+        chunks: list[bytes] = []
+
+        def drain() -> None:
+            while True:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the other side closed
+                    return
+                if not data:
+                    return
+                chunks.append(data)
+
+        reader = asyncio.create_task(asyncio.to_thread(drain))
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        await asyncio.wait_for(reader, 10)
+        assert proc.returncode == 0, err.decode()
+    finally:
+        os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # colours and styles off
+
+
+async def test_deploy_replicas_ps_groups_them_stop_removes_all(
+    cli: Any, registry: dict[str, str], tmp_path: Path, base_env: dict[str, str]
+) -> None:
+    key = registry["NIM_TEST_NGC_KEY"]
+    env = dict(base_env, NGC_API_KEY=key)
+    name = f"nimtest-cli-{uuid.uuid4().hex[:8]}"
+    port = _free_ports(2)
+    names = [name, f"{name}-r1"]
+    try:
+        deployed = await cli(
+            "deploy",
+            "--registry",
+            registry["NIM_TEST_REGISTRY_PATH"],
+            "--tag",
+            registry["NIM_TEST_IMAGE_TAG"],
+            "--served-model-name",
+            name,
+            "--port",
+            str(port),
+            "--replicas",
+            "2",
+            "--gpus",
+            "none",
+            "--shm-size",
+            "64m",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-logs",
+            "--quiet",
+            "--json",
+            env=env,
+            limit_s=240,
+        )
+        assert deployed.rc == 0, deployed.err
+        result = orjson.loads(deployed.out)
+        assert result["container_name"] == name
+        assert result["endpoints"] == [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+
+        listed = await cli("ps", "--json", env=env)
+        mine = [c for c in orjson.loads(listed.out) if c["deployment"] == name]
+        assert [(c["name"], c["replica"], c["port"]) for c in mine] == [
+            (name, 0, port),
+            (f"{name}-r1", 1, port + 1),
+        ]
+        piped = await cli("ps", env=env)
+        header, *lines = piped.out.splitlines()
+        columns = header.split("\t")
+        assert {"deployment", "replica"} <= set(columns)
+        rows = [dict(zip(columns, line.split("\t"), strict=True)) for line in lines]
+        assert [(r["name"], r["replica"]) for r in rows if r["deployment"] == name] == [
+            (name, "0"),
+            (f"{name}-r1", "1"),
+        ]
+        table = await _on_a_terminal("ps", env=env)
+        assert f"{name} (2 replicas)" in table
+        assert "2/2 running" in table
+        assert f"{port}-{port + 1}" in table
+        assert f"├ {name}" in table
+        assert f"└ {name}-r1" in table
+
+        stopped = await cli("stop", name, env=env)
+        assert stopped.rc == 0, stopped.err
+        after = await cli("ps", "--json", env=env)
+        assert [c for c in orjson.loads(after.out) if c["deployment"] == name] == []
+    finally:
+        for container in names:
+            await asyncio.to_thread(_docker, "rm", "-f", container)

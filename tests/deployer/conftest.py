@@ -5,9 +5,12 @@ General enough for other test directories that deploy (e.g. custom weights):
 * ``docker_env`` (session): the registry/image facts from the env file, or a skip with a reason;
 * ``docker_client``: a connected :class:`nim_async.deploy.docker.DockerClient`;
 * ``unique_name()`` / ``free_port()``: a fresh container name / an unused loopback port;
+* ``free_ports(n)``: the first of ``n`` consecutive unused loopback ports (``NIMConfig.port`` of
+  ``replicas=n``);
 * ``nim_config(**overrides)``: a :class:`NIMConfig` for the test registry with a unique name and
   port, no GPU request, a small shm and a temporary cache; every container it names is
-  force-removed when the test ends (and every container carrying this session's label);
+  force-removed when the test ends, with every replica of its deployment (``replicas=N``:
+  the containers labelled ``nim_async.deployment=<name>``);
 * ``derived_image(*emulator_args)``: a local image running the emulator with extra CLI flags
   (``--exit-after 1``, ``--startup-seconds 600``), built FROM the pulled emulator image;
 * ``remove_test_images()``: delete the local emulator image and derived images so a deploy
@@ -31,6 +34,7 @@ import pytest
 
 from nim_async.config import NIMConfig
 from nim_async.deploy.docker import DockerClient, RegistryAuth
+from nim_async.deploy.spec import DEPLOYMENT_LABEL
 from nim_async.devtools.emulator_image import build_emulator_variant
 from nim_async.errors import DockerUnavailableError
 
@@ -134,6 +138,22 @@ def free_port() -> Callable[[], int]:
     return _free_port
 
 
+def _free_ports(n: int) -> int:
+    from nim_async.deploy.ports import port_taken
+
+    for _ in range(200):
+        base = _free_port()
+        if base + n - 1 <= 65535 and not any(port_taken("127.0.0.1", base + i) for i in range(n)):
+            return base
+    raise RuntimeError(f"found no {n} consecutive free ports")
+
+
+@pytest.fixture
+def free_ports() -> Callable[[int], int]:
+    """``free_ports(n)``: the first of ``n`` consecutive currently unused loopback ports."""
+    return _free_ports
+
+
 @pytest.fixture
 def container_names() -> list[str]:
     """Names of containers a test created (force-removed by ``nim_config``'s finalizer)."""
@@ -174,6 +194,8 @@ async def nim_config(
     async with DockerClient() as client:
         for name in dict.fromkeys(container_names):
             await client.remove_container(name, force=True)
+            for item in await client.list_containers(labels={DEPLOYMENT_LABEL: name}):
+                await client.remove_container(str(item["Id"]), force=True)
 
 
 async def _ensure_base_image(client: DockerClient, env: DockerTestEnv) -> None:

@@ -9,13 +9,19 @@ import pytest
 from nim_async.config import CONTAINER_CACHE_DIR, NIMConfig
 from nim_async.deploy.spec import (
     CONFIG_HASH_LABEL,
+    DEPLOYMENT_LABEL,
     MANAGED_LABEL,
+    REPLICA_LABEL,
+    REPLICAS_LABEL,
     ModelMount,
     container_spec,
     describe_state,
     device_requests,
     env_value,
     published_port,
+    replica_base_url,
+    replica_gpus,
+    replica_name,
 )
 
 KEY = "nvapi-spec-test-key-0123456789"
@@ -50,6 +56,9 @@ def test_body_carries_env_labels_port_shm_cache_and_user(tmp_path: Path) -> None
         CONFIG_HASH_LABEL: config.config_hash(),
         "nim_async.image": config.image_ref,
         "nim_async.served_model_name": "grounder",
+        DEPLOYMENT_LABEL: "grounder",
+        REPLICA_LABEL: "0",
+        REPLICAS_LABEL: "1",
     }
     host = body["HostConfig"]
     assert host["PortBindings"] == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8123"}]}
@@ -112,3 +121,70 @@ def test_inspect_readers() -> None:
         "exited (137, OOM-killed)"
     )
     assert describe_state({"Status": "created"}) == "created"
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+def test_replica_names_keep_replica_zero_as_today() -> None:
+    assert [replica_name("grounder", i) for i in range(3)] == [
+        "grounder",
+        "grounder-r1",
+        "grounder-r2",
+    ]
+
+
+def test_replica_bodies_differ_only_in_port_gpus_and_replica_label(tmp_path: Path) -> None:
+    config = _config(tmp_path, served_model_name="grounder", gpus="all", replicas=3)
+    bodies = [container_spec(config, cache_dir=tmp_path, user=(1, 1), replica=i) for i in range(3)]
+    for i, body in enumerate(bodies):
+        host = body["HostConfig"]
+        assert host["PortBindings"] == {
+            "8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(8123 + i)}]
+        }
+        assert host["DeviceRequests"] == [
+            {"Driver": "", "Capabilities": [["gpu"]], "DeviceIDs": [str(i)]}
+        ]
+        labels = body["Labels"]
+        assert labels[DEPLOYMENT_LABEL] == "grounder"
+        assert labels[REPLICA_LABEL] == str(i)
+        assert labels[REPLICAS_LABEL] == "3"
+        assert labels[CONFIG_HASH_LABEL] == config.config_hash()
+        assert body["Env"] == bodies[0]["Env"]
+    assert [replica_base_url(config, i) for i in range(3)] == [
+        "http://127.0.0.1:8123",
+        "http://127.0.0.1:8124",
+        "http://127.0.0.1:8125",
+    ]
+    with pytest.raises(ValueError, match=r"replica must be 0 \.\. 2"):
+        container_spec(config, cache_dir=tmp_path, user=(1, 1), replica=3)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "replicas", "expected"),
+    [
+        (None, 3, [None, None, None]),
+        ("all", 1, ["all"]),  # one replica: as today (every GPU)
+        ("all", 2, [["0"], ["1"]]),
+        (2, 1, [2]),
+        (2, 2, [["0", "1"], ["2", "3"]]),
+        (["4", "5"], 1, [["4", "5"]]),
+        (["4", "5", "6", "7"], 2, [["4", "5"], ["6", "7"]]),
+        (["4", "5"], 2, [["4"], ["5"]]),
+        ([["0", "1"], ["3"]], 2, [["0", "1"], ["3"]]),
+        ([[0, 1]], 1, [["0", "1"]]),
+    ],
+)
+def test_replica_gpus(tmp_path: Path, gpus: object, replicas: int, expected: object) -> None:
+    config = _config(tmp_path, gpus=gpus, replicas=replicas)
+    assert replica_gpus(config) == expected
+    bodies = [
+        container_spec(config, cache_dir=tmp_path, user=(1, 1), replica=i) for i in range(replicas)
+    ]
+    requests = [b["HostConfig"].get("DeviceRequests") for b in bodies]
+    assert requests == [device_requests(g) for g in replica_gpus(config)]
+
+
+def test_one_group_is_the_device_ids_of_the_one_replica(tmp_path: Path) -> None:
+    body = container_spec(_config(tmp_path, gpus=[["2", "3"]]), cache_dir=tmp_path, user=(1, 1))
+    assert body["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] == ["2", "3"]
