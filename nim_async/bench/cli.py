@@ -8,9 +8,15 @@ Examples::
     nim-async bench --url http://gpu-host:8000 --request-rate 2,4,8 --arrival gamma \\
         --burstiness 0.5 --duration 60 --slo ttft=500,tpot=50
     nim-async bench --url http://gpu-host:8000 --concurrency 256 --workers 4   # 4 processes
+    nim-async bench --url http://gpu-a:8000 --url http://gpu-b:8000 --concurrency 64  # 2 replicas
 
 Without ``--url`` the emulator (a test double, not a model) is started in a child process with
 the timing flags given here (``--ttft-ms``, ``--itl-ms``, ``--max-num-seqs`` ...).
+
+``--url`` given more than once drives the endpoints as one service: each request goes to the
+endpoint with the fewest requests in flight (:mod:`nim_async.bench.endpoints`), and the report
+gives the set as a whole and each endpoint. With ``--workers N`` every worker gets every URL and
+balances its own share of the load over them (see :mod:`nim_async.bench.workers`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +33,15 @@ import orjson
 
 from nim_async.bench.client import BenchClient, PreparedRequest, build_body
 from nim_async.bench.emulator_proc import EmulatorProcess
+from nim_async.bench.endpoints import (
+    BALANCE,
+    LeastOutstanding,
+    add_endpoint_figures,
+    check_url,
+    fill_server,
+)
 from nim_async.bench.images import BenchImage, load_folder, parse_sizes, synthetic_images
-from nim_async.bench.load import LoadResult, LoadSpec, run_load
+from nim_async.bench.load import LoadResult, LoadSpec, Sender, run_load
 from nim_async.bench.metrics import RequestRecord, parse_slo, summarize, summarize_values
 from nim_async.bench.report import (
     BenchOutput,
@@ -37,7 +51,7 @@ from nim_async.bench.report import (
     write_jsonl,
     write_plot,
 )
-from nim_async.bench.server_metrics import scrape, server_deltas
+from nim_async.bench.server_metrics import scrape
 
 __all__ = ["CLIENT_BOUND_HEADROOM", "add_arguments", "main", "run"]
 
@@ -68,10 +82,26 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
+def _url(text: str) -> str:
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the bench options to ``parser`` (used by ``nim-async bench``)."""
     target = parser.add_argument_group("target")
-    target.add_argument("--url", help="server URL; without it the emulator is started")
+    target.add_argument(
+        "--url",
+        dest="urls",
+        action="append",
+        type=_url,
+        metavar="URL",
+        help="server URL (http://host:port); repeat it to drive several endpoints as one "
+        f"service ({BALANCE} balancing, figures per endpoint too); without it the emulator "
+        "is started",
+    )
     target.add_argument("--model", help="served model name (default: first of /v1/models)")
     target.add_argument("--task", default="vqa", help="task whose prompt is sent (vqa, ...)")
     target.add_argument("--prompt", help="user prompt (default: the task's)")
@@ -149,11 +179,14 @@ def _resolve(args: argparse.Namespace) -> None:
         args.num_requests = 12 if quick else 100
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be at least 1")
+    if args.urls and len(set(args.urls)) != len(args.urls):
+        twice = sorted({u for u in args.urls if args.urls.count(u) > 1})
+        raise ValueError(f"--url given twice: {', '.join(twice)}")
     default("max_tokens", 128, 16)
     default("num_images", 32, 4)
     default("image_sizes", "640x480,1024x768,1280x720", "320x240")
     default("self_check_seconds", 3.0, 1.0)
-    if args.url is None:
+    if not args.urls:
         default("ttft_ms", 50.0, 20.0)
         default("itl_ms", 10.0, 2.0)
 
@@ -192,15 +225,42 @@ def _bodies(
     ]
 
 
-async def _model_name(client: BenchClient) -> str | None:
-    status, text = await client.get_text("/v1/models")
-    if status != 200:
-        return None
-    try:
-        data = orjson.loads(text)
-        return str(data["data"][0]["id"])
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-        return None
+async def _model_name(clients: Sequence[BenchClient]) -> str | None:
+    """The first model ``/v1/models`` lists, asking each endpoint in turn until one answers."""
+    for client in clients:
+        status, text = await client.get_text("/v1/models")
+        if status != 200:
+            continue
+        try:
+            data = orjson.loads(text)
+            return str(data["data"][0]["id"])
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            continue
+    return None
+
+
+async def _scrape_all(clients: Sequence[BenchClient]) -> list[dict[str, float] | None]:
+    return list(await asyncio.gather(*(scrape(c.get_text) for c in clients)))
+
+
+def _done_line(point: dict[str, Any]) -> str:
+    if point["concurrency"]:
+        load = f"c={point['concurrency']}"
+    else:
+        load = f"{point['request_rate']:g} req/s"
+    text = (
+        f"done: {load} {point['completed']}/{point['num_requests']} ok, "
+        f"{point['output_token_throughput']:,.0f} tok/s"
+    )
+    if point.get("endpoints"):
+        text += (
+            " ("
+            + ", ".join(
+                f"{e['url']}: {e['completed']}/{e['num_requests']} ok" for e in point["endpoints"]
+            )
+            + ")"
+        )
+    return text
 
 
 def _client_figures(result: LoadResult, point: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +324,7 @@ async def _self_check(
 
 async def _run_points(
     args: argparse.Namespace,
-    url: str,
+    urls: Sequence[str],
     images: list[BenchImage],
     ceiling: float | None,
     console: BenchOutput,
@@ -277,10 +337,16 @@ async def _run_points(
         if args.concurrency
         else [(None, r) for r in args.request_rate]
     )
+    # each endpoint's pool holds the whole load: all of it goes to one when the others are down
     pool = max(c or args.max_concurrency or 256 for c, _ in loads)
-    client = BenchClient(url, max_connections=pool, timeout=args.timeout, api_key=args.api_key)
+    clients = [
+        BenchClient(url, max_connections=pool, timeout=args.timeout, api_key=args.api_key)
+        for url in urls
+    ]
+    balancer = LeastOutstanding(clients) if len(clients) > 1 else None
+    sender: Sender = balancer if balancer is not None else clients[0]
     try:
-        model = args.model or await _model_name(client) or _EMULATOR_MODEL
+        model = args.model or await _model_name(clients) or _EMULATOR_MODEL
         bodies = _bodies(args, images, model)
         for concurrency, rate in loads:
             warmup = args.warmup if args.warmup is not None else min(concurrency or 4, 32)
@@ -295,9 +361,21 @@ async def _run_points(
                 warmup=warmup,
                 seed=args.seed,
             )
-            before = await scrape(client.get_text)
-            result = await run_load(client, bodies, spec)
-            after = await scrape(client.get_text)
+            marks: list[tuple[list[int], list[float]]] = []
+            before: list[dict[str, float] | None] = []
+
+            async def measuring(
+                marks: list[tuple[list[int], list[float]]] = marks,
+                before: list[dict[str, float] | None] = before,
+            ) -> None:
+                # after the warm-up, as the --workers parent does: the server's deltas cover
+                # exactly the measured requests
+                before.extend(await _scrape_all(clients))
+                if balancer is not None:
+                    marks.append(balancer.counters())
+
+            result = await run_load(sender, bodies, spec, before_measure=measuring)
+            after = await _scrape_all(clients)
             point = summarize(
                 result.records,
                 concurrency=concurrency,
@@ -306,27 +384,29 @@ async def _run_points(
                 slo=slo,
             )
             point["model"] = model
-            point["url"] = url
+            point["url"] = urls[0]
             point["max_tokens"] = args.max_tokens
             point["arrival"] = args.arrival if rate is not None else None
             point["client"] = _client_figures(result, point) | _headroom(point, ceiling)
-            point["server"] = server_deltas(before, after)
+            if balancer is not None:
+                times, seconds = balancer.since(marks[0])
+                add_endpoint_figures(
+                    point, result.records, urls, slo=slo, marked_down=times, down_s=seconds
+                )
+            fill_server(point, before, after)
             points.append(point)
             labels = {"concurrency": concurrency, "request_rate": rate}
             all_records.extend((labels, r, result.origin) for r in result.records)
-            console.line(
-                f"done: {'c=' + str(concurrency) if concurrency else f'{rate:g} req/s'} "
-                f"{point['completed']}/{point['num_requests']} ok, "
-                f"{point['output_token_throughput']:,.0f} tok/s"
-            )
+            console.line(_done_line(point))
     finally:
-        await client.aclose()
+        for client in clients:
+            await client.aclose()
     return points, all_records
 
 
 async def _run_points_workers(
     args: argparse.Namespace,
-    url: str,
+    urls: Sequence[str],
     ceiling: float | None,
     console: BenchOutput,
 ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], RequestRecord, float]]]:
@@ -351,20 +431,23 @@ async def _run_points_workers(
         }
         for c, r in loads
     ]
-    client = BenchClient(url, max_connections=4, timeout=args.timeout, api_key=args.api_key)
+    clients = [
+        BenchClient(url, max_connections=4, timeout=args.timeout, api_key=args.api_key)
+        for url in urls
+    ]
     try:
-        model = args.model or await _model_name(client) or _EMULATOR_MODEL
+        model = args.model or await _model_name(clients) or _EMULATOR_MODEL
 
         async def before() -> Any:
-            return await scrape(client.get_text)
+            return await _scrape_all(clients)
 
-        async def after(snapshot: Any) -> Any:
-            return server_deltas(snapshot, await scrape(client.get_text))
+        async def after(snapshot: Any, point: dict[str, Any]) -> None:
+            fill_server(point, snapshot, await _scrape_all(clients))
 
         console.line(f"{args.workers} worker processes")
         points, records = await run_workers(
             args,
-            url,
+            urls,
             model,
             specs,
             count=args.workers,
@@ -375,20 +458,16 @@ async def _run_points_workers(
             scrape_after=after,
         )
     finally:
-        await client.aclose()
+        for client in clients:
+            await client.aclose()
     for point in points:
         point["model"] = model
-        point["url"] = url
+        if len(urls) == 1:
+            point["url"] = urls[0]
         point["max_tokens"] = args.max_tokens
         point["arrival"] = args.arrival if point["request_rate"] is not None else None
-        load = (
-            f"c={point['concurrency']}"
-            if point["concurrency"]
-            else f"{point['request_rate']:g} req/s"
-        )
         console.line(
-            f"done: {load} {point['completed']}/{point['num_requests']} ok, "
-            f"{point['output_token_throughput']:,.0f} tok/s over {args.workers} workers"
+            f"{_done_line(point)} over {args.workers} workers"
             + (" (PARTIAL)" if point["partial"] else "")
         )
     return points, records
@@ -421,19 +500,25 @@ async def run(args: argparse.Namespace, output: BenchOutput | None = None) -> in
     ceiling = None
     if not args.no_self_check:
         ceiling = await _self_check(args, images, console)
-    if args.url:
+    if args.urls:
+        if len(args.urls) > 1:
+            console.line(
+                f"{len(args.urls)} endpoints as one service, {BALANCE}: each request goes to "
+                "the endpoint with the fewest requests in flight from this client"
+                + (" (each worker balances its own share)" if args.workers else "")
+            )
         if args.workers:
-            points, records = await _run_points_workers(args, args.url, ceiling, console)
+            points, records = await _run_points_workers(args, args.urls, ceiling, console)
         else:
-            points, records = await _run_points(args, args.url, images, ceiling, console)
+            points, records = await _run_points(args, args.urls, images, ceiling, console)
     else:
         settings = _emulator_settings(args)
         console.line(f"starting the emulator (a test double, not a model): {settings}")
         async with EmulatorProcess(settings) as emu:
             if args.workers:
-                points, records = await _run_points_workers(args, emu.url, ceiling, console)
+                points, records = await _run_points_workers(args, [emu.url], ceiling, console)
             else:
-                points, records = await _run_points(args, emu.url, images, ceiling, console)
+                points, records = await _run_points(args, [emu.url], images, ceiling, console)
     console.table(points)
     if args.json_path:
         base = Path(args.json_path)

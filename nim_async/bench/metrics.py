@@ -55,6 +55,7 @@ class RequestRecord:
         error: Exception type name when the request failed, else ``None``.
         error_message: Its message.
         request_bytes: Size of the request body.
+        endpoint: The URL it was sent to, when the run drives several (``--url A --url B``).
     """
 
     index: int
@@ -69,6 +70,7 @@ class RequestRecord:
     error: str | None = None
     error_message: str | None = None
     request_bytes: int = 0
+    endpoint: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -143,6 +145,8 @@ class RequestRecord:
 
         data = asdict(self)
         data.pop("token_times")
+        if data["endpoint"] is None:  # one URL: the lines keep the keys they always had
+            del data["endpoint"]
         for key in ("scheduled_start", "start", "end"):
             data[key] = round(data[key] - origin, 6)
         data["headers_time"] = (

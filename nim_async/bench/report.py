@@ -1,7 +1,8 @@
 """Outputs of the suite: the results table, aggregate JSON, per-request JSONL, CSV and PNG plots.
 
 The table is built here as text cells (:func:`table_rows`); :class:`PlainOutput` prints it as
-fixed-width text, and :mod:`nim_async.ui.bench` draws it with rich for ``nim-async bench``.
+fixed-width text, and :mod:`nim_async.cli.bench` draws it with rich for ``nim-async bench``. A run
+over several URLs adds a table with one row per endpoint per load point (:func:`endpoint_rows`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from nim_async.bench.metrics import STAT_KEYS, RequestRecord
 
 __all__ = [
     "CLIENT_BOUND",
+    "ENDPOINT_COLUMNS",
     "TABLE_COLUMNS",
     "WORKER_COLUMNS",
     "BenchOutput",
     "PlainOutput",
+    "endpoint_rows",
     "format_table",
     "table_notes",
     "table_rows",
@@ -90,6 +93,10 @@ def _client_cell(point: dict[str, Any]) -> str:
     return text
 
 
+def _errors_cell(p: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in (p.get("errors") or {}).items()) or "0"
+
+
 def table_rows(points: Sequence[dict[str, Any]]) -> list[list[str]]:
     """The results table as text cells: latencies (p50 / p99), throughput, goodput, errors.
 
@@ -101,7 +108,7 @@ def table_rows(points: Sequence[dict[str, Any]]) -> list[list[str]]:
     """
     rows = []
     for p in points:
-        errors = ", ".join(f"{k}: {v}" for k, v in (p.get("errors") or {}).items()) or "0"
+        errors = _errors_cell(p)
         rows.append(
             [
                 _load_label(p),
@@ -121,6 +128,91 @@ def table_rows(points: Sequence[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+ENDPOINT_COLUMNS = (
+    "load",
+    "endpoint",
+    "ok/n",
+    "share",
+    "TTFT p50/p99 ms",
+    "ITL p50/p99 ms",
+    "TPOT p50 ms",
+    "E2E p50/p99 ms",
+    "req/s",
+    "tok/s",
+    "errors",
+    "marked down",
+    "down s",
+    "server req",
+)
+"""The columns of the per-endpoint table of a run over several URLs."""
+
+
+def endpoint_rows(points: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """One row per endpoint per load point of a run over several URLs (none otherwise).
+
+    Args:
+        points: Load points; those with an ``endpoints`` list give rows.
+    """
+    rows = []
+    for p in points:
+        for e in p.get("endpoints") or []:
+            server = e.get("server") or {}
+            rows.append(
+                [
+                    _load_label(p),
+                    e["url"],
+                    f"{e['completed']}/{e['num_requests']}",
+                    _pct(e["share"]),
+                    f"{_fmt(e['ttft_ms']['p50'])} / {_fmt(e['ttft_ms']['p99'])}",
+                    f"{_fmt(e['itl_ms']['p50'], 2)} / {_fmt(e['itl_ms']['p99'], 2)}",
+                    _fmt(e["tpot_ms"]["p50"], 2),
+                    f"{_fmt(e['e2e_ms']['p50'])} / {_fmt(e['e2e_ms']['p99'])}",
+                    _fmt(e["request_throughput"], 2),
+                    _fmt(e["output_token_throughput"], 0),
+                    _errors_cell(e),
+                    _fmt(e.get("marked_down")),
+                    _fmt(e.get("down_s"), 2),
+                    _fmt(server.get("requests"), 0),
+                ]
+            )
+    return rows
+
+
+def _endpoint_notes(point: dict[str, Any]) -> list[tuple[str, str]]:
+    """How the load was spread, each endpoint's server metrics, and endpoints that failed."""
+    endpoints = point.get("endpoints")
+    if not endpoints:
+        return []
+    label = _load_label(point)
+    notes: list[tuple[str, str]] = [
+        (
+            "info",
+            f"endpoints {label}: {len(endpoints)} as one service, balance "
+            f"{point.get('balance')} (each request to the endpoint with the fewest in flight); "
+            + ", ".join(f"{e['url']} {e['num_requests']}" for e in endpoints)
+            + f" = {point['num_requests']} requests",
+        )
+    ]
+    for e in endpoints:
+        server = e.get("server")
+        if server:
+            figures = ", ".join(f"{k}={_fmt(v)}" for k, v in server.items() if v is not None)
+            notes.append(("info", f"server metrics {label} {e['url']}: {figures}"))
+        elif server is None:
+            notes.append(("info", f"server metrics {label} {e['url']}: not scraped"))
+        if e.get("failed") or e.get("down_s"):
+            text = f"endpoint {e['url']} {label}: {e['failed']} of {e['num_requests']} failed"
+            if e.get("failed"):
+                text += f" ({_errors_cell(e)})"
+            if e.get("down_s"):
+                text += (
+                    f"; marked down for {e['down_s']:.2f} s of the point's "
+                    f"{point['duration_s']:.2f} s, the others carried the load"
+                )
+            notes.append(("warning", text))
+    return notes
+
+
 def table_notes(
     points: Sequence[dict[str, Any]], *, worker_lines: bool = True
 ) -> list[tuple[str, str]]:
@@ -137,9 +229,13 @@ def table_notes(
     notes: list[tuple[str, str]] = []
     for p in points:
         server = p.get("server")
+        notes.extend(_endpoint_notes(p))
         if server:
             figures = ", ".join(f"{k}={_fmt(v)}" for k, v in server.items() if v is not None)
-            notes.append(("info", f"server metrics {_load_label(p)}: {figures}"))
+            where = ""
+            if p.get("endpoints"):
+                where = f" (summed over {p.get('server_endpoints')} of {len(p['endpoints'])})"
+            notes.append(("info", f"server metrics {_load_label(p)}{where}: {figures}"))
         notes.extend(_worker_notes(p, worker_lines))
         if p.get("usage_chunk_mismatches"):
             notes.append(
@@ -251,15 +347,23 @@ def format_table(points: Sequence[dict[str, Any]]) -> str:
     Args:
         points: Load points.
     """
-    rows = [list(TABLE_COLUMNS), *table_rows(points)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
-    lines = ["nim-async bench"]
+    lines = _text_table("nim-async bench", TABLE_COLUMNS, table_rows(points))
+    endpoints = endpoint_rows(points)
+    if endpoints:
+        lines += ["", *_text_table("endpoints", ENDPOINT_COLUMNS, endpoints)]
+    lines.extend(text for _, text in table_notes(points))
+    return "\n".join(lines)
+
+
+def _text_table(title: str, columns: Sequence[str], body: list[list[str]]) -> list[str]:
+    rows = [list(columns), *body]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = [title]
     for index, row in enumerate(rows):
         lines.append("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
-    lines.extend(text for _, text in table_notes(points))
-    return "\n".join(lines)
+    return lines
 
 
 class BenchOutput(Protocol):
@@ -299,7 +403,12 @@ def write_jsonl(
 
 
 def write_csv(path: str | Path, points: Sequence[dict[str, Any]]) -> None:
-    """Write one CSV row per load point with every statistic flattened (``ttft_ms_p99``...)."""
+    """Write one CSV row per load point with every statistic flattened (``ttft_ms_p99``...).
+
+    A run over several URLs gets an ``endpoint`` column: each point's row (``all``) is followed
+    by one row per endpoint (its client columns empty).
+    """
+    multi = any(p.get("endpoints") for p in points)
     columns = ["concurrency", "request_rate", "num_requests", "completed", "failed", "duration_s"]
     for name in _STAT_FIELDS:
         columns += [f"{name}_{k}" for k in STAT_KEYS]
@@ -313,26 +422,39 @@ def write_csv(path: str | Path, points: Sequence[dict[str, Any]]) -> None:
         "headroom",
         "client_bound",
     ]
+    stat_columns = columns[:6]
+    if multi:
+        columns.insert(0, "endpoint")
+
+    def row_of(p: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = {k: p.get(k) for k in stat_columns}
+        row.update(concurrency=load.get("concurrency"), request_rate=load.get("request_rate"))
+        for name in _STAT_FIELDS:
+            for k in STAT_KEYS:
+                row[f"{name}_{k}"] = (p.get(name) or {}).get(k)
+        client = p.get("client") or {}
+        row.update(
+            request_throughput=p["request_throughput"],
+            output_token_throughput=p["output_token_throughput"],
+            goodput=p["goodput"],
+            errors=sum((p.get("errors") or {}).values()),
+            cpu_us_per_token=client.get("cpu_us_per_token"),
+            loop_lag_p99_ms=(client.get("loop_lag_ms") or {}).get("p99"),
+            headroom=client.get("headroom"),
+            client_bound=client.get("client_bound"),
+        )
+        return row
+
     with Path(path).open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for p in points:
-            row: dict[str, Any] = {k: p.get(k) for k in columns[:6]}
-            for name in _STAT_FIELDS:
-                for k in STAT_KEYS:
-                    row[f"{name}_{k}"] = (p.get(name) or {}).get(k)
-            client = p.get("client") or {}
-            row.update(
-                request_throughput=p["request_throughput"],
-                output_token_throughput=p["output_token_throughput"],
-                goodput=p["goodput"],
-                errors=sum((p.get("errors") or {}).values()),
-                cpu_us_per_token=client.get("cpu_us_per_token"),
-                loop_lag_p99_ms=(client.get("loop_lag_ms") or {}).get("p99"),
-                headroom=client.get("headroom"),
-                client_bound=client.get("client_bound"),
-            )
-            writer.writerow(row)
+            if not multi:
+                writer.writerow(row_of(p, p))
+                continue
+            writer.writerow({"endpoint": "all", **row_of(p, p)})
+            for e in p.get("endpoints") or []:
+                writer.writerow({"endpoint": e["url"], **row_of(e, p)})
 
 
 def write_plot(

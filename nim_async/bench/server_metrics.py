@@ -9,9 +9,16 @@ requests, not tokens. :data:`SERVER_METRICS` lists every name read, newest vLLM'
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-__all__ = ["METRIC_PATHS", "SERVER_METRICS", "parse_prometheus", "scrape", "server_deltas"]
+__all__ = [
+    "METRIC_PATHS",
+    "SERVER_METRICS",
+    "parse_prometheus",
+    "scrape",
+    "server_deltas",
+    "sum_scrapes",
+]
 
 METRIC_PATHS = ("/v1/metrics", "/metrics")
 
@@ -70,6 +77,20 @@ async def scrape(get_text: GetText) -> dict[str, float] | None:
             if parsed:
                 return parsed
     return None
+
+
+def sum_scrapes(scrapes: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Add several servers' parsed metrics name by name (one service of many endpoints).
+
+    Counters, histogram sums and counts, and gauges add up, so :func:`server_deltas` of two
+    summed scrapes gives the service's counts and its pooled means (total sum over total count,
+    not an average of the endpoints' means).
+    """
+    total: dict[str, float] = {}
+    for values in scrapes:
+        for name, value in values.items():
+            total[name] = total.get(name, 0.0) + value
+    return total
 
 
 def _find(values: dict[str, float], wanted: str) -> float | None:

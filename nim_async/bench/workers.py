@@ -16,6 +16,18 @@ autogroup scheduling N workers get the CPU share of N processes, not of one.
 
 A worker that dies (killed, or exits with a non-zero status) is reported with its exit status;
 the records it streamed before dying are kept and the load point is marked ``partial``.
+
+With several URLs (``--url A --url B``) every worker gets every URL and balances its own share
+of the load over them with :class:`~nim_async.bench.endpoints.LeastOutstanding`; the URLs are
+not split among the workers. Split, an endpoint's load would be fixed by how many workers it
+has (no endpoint could take load from a slower or a dead one, and a dead endpoint would turn
+its workers' whole share into errors), the worker count would have to be a multiple of the URL
+count, and the processes would no longer be interchangeable. Balanced per worker, the load one
+endpoint carries is the sum of what each worker keeps in flight there; each worker favours the
+endpoint with the fewest of its own requests outstanding (it does not see the others'
+requests, so the balance is per worker, not set-wide). Each record names its endpoint, so the
+per-endpoint figures are merged from all workers' samples like the totals, and each worker
+reports how often, and how long, it had each endpoint marked down.
 """
 
 from __future__ import annotations
@@ -27,12 +39,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
+from nim_async.bench.endpoints import add_endpoint_figures
 from nim_async.bench.metrics import SLO, RequestRecord, summarize, summarize_values
 
 __all__ = [
@@ -159,19 +172,25 @@ async def _readline() -> bytes:
 async def _worker(spec: dict[str, Any]) -> None:
     from nim_async.bench.cli import _bodies, _images
     from nim_async.bench.client import BenchClient
-    from nim_async.bench.load import LoadSpec, run_load
+    from nim_async.bench.endpoints import LeastOutstanding
+    from nim_async.bench.load import LoadSpec, Sender, run_load
 
     args = argparse.Namespace(**spec["args"])
     images = _images(args)
     bodies = _bodies(args, images, spec["model"])
     count, index = spec["count"], spec["index"]
     pool = max(1, max(share(c, count, index) for c in spec["pools"]))  # this worker's largest share
-    client = BenchClient(
-        spec["url"],
-        max_connections=pool,
-        timeout=args.timeout,
-        api_key=os.environ.get("NIM_BENCH_API_KEY") or None,
-    )
+    clients = [
+        BenchClient(
+            url,
+            max_connections=pool,
+            timeout=args.timeout,
+            api_key=os.environ.get("NIM_BENCH_API_KEY") or None,
+        )
+        for url in spec["urls"]
+    ]
+    balancer = LeastOutstanding(clients) if len(clients) > 1 else None
+    client: Sender = balancer if balancer is not None else clients[0]
     _emit({"t": "hello", "pid": os.getpid()})
     try:
         for k, load in enumerate(spec["points"]):
@@ -181,14 +200,21 @@ async def _worker(spec: dict[str, Any]) -> None:
                 _emit({"t": "done", "p": k, "cpu_s": 0.0, "lag": [], "late": 0, "duration": 0.0})
                 continue
             sender = _StreamingSender(client, k)
+            marks: list[tuple[list[int], list[float]]] = []
 
-            async def barrier(sender: _StreamingSender = sender, k: int = k) -> None:
+            async def barrier(
+                sender: _StreamingSender = sender,
+                k: int = k,
+                marks: list[tuple[list[int], list[float]]] = marks,
+            ) -> None:
                 _emit({"t": "ready", "p": k, "skip": False})
                 line = await _readline()
                 if line.strip() != b"go":
                     raise SystemExit(3)
                 sender.measuring = True
                 sender.run_delay = _run_delay()
+                if balancer is not None:
+                    marks.append(balancer.counters())
 
             result = await run_load(sender, bodies, LoadSpec(**part), before_measure=barrier)
             sender.measuring = False
@@ -207,10 +233,12 @@ async def _worker(spec: dict[str, Any]) -> None:
                     "late": result.late_arrivals,
                     "duration": result.duration,
                     "cpu_wait_s": waited,
+                    "downs": balancer.since(marks[0]) if balancer is not None else None,
                 }
             )
     finally:
-        await client.aclose()
+        for c in clients:
+            await c.aclose()
 
 
 def worker_main() -> int:
@@ -401,7 +429,7 @@ async def _start(index: int, spec: dict[str, Any], api_key: str | None) -> Worke
 
 async def run_workers(
     args: argparse.Namespace,
-    url: str,
+    urls: str | Sequence[str],
     model: str,
     loads: Sequence[dict[str, Any]],
     *,
@@ -410,14 +438,15 @@ async def run_workers(
     headroom_bound: float,
     slo: SLO | None = None,
     scrape_before: Callable[[], Any] | None = None,
-    scrape_after: Callable[[Any], Any] | None = None,
+    scrape_after: Callable[[Any, dict[str, Any]], Awaitable[None]] | None = None,
     on_ready: Callable[[int, Sequence[WorkerProcess]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], RequestRecord, float]]]:
     """Run the load points over ``count`` worker processes and merge their results.
 
     Args:
         args: The parsed options (the image and body options go to the workers).
-        url: The server.
+        urls: The server, or several endpoints driven as one service (each worker gets all
+            of them and balances its share over them).
         model: The served model name.
         loads: One dict per load point: ``concurrency``, ``request_rate``, ``arrival``,
             ``burstiness``, ``max_concurrency``, ``num_requests``, ``duration``, ``warmup``,
@@ -428,16 +457,22 @@ async def run_workers(
             client-bound.
         slo: Goodput objectives.
         scrape_before: Awaitable factory run when all workers are warm (server metrics).
-        scrape_after: Awaitable factory given ``scrape_before``'s result after each point.
+        scrape_after: Awaited after each point with ``scrape_before``'s result and the merged
+            point, whose server figures it fills in.
         on_ready: Called when every worker is warm at a point, before they start measuring
             (with the point's index and the workers).
 
     Returns:
-        The merged load points (each with a ``workers`` list and ``partial``) and every
-        request record with its labels, as the single-process run returns them.
+        The merged load points (each with a ``workers`` list and ``partial``; with several URLs
+        also ``urls``, ``balance`` and ``endpoints``, see
+        :func:`~nim_async.bench.endpoints.add_endpoint_figures`) and every request record with
+        its labels, as the single-process run returns them.
     """
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if not urls:
+        raise ValueError("no URL to send to")
     spec = {
-        "url": url,
+        "urls": urls,
         "model": model,
         "count": count,
         "points": list(loads),
@@ -523,8 +558,24 @@ async def run_workers(
             point["num_workers"] = count
             dead = [f for f in figures if f["status"] != "ok"]
             point["partial"] = bool(dead)
+            if len(urls) > 1:
+                times, seconds = [0] * len(urls), [0.0] * len(urls)
+                for d in dones:
+                    marked, down = (d or {}).get("downs") or ([], [])
+                    for i, n in enumerate(marked):
+                        times[i] += int(n)
+                    for i, x in enumerate(down):
+                        seconds[i] = max(seconds[i], float(x))
+                add_endpoint_figures(
+                    point,
+                    [r for rs in per_worker for r in rs],
+                    urls,
+                    slo=slo,
+                    marked_down=times,
+                    down_s=seconds,
+                )
             if scrape_after is not None:
-                point["server"] = await scrape_after(before)
+                await scrape_after(before, point)
             points.append(point)
             for w in workers:
                 labels = {"concurrency": concurrency, "request_rate": rate, "worker": w.index}

@@ -16,8 +16,10 @@ from rich.markup import escape
 from nim_async.bench import cli as bench_cli
 from nim_async.bench.report import (
     CLIENT_BOUND,
+    ENDPOINT_COLUMNS,
     TABLE_COLUMNS,
     WORKER_COLUMNS,
+    endpoint_rows,
     table_notes,
     table_rows,
     worker_rows,
@@ -48,12 +50,21 @@ class RichBenchOutput:
         self.console.print(f"[{style}]{escape(text)}[/]" if style else escape(text))
 
     def table(self, points: Sequence[dict[str, Any]]) -> None:
-        """Draw the results table, the workers' table (``--workers``) and the notes."""
+        """Draw the results table, the endpoints' (several ``--url``), the workers' and notes."""
         rows = table_rows(points)
         marks = {CLIENT_BOUND: "red"}
         draw_table(
             self.console, "nim-async bench", TABLE_COLUMNS, rows, justify="right", marks=marks
         )
+        endpoints = endpoint_rows(points)
+        if endpoints:
+            draw_table(
+                self.console,
+                "endpoints (one service)",
+                ENDPOINT_COLUMNS,
+                endpoints,
+                justify="right",
+            )
         workers = worker_rows(points)
         if workers:
             draw_table(
