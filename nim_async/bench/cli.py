@@ -122,7 +122,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--max-concurrency", type=int, help="cap in flight for --request-rate")
     load.add_argument("--num-requests", type=int, help="measured requests per load point")
     load.add_argument("--duration", type=float, help="seconds of scheduling per load point")
-    load.add_argument("--warmup", type=int, help="unmeasured requests first (default: concurrency)")
+    load.add_argument(
+        "--warmup",
+        type=int,
+        help="unmeasured requests first (default: the concurrency up to 32; 4 for a rate)",
+    )
     load.add_argument("--max-tokens", type=int, help="output tokens per request")
     load.add_argument(
         "--no-ignore-eos", action="store_true", help="let the model stop early (no ignore_eos)"
@@ -473,6 +477,31 @@ async def _run_points_workers(
     return points, records
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any request, an output path that cannot be written at the end.
+
+    Raises:
+        ValueError: An output's folder does not exist or is not writable (names the option).
+    """
+    outputs = {
+        "--json": args.json_path,
+        "--jsonl": args.jsonl,
+        "--csv": args.csv,
+        "--plot": args.plot,
+    }
+    for option, value in outputs.items():
+        if not value:
+            continue
+        folder = Path(value).expanduser().parent
+        if not folder.is_dir():
+            raise ValueError(
+                f"{option} {value}: the folder {folder} does not exist; create it first "
+                "(the results are written after the whole run)"
+            )
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"{option} {value}: the folder {folder} is not writable")
+
+
 async def run(args: argparse.Namespace, output: BenchOutput | None = None) -> int:
     """Run the suite with parsed ``args``; return the process exit code.
 
@@ -487,6 +516,7 @@ async def run(args: argparse.Namespace, output: BenchOutput | None = None) -> in
     console = output if output is not None else PlainOutput()
     try:
         _resolve(args)
+        _check_outputs(args)
         images = _images(args)
         parse_slo(args.slo)
     except (ValueError, OSError) as exc:

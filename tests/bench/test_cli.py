@@ -84,3 +84,20 @@ def test_bad_options_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "SLO" in proc.stdout
+
+
+def test_output_into_a_missing_folder_is_refused_before_the_run(tmp_path: Path) -> None:
+    """The results are written after the whole run: a folder that is not there fails first."""
+    out = tmp_path / "missing" / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "nim_async.bench", "--quick", "--no-self-check", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--json {out}" in proc.stdout
+    assert "does not exist" in proc.stdout
+    assert "starting the emulator" not in proc.stdout  # refused before any load
+    assert not out.parent.exists()
