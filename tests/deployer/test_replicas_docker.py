@@ -296,3 +296,26 @@ async def test_gpus_one_device_or_group_per_replica(
             }
         ]
     assert await _members(docker_client, config.container_name) == []
+
+
+async def test_cancel_while_replicas_start_removes_them_all(
+    nim_config: MakeConfig,
+    free_ports: Callable[[int], int],
+    derived_image: Any,
+    docker_client: DockerClient,
+) -> None:
+    tag = await derived_image("--startup-seconds", "600")
+    config = nim_config(tag=tag, port=free_ports(2), replicas=2, startup_timeout=300)
+    task = asyncio.create_task(AsyncNIMDeployer(config, quiet=True).deploy())
+    names = _names(config.container_name, 2)
+    for _ in range(400):
+        infos = [await docker_client.inspect_container(n) for n in names]
+        if all(i is not None and i["State"]["Running"] for i in infos):
+            break
+        await asyncio.sleep(0.025)
+    else:
+        pytest.fail("the replicas never started")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _members(docker_client, config.container_name) == []
