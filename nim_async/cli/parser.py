@@ -235,7 +235,8 @@ def _add_container_commands(sub: _Subparsers) -> None:
     k8s.add_argument(
         "--port-forward",
         action="store_true",
-        help="forward 127.0.0.1:PORT to a ready pod and keep it open until Ctrl-C",
+        help="forward 127.0.0.1:PORT to a ready pod (with --replicas N: PORT+i to pod i) and "
+        "keep it open until Ctrl-C",
     )
     k8s.add_argument("--url", help="the URL the NIM is reachable at from here (NodePort, ingress)")
     p.set_defaults(handler="deploy:deploy")

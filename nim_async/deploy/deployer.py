@@ -262,8 +262,9 @@ class AsyncNIMDeployer:
         namespace: Kubernetes namespace (``backend="kubernetes"``).
         context: Kubernetes kubeconfig context (``None``: the current one).
         kubeconfig: Kubeconfig path (``None``: ``$KUBECONFIG`` or ``~/.kube/config``).
-        port_forward: Kubernetes: report a port-forward to ``127.0.0.1:config.port`` (open
-            until the deployer is closed) instead of the in-cluster Service URL.
+        port_forward: Kubernetes: report a port-forward to ``127.0.0.1:config.port`` (one per
+            replica, on ``config.port + i``; open until the deployer is closed) instead of the
+            in-cluster Service URL.
         url: Kubernetes: the URL the NIM is reachable at from here (NodePort, ingress).
 
     Raises:

@@ -336,3 +336,28 @@ async def test_blocking_nimdeployer_passes_the_kubernetes_keywords(
     assert [r.name for r in rows] == ["cosmos-reason1-7b"]
     assert await asyncio.to_thread(NIMDeployer.stop, "cosmos-reason1-7b", True, **options)
     assert await labelled(api, namespace) == {}
+
+
+async def test_replicas_are_the_nimservices_and_the_service_is_the_one_endpoint(
+    cluster: Cluster, api: Any, with_crd: None, namespace: str
+) -> None:
+    config = make_config(replicas=2, gpus="all", served_model_name="twin")
+    backend = KubernetesBackend(config, namespace=namespace, kubeconfig=cluster.kubeconfig)
+    task = asyncio.create_task(backend.deploy())
+    obj = await wait_for_nimservice(api, namespace, "twin")
+    assert obj["spec"]["replicas"] == 2
+    assert obj["spec"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}  # one per pod
+    await set_status(
+        api,
+        namespace,
+        "twin",
+        {
+            "state": "Ready",
+            "availableReplicas": 2,
+            "conditions": [condition("NIM_SERVICE_READY", "True", "Ready", "deployment is ready")],
+        },
+    )
+    result = await asyncio.wait_for(task, 10)
+    # in-cluster, the Service balances over the pods: one address
+    assert result.endpoints == [f"http://twin.{namespace}.svc.cluster.local:8000"]
+    assert await backend.stop() is True

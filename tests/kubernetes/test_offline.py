@@ -142,3 +142,38 @@ async def test_custom_weights_not_yet_supported(tmp_path: Any) -> None:
     backend = KubernetesBackend(config, kubeconfig=os.devnull)
     with pytest.raises(InvalidConfigError, match="not yet supported on Kubernetes"):
         await backend.deploy()
+
+
+@pytest.mark.parametrize(
+    ("gpus", "replicas", "per_pod"),
+    [
+        (None, 3, None),
+        ("all", 1, 1),
+        ("all", 3, 1),
+        (2, 2, 2),
+        (["0", "1", "2", "3"], 2, 2),
+        ([["0", "1"], ["2", "3"]], 2, 2),
+    ],
+)
+def test_replicas_are_the_deployments_and_gpus_a_share_per_pod(
+    gpus: Any, replicas: int, per_pod: int | None
+) -> None:
+    from nim_async.deploy.kubernetes import manifests
+
+    config = make_config(gpus=gpus, replicas=replicas)
+    settings = manifests.KubeSettings(namespace="ns")
+    deployment = manifests.deployment(config, settings)
+    assert deployment["spec"]["replicas"] == replicas
+    assert manifests.nim_service(config, settings)["spec"]["replicas"] == replicas
+    assert manifests.gpu_count(config) == per_pod
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert limits == ({} if per_pod is None else {"limits": {"nvidia.com/gpu": str(per_pod)}})
+
+
+async def test_gpu_groups_of_different_sizes_are_refused_before_any_call() -> None:
+    config = make_config(gpus=[["0", "1"], ["2"]], replicas=2)
+    backend = KubernetesBackend(config, kubeconfig=os.devnull)
+    with pytest.raises(InvalidConfigError) as err:
+        await backend.deploy()
+    assert err.value.field == "gpus"
+    assert "groups of 1 and 2 GPUs" in str(err.value)

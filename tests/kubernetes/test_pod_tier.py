@@ -156,3 +156,48 @@ async def test_no_gpu_on_the_node_is_gpu_runtime_error(
             break
         await asyncio.sleep(0.1)
     assert await labelled(api, namespace) == {}
+
+
+async def test_two_replicas_two_port_forwards_both_serve(
+    pod_cluster: Cluster, api: Any, namespace: str, image_factory: Any
+) -> None:
+    reg = registry_env()
+    from nim_async.deploy.ports import port_taken
+
+    port = free_port()
+    while port_taken("127.0.0.1", port + 1):  # two consecutive free local ports
+        port = free_port()
+    config = emulator_config(reg, replicas=2, port=port)
+    options = {"namespace": namespace, "kubeconfig": pod_cluster.kubeconfig}
+    async with AsyncNIMDeployer(
+        config, quiet=True, backend="kubernetes", port_forward=True, **options
+    ) as deployer:
+        result = await deployer.deploy()
+        assert result.endpoints == [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+        image = image_factory(shapes=[("blue", (10, 10, 200, 200))])
+        async with httpx.AsyncClient() as http:
+            for url in result.endpoints:
+                assert (await http.get(f"{url}/v1/health/ready")).status_code == 200
+        async with AsyncNIMPredictor(task_type="vqa", endpoints=result) as predictor:
+            for _ in range(8):
+                answer = await predictor(image, "What color is the rectangle?")
+                assert isinstance(answer, VQAResponse)
+        served = []
+        async with httpx.AsyncClient() as http:
+            for url in result.endpoints:  # each pod's own counters, through its own forward
+                text = (await http.get(f"{url}/v1/metrics")).text
+                served.append(
+                    sum(
+                        int(float(line.rsplit(" ", 1)[1]))
+                        for line in text.splitlines()
+                        if line.startswith("vllm:request_success_total")
+                    )
+                )
+        assert sum(served) == 8
+        assert min(served) >= 2  # the two pods both served
+        rows = await AsyncNIMDeployer.list(backend="kubernetes", **options)
+        assert "2/2 ready" in rows[0].status
+    assert await AsyncNIMDeployer.stop(
+        result.container_name, quiet=True, backend="kubernetes", **options
+    )
+    assert await labelled(api, namespace) == {}

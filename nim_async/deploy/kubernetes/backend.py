@@ -12,6 +12,11 @@ The flow of :meth:`KubernetesBackend.deploy`::
     -> the endpoint: a URL the caller names | a port-forward | the in-cluster Service URL
     -> NIMDeploymentResult
 
+``NIMConfig(replicas=N)`` is the Deployment's (NIMService's) ``replicas``; the deploy waits for N
+ready pods. ``endpoints``: with ``port_forward`` one forward per ready pod, on local ports
+``port .. port+N-1`` (so a predictor can spread requests and fail over per pod, as over Docker
+replicas); with a URL or the in-cluster Service, that one address (the Service balances).
+
 A deploy that fails removes what it created (as the Docker path removes its container). All API
 calls go through :mod:`nim_async.deploy.kubernetes.client`.
 """
@@ -76,9 +81,11 @@ class KubernetesBackend:
         context: The kubeconfig context (``None``: the current one).
         kubeconfig: The kubeconfig path (``None``: ``$KUBECONFIG`` or ``~/.kube/config``).
         mode: One of :data:`MODES`.
-        port_forward: Open a port-forward from ``127.0.0.1:<local_port>`` to a ready pod and
-            report that as the endpoint (kept open until :meth:`close`).
-        local_port: The port-forward's local port (``None``: ``config.port``; 0: a free one).
+        port_forward: Open a port-forward from ``127.0.0.1:<local_port>`` to a ready pod (one
+            per replica: pod ``i`` on ``local_port + i``) and report those as the endpoints
+            (kept open until :meth:`close`).
+        local_port: The first port-forward's local port (``None``: ``config.port``; 0: free
+            ones).
         url: The URL the NIM is reachable at from here (NodePort, ingress); reported as is.
         settings: User, cache claim and service type (the namespace comes from ``namespace``).
         on_event: Receives state changes and notices.
@@ -115,7 +122,7 @@ class KubernetesBackend:
         self.local_port = config.port if local_port is None else local_port
         self.url = url
         self._sink = on_event
-        self._forward: PortForward | None = None
+        self._forwards: list[PortForward] = []
         self._client: KubeClient | None = None
         self.kind: str | None = None
         self.ready_at: float | None = None
@@ -149,8 +156,8 @@ class KubernetesBackend:
             Service URL.
 
         Raises:
-            InvalidConfigError: For custom weights (not yet supported on Kubernetes) or an
-                unusable kubeconfig.
+            InvalidConfigError: For custom weights (not yet supported on Kubernetes), GPU
+                groups of different sizes, or an unusable kubeconfig.
             RegistryAuthError: If the registry refuses the pull secret.
             ImagePullError: If the image cannot be pulled for another reason.
             GPURuntimeError: If no node offers the ``nvidia.com/gpu`` asked for.
@@ -166,6 +173,7 @@ class KubernetesBackend:
                 "deploy them with the Docker backend, or serve the stock model here",
                 field="run_id" if config.run_id else "model_path",
             )
+        manifests.gpu_count(config)  # refuses GPU groups pods cannot express, before any call
         name = object_name(config)
         ns = self.settings.namespace
         client = KubeClient(self.kubeconfig, self.context)
@@ -186,9 +194,9 @@ class KubernetesBackend:
                 else:
                     created = await client.apply(manifests.deployment(config, self.settings))
                     await client.apply(manifests.service(config, self.settings))
-                pod = await self._wait_ready(client, name, use_crd)
+                pods = await self._wait_ready(client, name, use_crd)
                 self.ready_at = time.perf_counter()
-                host, port = await self._endpoint(client, name, pod, use_crd)
+                host, port, endpoints = await self._endpoint(client, name, pods, use_crd)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._remove(client, name, wait=False))
@@ -203,54 +211,70 @@ class KubernetesBackend:
             port=port,
             available_models=models,
             host=host,
+            endpoints=endpoints,
         )
-        self._state(DeployState.READY, f"{self.kind} {ns}/{name} at {result.base_url}")
+        where = ", ".join(result.endpoints) if len(result.endpoints) > 1 else result.base_url
+        self._state(DeployState.READY, f"{self.kind} {ns}/{name} at {where}")
         return result
 
     async def close(self) -> None:
-        """Close the port-forward, if one was opened."""
-        forward, self._forward = self._forward, None
-        if forward is not None:
+        """Close the port-forwards, if any were opened."""
+        forwards, self._forwards = self._forwards, []
+        for forward in forwards:
             await forward.close()
         client, self._client = self._client, None
         if client is not None:
             await client.__aexit__(None, None, None)
 
     async def _endpoint(
-        self, client: KubeClient, name: str, pod: str | None, use_crd: bool
-    ) -> tuple[str, int]:
+        self, client: KubeClient, name: str, pods: builtins.list[str], use_crd: bool
+    ) -> tuple[str, int, builtins.list[str]]:
+        """Where the NIM is reached: ``(host, port)`` of the first endpoint, and every one."""
         if self.url:
             parts = urlsplit(self.url)
             if not parts.hostname:
                 raise InvalidConfigError(f"not a URL: {self.url!r}", field="url")
-            return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+            host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+            return host, port, [self.url.rstrip("/")]
         if self.port_forward:
-            if pod is None:
-                pod = await self._a_ready_pod(client, name, use_crd)
-            # the forward outlives this call's client: it has its own websocket client
-            forward = client.port_forward(
-                pod, self.settings.namespace, CONTAINER_PORT, local_port=self.local_port
-            )
-            await forward.start()
-            self._forward = forward
-            self._notice(f"port-forward 127.0.0.1:{forward.local_port} -> {pod}:{CONTAINER_PORT}")
-            return "127.0.0.1", forward.local_port
+            if not pods:
+                pods = await self._ready_pods(client, name, use_crd)
+            # each forward outlives this call's client: it has its own websocket client
+            for i, pod in enumerate(pods):
+                local = self.local_port + i if self.local_port else 0
+                forward = client.port_forward(
+                    pod, self.settings.namespace, CONTAINER_PORT, local_port=local
+                )
+                await forward.start()
+                self._forwards.append(forward)
+                self._notice(
+                    f"port-forward 127.0.0.1:{forward.local_port} -> {pod}:{CONTAINER_PORT}"
+                )
+            return "127.0.0.1", self._forwards[0].local_port, [f.url for f in self._forwards]
         service = name
         if use_crd:
             obj = await client.read("NIMService", name, self.settings.namespace) or {}
             exposed = ((obj.get("spec") or {}).get("expose") or {}).get("service") or {}
             service = str(exposed.get("name") or name)
-        return f"{service}.{self.settings.namespace}.svc.cluster.local", CONTAINER_PORT
+        host = f"{service}.{self.settings.namespace}.svc.cluster.local"
+        return host, CONTAINER_PORT, [f"http://{host}:{CONTAINER_PORT}"]
 
-    async def _a_ready_pod(self, client: KubeClient, name: str, use_crd: bool) -> str:
+    async def _ready_pods(self, client: KubeClient, name: str, use_crd: bool) -> builtins.list[str]:
+        """The ready pods of the deployment (at most ``replicas``), by name."""
         selector = f"app={name}" if use_crd else f"{INSTANCE_LABEL}={name}"
         pods, _ = await client.list("Pod", self.settings.namespace, selector)
-        for pod in pods:
-            if pod_ready(pod):
-                return str(pod["metadata"]["name"])
-        raise ServiceNotReadyError(
-            name, self.config.startup_timeout, f"no ready pod of {name} to port-forward to"
-        )
+        ready = sorted(str(pod["metadata"]["name"]) for pod in pods if pod_ready(pod))
+        if not ready:
+            raise ServiceNotReadyError(
+                name, self.config.startup_timeout, f"no ready pod of {name} to port-forward to"
+            )
+        wanted = manifests.replicas_of(self.config)
+        if len(ready) < wanted:
+            self._notice(
+                f"{len(ready)} of {wanted} pods of {name} are ready; forwarding to those",
+                Level.WARNING,
+            )
+        return ready[:wanted]
 
     async def _models(self, host: str, port: int) -> list[str] | None:
         base = NIMDeploymentResult(container_id="", container_name="", port=port, host=host)
@@ -263,14 +287,14 @@ class KubernetesBackend:
 
     # ------------------------------------------------------------------ readiness
 
-    async def _wait_ready(self, client: KubeClient, name: str, use_crd: bool) -> str | None:
+    async def _wait_ready(self, client: KubeClient, name: str, use_crd: bool) -> builtins.list[str]:
         timeout = self.config.startup_timeout
         last: list[str] = []
         try:
             async with asyncio.timeout(timeout):
                 if use_crd:
                     await self._watch_nimservice(client, name, last)
-                    return None
+                    return []
                 return await self._watch_pods(client, name, last)
         except TimeoutError:
             pass
@@ -306,7 +330,10 @@ class KubernetesBackend:
             return PodFailureMapper.pull(text, message)
         return ServiceNotReadyError(name, self.config.startup_timeout, text)
 
-    async def _watch_pods(self, client: KubeClient, name: str, last: list[str]) -> str:
+    async def _watch_pods(
+        self, client: KubeClient, name: str, last: builtins.list[str]
+    ) -> builtins.list[str]:
+        """Watch the pods until ``replicas`` of them are ready; their names, sorted."""
         wanted = manifests.replicas_of(self.config)
         pods: dict[str, dict[str, Any]] = {}
         events = client.watch(
@@ -323,9 +350,9 @@ class KubernetesBackend:
                 failure = pod_failure(pod)
                 if failure is not None:
                     raise await self._pod_error(client, name, failure)
-                ready = [n for n, p in pods.items() if pod_ready(p)]
+                ready = sorted(n for n, p in pods.items() if pod_ready(p))
                 if len(ready) >= wanted:
-                    return ready[0]
+                    return ready[:wanted]
         raise ServiceNotReadyError(name, self.config.startup_timeout, "the pod watch ended")
 
     async def _pod_error(self, client: KubeClient, name: str, failure: PodFailure) -> NIMError:

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from nim_async.config import CONTAINER_CACHE_DIR, NIMConfig
-from nim_async.deploy.spec import CONFIG_HASH_LABEL, CONTAINER_PORT, MANAGED_LABEL
+from nim_async.deploy.spec import CONFIG_HASH_LABEL, CONTAINER_PORT, MANAGED_LABEL, replica_gpus
 from nim_async.errors import InvalidConfigError
 
 __all__ = [
@@ -191,32 +191,47 @@ def api_key_secret(config: NIMConfig, settings: KubeSettings) -> dict[str, Any]:
 
 
 def gpu_count(config: NIMConfig) -> int | None:
-    """How many ``nvidia.com/gpu`` to ask for: ``"all"`` is one GPU on Kubernetes.
+    """How many ``nvidia.com/gpu`` each pod asks for: ``"all"`` is one GPU on Kubernetes.
+
+    Kubernetes gives every pod of a Deployment the same resources and picks the devices itself,
+    so with several replicas each pod asks for its share (:func:`~nim_async.deploy.spec.
+    replica_gpus`: ``"all"`` one, a count ``k`` ``k``, device ids split evenly, a group its
+    size); device ids only say how many.
 
     Args:
-        config: The deployment configuration (``gpus``).
+        config: The deployment configuration (``gpus``, ``replicas``).
 
     Returns:
         The count, or ``None`` for no GPU request.
+
+    Raises:
+        InvalidConfigError: For GPU groups of different sizes (pods cannot differ here).
     """
-    gpus: Any = config.gpus
-    if gpus is None:
+    shares: list[Any] = replica_gpus(config)
+    first = shares[0]
+    if first is None:
         return None
-    if gpus == "all":
+    if first == "all":
         return 1
-    if isinstance(gpus, int):
-        return gpus
-    return len(list(gpus))
+    if isinstance(first, int):
+        return first
+    sizes = sorted({len(share) for share in shares})
+    if len(sizes) > 1:
+        raise InvalidConfigError(
+            f"gpus gives groups of {' and '.join(map(str, sizes))} GPUs; on Kubernetes every "
+            "replica (pod) asks for the same number: give groups of one size or a count",
+            field="gpus",
+        )
+    return len(first)
 
 
 def replicas_of(config: NIMConfig) -> int:
-    """``config.replicas`` where the config has that field, else 1.
+    """``config.replicas``: the Deployment's (or NIMService's) ``replicas``.
 
     Args:
         config: The deployment configuration.
     """
-    value = getattr(config, "replicas", None)
-    return int(value) if isinstance(value, int) and value >= 1 else 1
+    return max(1, int(config.replicas))
 
 
 def _env(config: NIMConfig) -> list[dict[str, Any]]:
