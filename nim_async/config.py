@@ -218,7 +218,8 @@ class NIMSamplingParams(BaseModel):
         vLLM (0.32: ``ChatCompletionRequest.media_io_kwargs: dict[str, dict]``) wants
         ``{"video": {"fps": 2.0}}``; vi-sdk documents the flat ``{"fps": 2.0}`` (sent under
         ``nvext``). A flat dict is put under ``modality``; one whose values are all dicts is
-        taken as already keyed.
+        taken as already keyed; an empty dict stays empty (vLLM 0.32 without
+        ``--trust-request-mm-kwargs`` accepts ``{}`` but refuses ``{"video": {}}``).
 
         Args:
             modality: The modality a flat dict applies to.
@@ -229,7 +230,7 @@ class NIMSamplingParams(BaseModel):
         value = self.media_io_kwargs
         if value is None:
             return None
-        if value and all(isinstance(v, dict) for v in value.values()):
+        if not value or all(isinstance(v, dict) for v in value.values()):
             return dict(value)
         return {modality: dict(value)}
 

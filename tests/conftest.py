@@ -11,6 +11,11 @@
   fmt="JPEG") -> bytes``: solid shapes drawn with Pillow on a white background. A shape may
   carry a third element ``"ellipse"`` (default ``"rectangle"``); ``background=`` changes the
   background colour.
+* ``video_factory``: ``video_factory("mp4" | "webm", size=(64, 48), frames=10, fps=10) ->
+  bytes``: a small real video built by hand (no encoder needed): Motion-JPEG frames (Pillow)
+  in an MP4 (``ftyp``, ``mdat``, ``moov`` with a full sample table) or a WebM / Matroska file
+  (EBML header, ``Info``, ``Tracks``, one ``Cluster`` of ``SimpleBlock`` s). FFmpeg / OpenCV
+  decode both (checked with vLLM 0.32's own OpenCV video loader in the vLLM tier's venv).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import struct
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -33,6 +39,7 @@ Shape = (
     | tuple[str, tuple[float, float, float, float], str]
 )
 ImageFactory = Callable[..., bytes]
+VideoFactory = Callable[..., bytes]
 StartEmulator = Callable[..., Emulator]
 
 
@@ -133,3 +140,99 @@ def _draw_image(
 def image_factory() -> ImageFactory:
     """Make test images: ``image_factory(size=(640, 480), shapes=[("red", box)], fmt="JPEG")``."""
     return _draw_image
+
+
+def _jpeg_frames(size: tuple[int, int], count: int) -> list[bytes]:
+    frames = []
+    for i in range(count):
+        buf = io.BytesIO()
+        Image.new("RGB", size, (i * 23 % 256, 90, 170)).save(buf, "JPEG", quality=80)
+        frames.append(buf.getvalue())
+    return frames
+
+
+def _box(kind: bytes, payload: bytes, full: tuple[int, int] | None = None) -> bytes:
+    if full is not None:  # a "full box": version and flags first
+        payload = struct.pack(">I", (full[0] << 24) | full[1]) + payload
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+def _mjpeg_mp4(size: tuple[int, int], frames: list[bytes], fps: int) -> bytes:
+    (w, h), n, v0 = size, len(frames), (0, 0)
+    ms = round(n * 1000 / fps)
+    matrix = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    ftyp = _box(b"ftyp", b"isom" + struct.pack(">I", 512) + b"isomiso2mp41")
+    mdat = _box(b"mdat", b"".join(frames))
+    mvhd = struct.pack(">4I", 0, 0, 1000, ms) + struct.pack(">IH", 0x10000, 0x100) + b"\0" * 10
+    mvhd += matrix + b"\0" * 24 + struct.pack(">I", 2)
+    tkhd = (
+        struct.pack(">5I", 0, 0, 1, 0, ms)
+        + b"\0" * 16
+        + matrix
+        + struct.pack(">2I", w << 16, h << 16)
+    )
+    entry = b"\0" * 6 + struct.pack(">H", 1) + b"\0" * 16
+    entry += struct.pack(">2H3I", w, h, 0x480000, 0x480000, 0) + struct.pack(">H", 1) + b"\0" * 32
+    entry += struct.pack(">Hh", 0x18, -1)
+    sizes = b"".join(struct.pack(">I", len(f)) for f in frames)
+    stbl = (
+        _box(b"stsd", struct.pack(">I", 1) + _box(b"jpeg", entry), v0)
+        + _box(b"stts", struct.pack(">3I", 1, n, 1), v0)
+        + _box(b"stsc", struct.pack(">4I", 1, 1, n, 1), v0)
+        + _box(b"stsz", struct.pack(">2I", 0, n) + sizes, v0)
+        + _box(b"stco", struct.pack(">2I", 1, len(ftyp) + 8), v0)  # the frames start there
+    )
+    minf = _box(b"vmhd", b"\0" * 8, (0, 1)) + _box(
+        b"dinf", _box(b"dref", struct.pack(">I", 1) + _box(b"url ", b"", (0, 1)), v0)
+    )
+    mdia = (
+        _box(b"mdhd", struct.pack(">4I2H", 0, 0, fps, n, 0x55C4, 0), v0)
+        + _box(b"hdlr", b"\0" * 4 + b"vide" + b"\0" * 12 + b"VideoHandler\0", v0)
+        + _box(b"minf", minf + _box(b"stbl", stbl))
+    )
+    trak = _box(b"trak", _box(b"tkhd", tkhd, (0, 3)) + _box(b"mdia", mdia))
+    return ftyp + mdat + _box(b"moov", _box(b"mvhd", mvhd, v0) + trak)
+
+
+def _el(eid: bytes, payload: bytes) -> bytes:
+    return eid + b"\x01" + len(payload).to_bytes(7, "big") + payload  # 8-byte sizes
+
+
+def _uint(eid: bytes, value: int) -> bytes:
+    return _el(eid, value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big"))
+
+
+def _mjpeg_webm(size: tuple[int, int], frames: list[bytes], fps: int) -> bytes:
+    header = _uint(b"\x42\x86", 1) + _uint(b"\x42\xf7", 1) + _uint(b"\x42\xf2", 4)
+    header += _uint(b"\x42\xf3", 8) + _el(b"\x42\x82", b"webm") + _uint(b"\x42\x87", 2)
+    header += _uint(b"\x42\x85", 2)
+    info = _uint(b"\x2a\xd7\xb1", 1_000_000) + _el(
+        b"\x44\x89", struct.pack(">d", len(frames) * 1000 / fps)
+    )
+    info += _el(b"\x4d\x80", b"nim-async tests") + _el(b"\x57\x41", b"nim-async tests")
+    video = _el(b"\xe0", _uint(b"\xb0", size[0]) + _uint(b"\xba", size[1]))
+    track = _uint(b"\xd7", 1) + _uint(b"\x73\xc5", 1) + _uint(b"\x83", 1) + _el(b"\x86", b"V_MJPEG")
+    blocks = b"".join(
+        _el(b"\xa3", b"\x81" + struct.pack(">hB", round(i * 1000 / fps), 0x80) + frame)
+        for i, frame in enumerate(frames)
+    )
+    segment = _el(b"\x15\x49\xa9\x66", info) + _el(b"\x16\x54\xae\x6b", _el(b"\xae", track + video))
+    segment += _el(b"\x1f\x43\xb6\x75", _uint(b"\xe7", 0) + blocks)
+    return _el(b"\x1a\x45\xdf\xa3", header) + _el(b"\x18\x53\x80\x67", segment)
+
+
+def _make_video(
+    container: str = "mp4", size: tuple[int, int] = (64, 48), frames: int = 10, fps: int = 10
+) -> bytes:
+    jpegs = _jpeg_frames(size, frames)
+    if container == "mp4":
+        return _mjpeg_mp4(size, jpegs, fps)
+    if container == "webm":
+        return _mjpeg_webm(size, jpegs, fps)
+    raise ValueError(f"unknown container {container!r}")
+
+
+@pytest.fixture
+def video_factory() -> VideoFactory:
+    """Make test videos: ``video_factory("mp4" | "webm", size=(64, 48), frames=10, fps=10)``."""
+    return _make_video

@@ -52,8 +52,10 @@ from nim_async.http.client import (
 from nim_async.http.retry import RetryPolicy
 from nim_async.predict.media import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_VIDEO_BYTES,
     EncodedImage,
-    load_image,
+    EncodedVideo,
+    load_media,
     validate_source,
 )
 from nim_async.predict.stream import AsyncPredictionStream
@@ -63,7 +65,7 @@ from nim_async.protocol.geometry import smart_resize
 from nim_async.protocol.guided import check_guided_output
 from nim_async.protocol.sse import DEFAULT_MAX_EVENT_BYTES
 from nim_async.protocol.stream import StreamResult, parse_completion, usage_from
-from nim_async.protocol.tasks import ParseContext, Task, get_task
+from nim_async.protocol.tasks import ParseContext, Task, get_task, task_for_media
 from nim_async.protocol.tasks.parsing import split_thinking
 from nim_async.protocol.wire import Constraint, Dialect, WireFormat, wire_format_for
 from nim_async.results import PredictionResponse, PredictionTimings, TextResponse
@@ -88,12 +90,13 @@ class _Call:
 
     body: bytes
     prompt: str
-    image: EncodedImage
-    model_input_size: tuple[int, int]
+    image: EncodedImage | EncodedVideo
+    model_input_size: tuple[int, int] | None
     params: NIMSamplingParams
     constraint: Constraint | None
     custom: bool  # a constraint other than the task's own schema: return the text as is
     wire: WireFormat
+    task: Task  # the predictor's, or the one its media is sent with (freeform video: video-)
 
 
 _Template = tuple[
@@ -151,8 +154,11 @@ class AsyncNIMPredictor:
 
     Args:
         model_name: Served model name sent in each request. Taken from ``config`` when omitted.
-        task_type: ``"phrase-grounding"`` or ``"vqa"`` (any registered task). With ``config``
-            and no task type, read from the custom-weights run metadata.
+        task_type: ``"phrase-grounding"``, ``"vqa"``, ``"freeform"``, ``"generic"``,
+            ``"video-freeform"`` (any registered task). With ``config`` and no task type, read
+            from the custom-weights run metadata; otherwise ``"freeform"`` (vi-sdk's default).
+            A video sent to a ``freeform`` or ``generic`` predictor is asked with
+            ``video-freeform``, as vi-sdk does.
         port: Port of the NIM on ``host``.
         host: Host of the NIM.
         base_url: Full base URL (``http://host:port``); overrides ``host``/``port``.
@@ -186,14 +192,15 @@ class AsyncNIMPredictor:
             (:class:`~nim_async.errors.ResponseTooLargeError` past it).
         max_event_bytes: The largest single server-sent event of a stream
             (:class:`~nim_async.errors.ResponseTooLargeError` past it).
-        max_download_bytes: The largest image download (``MediaError`` past it).
+        max_download_bytes: The largest image or video download (``MediaError`` past it).
         max_image_pixels: The largest image decoded, in pixels after JPEG reduce-on-load
             (``MediaError`` past it, checked from the header before decoding; far below
             Pillow's own bomb limit).
+        max_video_bytes: The largest video file sent (``MediaError`` past it, checked before
+            the file is read).
 
     Raises:
-        ValueError: for an unknown task type, a missing model name or task type, or invalid
-            numbers.
+        ValueError: for an unknown task type, a missing model name, or invalid numbers.
     """
 
     def __init__(
@@ -218,6 +225,7 @@ class AsyncNIMPredictor:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_download_bytes: int = MAX_DOWNLOAD_BYTES,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
     ) -> None:
         target = resolve_target(
             model_name, task_type, port, host, base_url, config, system_prompt, box_format
@@ -229,7 +237,9 @@ class AsyncNIMPredictor:
             max_event_bytes=max_event_bytes,
             max_download_bytes=max_download_bytes,
             max_image_pixels=max_image_pixels,
+            max_video_bytes=max_video_bytes,
         )
+        self._max_video_bytes = max_video_bytes
         self._stream_deadline = stream_deadline
         self._max_response_bytes = max_response_bytes
         self._max_event_bytes = max_event_bytes
@@ -252,7 +262,7 @@ class AsyncNIMPredictor:
         self._timeout = timeout
         self._placeholder = f"nim-async-image-{uuid.uuid4().hex}"
         self._placeholder_json = orjson.dumps(self._placeholder)
-        self._bodies: dict[tuple[int, str, bool, str], _Template] = {}
+        self._bodies: dict[tuple[int, str, bool, str, str, str], _Template] = {}
         # Default transport chosen by measurement (benchmarks/README.md): httpx's own pool
         # collapses under many concurrent streams; aiohttp's keeps near raw-aiohttp speed.
         self._max_connections = max_connections
@@ -375,19 +385,24 @@ class AsyncNIMPredictor:
         user_prompt: str | None = None,
         sampling_params: NIMSamplingParams | None = None,
     ) -> PredictionResponse:
-        """Run inference on one image and return the parsed response.
+        """Run inference on one image or video and return the parsed response.
 
         Args:
-            source: Path, ``http(s)`` URL, bytes, or PIL image.
+            source: Path, ``http(s)`` URL, bytes, or PIL image; a video as a path or URL
+                ending ``.mp4`` / ``.webm`` (``.mov``, ``.mkv``, ...), MP4 or WebM bytes, or a
+                ``data:video/...`` URI (sent as a ``video_url`` part).
             user_prompt: The prompt; the task's default prompt when ``None``.
             sampling_params: Sampling configuration; documented defaults when ``None``.
 
         Returns:
-            The task's response (``PhraseGroundingResponse``, ``VQAResponse``), or a
-            ``TextResponse`` when a custom guided-decoding constraint was set.
+            The task's response (``PhraseGroundingResponse``, ``VQAResponse``,
+            ``FreeformResponse``, ``GenericResponse``), or a ``TextResponse`` when a custom
+            guided-decoding constraint was set.
 
         Raises:
-            MediaError: the image cannot be loaded.
+            MediaError: the image cannot be loaded; the video is not MP4 / WebM, is over
+                ``max_video_bytes``, or was given to a task that takes none
+                (``phrase-grounding``); an image given to ``video-freeform``.
             ServiceUnavailableError: no server answers at :attr:`base_url`.
             ServerError: the server answered with an HTTP error (typed subclasses).
             PredictionTimeoutError: the request timed out.
@@ -427,7 +442,8 @@ class AsyncNIMPredictor:
         or error.
 
         Args:
-            source: Path, ``http(s)`` URL, bytes, or PIL image.
+            source: Path, ``http(s)`` URL, bytes, or PIL image; or a video (as in
+                :meth:`__call__`).
             user_prompt: The prompt; the task's default prompt when ``None``.
             sampling_params: Sampling configuration; documented defaults when ``None``.
 
@@ -529,26 +545,34 @@ class AsyncNIMPredictor:
         _check_prompt(user_prompt)
         client = self._client()
         wire_format = await self.wire_format()
-        image = await load_image(
+        image = await load_media(
             source,
             max_pixels=self._max_pixels,
             fetch=partial(client.fetch, max_bytes=self._max_download_bytes, deadline=self._timeout),
             max_image_pixels=self._max_image_pixels,
+            max_video_bytes=self._max_video_bytes,
         )
-        prompt = self._task.build_prompt(user_prompt)
-        # The body around the image depends only on (params, prompt, stream, model, wire):
-        # built and serialised once, then reused (params are frozen; the entry holds a weak
-        # reference to check the id still names the same object).
-        key = (id(params), prompt, stream, self.model_name)
+        try:
+            task = task_for_media(self._task, image.kind)
+        except ValueError as exc:
+            raise MediaError(f"{exc} (source: {image.source})", source=image.source) from None
+        prompt = task.build_prompt(user_prompt)
+        # The body around the media depends only on (params, prompt, stream, model, task, media
+        # kind, wire): built and serialised once, then reused (params are frozen; the entry
+        # holds a weak reference to check the id still names the same object).
+        key = (id(params), prompt, stream, self.model_name, task.name, image.kind)
         hit = self._bodies.get(key)
         if hit is None or hit[0]() is not params or hit[1] is not wire_format:
-            hit = self._body_template(params, prompt, stream, wire_format)
+            hit = self._body_template(params, prompt, stream, wire_format, task, image.kind)
             if len(self._bodies) >= 256:
                 self._bodies.clear()
             self._bodies[key] = hit
         _, _, head, tail, constraint, custom = hit
         data = b"".join((head, b'"', image.data_uri, b'"', tail))
-        if self._box_format == "qwen25-abs":
+        model_input: tuple[int, int] | None = None
+        if isinstance(image, EncodedVideo):
+            pass  # no boxes to convert: the frame size is the server's to read
+        elif self._box_format == "qwen25-abs":
             try:
                 model_input = smart_resize(
                     *image.sent_size,
@@ -562,19 +586,30 @@ class AsyncNIMPredictor:
                 ) from exc
         else:
             model_input = image.sent_size
-        return _Call(data, prompt, image, model_input, params, constraint, custom, wire_format)
+        return _Call(
+            data, prompt, image, model_input, params, constraint, custom, wire_format, task
+        )
 
     def _body_template(
-        self, params: NIMSamplingParams, prompt: str, stream: bool, wire_format: WireFormat
+        self,
+        params: NIMSamplingParams,
+        prompt: str,
+        stream: bool,
+        wire_format: WireFormat,
+        task: Task,
+        kind: wire.MediaKind,
     ) -> _Template:
         constraint = wire.constraint_of(params)
         custom = constraint is not None and not (
-            constraint.kind == "json" and constraint.value == self._task.output_schema()
+            constraint.kind == "json" and constraint.value == task.output_schema()
         )
-        fields, extensions = wire.sampling_fields(params)
+        system_prompt = self._system_prompt
+        if task is not self._task and system_prompt == self._task.system_prompt:
+            system_prompt = task.system_prompt  # the task's own default, not one you gave
+        fields, extensions = wire.sampling_fields(params, kind)
         body = wire.chat_body(
             model=self.model_name,
-            messages=wire.image_messages(self._system_prompt, prompt, self._placeholder),
+            messages=wire.media_messages(system_prompt, prompt, self._placeholder, kind),
             stream=stream,
             wire=wire_format,
             fields=fields,
@@ -626,7 +661,7 @@ class AsyncNIMPredictor:
         if call.custom:
             thinking, answer = split_thinking(text)
             return TextResponse(
-                task_type=self.task_type,
+                task_type=call.task.name,
                 model=model,
                 prompt=call.prompt,
                 raw_output=text,
@@ -646,7 +681,7 @@ class AsyncNIMPredictor:
             usage=usage,
             finish_reason=finish_reason,
         )
-        parsed = self._task.parse(text, context)
+        parsed = call.task.parse(text, context)
         return parsed.model_copy(update={"timings": timings})
 
 

@@ -17,6 +17,10 @@ from nim_async.protocol import wire
 __all__ = ["Target", "check_limits", "check_numbers", "check_port", "resolve_target"]
 
 
+DEFAULT_TASK_TYPE = "freeform"
+"""The task of a predictor given no ``task_type`` and no run metadata naming one (vi-sdk's)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where and what to predict, resolved from the constructor's arguments."""
@@ -41,8 +45,11 @@ def resolve_target(
 ) -> Target:
     """Resolve where and what to predict from the predictor's arguments (see its docstring).
 
+    The task type is ``task_type``, else the custom-weights run metadata's, else
+    :data:`DEFAULT_TASK_TYPE` (``"freeform"``, as vi-sdk).
+
     Raises:
-        ValueError: a missing model name or task type, a bad port or box format.
+        ValueError: a missing model name, a bad port or box format.
     """
     spec: ImageSpec | None = None
     custom_weights = False
@@ -60,10 +67,8 @@ def resolve_target(
     if not model_name:
         raise ValueError("model_name is required (or pass config=NIMConfig(...))")
     if not task_type:
-        raise ValueError(
-            "task_type is required: 'phrase-grounding' or 'vqa' (custom-weights runs "
-            "without stored run metadata need it too)"
-        )
+        # vi-sdk's rule: no task type given and none in the run metadata -> freeform
+        task_type = DEFAULT_TASK_TYPE
     if box_format is not None and box_format not in BOX_FORMATS:
         raise ValueError(f"unknown box_format {box_format!r}")
     if base_url is None:

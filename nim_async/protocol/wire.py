@@ -34,11 +34,13 @@ __all__ = [
     "OPENAI_FIELDS",
     "Constraint",
     "Dialect",
+    "MediaKind",
     "ServerInfo",
     "WireFormat",
     "chat_body",
     "constraint_of",
     "image_messages",
+    "media_messages",
     "sampling_fields",
     "splice_image",
     "wire_format_for",
@@ -74,6 +76,9 @@ STRUCTURED_OUTPUTS_SINCE = (0, 10, 2)
 _STRUCTURED_KEY = {"choice": "choice", "regex": "regex", "grammar": "grammar", "json": "json"}
 
 ConstraintKind = Literal["json", "regex", "choice", "grammar"]
+
+MediaKind = Literal["image", "video"]
+"""What a request carries beside its text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,11 +260,24 @@ def constraint_of(params: NIMSamplingParams) -> Constraint | None:
     return Constraint(kind, getattr(params, name))
 
 
-def sampling_fields(params: NIMSamplingParams) -> tuple[dict[str, Any], dict[str, Any]]:
+def sampling_fields(
+    params: NIMSamplingParams, modality: MediaKind = "image"
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split ``params`` into OpenAI fields and NIM/vLLM extensions (no constraint).
+
+    ``media_io_kwargs`` goes top level keyed by modality, as vLLM's chat request types it
+    (``dict[str, dict]``): vLLM 0.32 answers a flat ``{"fps": 2}`` with 400
+    "body.media_io_kwargs.fps: Input should be a valid dictionary", so a flat dict is put under
+    the modality of the media the request carries (``{"video": {"fps": 2}}``); one already
+    keyed is sent as given
+    (:meth:`~nim_async.config.NIMSamplingParams.media_io_kwargs_by_modality`).
+    ``mm_processor_kwargs`` (a flat dict in vLLM too) is passed through as given. vLLM 0.32
+    started without ``--trust-request-mm-kwargs`` refuses either one when non-empty (400
+    naming the field); an empty dict is accepted.
 
     Args:
         params: The sampling parameters.
+        modality: The media the request carries (``"image"`` or ``"video"``).
 
     Returns:
         ``(openai_fields, extensions)``.
@@ -272,9 +290,10 @@ def sampling_fields(params: NIMSamplingParams) -> tuple[dict[str, Any], dict[str
     if params.logprobs is not None:
         top["logprobs"] = True
         top["top_logprobs"] = params.logprobs
-    # vLLM request fields (top level on vLLM and NIM), passed through as given
-    if params.media_io_kwargs is not None:
-        top["media_io_kwargs"] = params.media_io_kwargs
+    # vLLM request fields (top level on vLLM and NIM)
+    media_io = params.media_io_kwargs_by_modality(modality)
+    if media_io is not None:
+        top["media_io_kwargs"] = media_io
     if params.mm_processor_kwargs is not None:
         top["mm_processor_kwargs"] = params.mm_processor_kwargs
     extensions: dict[str, Any] = {name: getattr(params, name) for name in EXTENSION_FIELDS}
@@ -291,6 +310,25 @@ def image_messages(system_prompt: str | None, prompt: str, image_url: str) -> li
         prompt: The user prompt.
         image_url: The image URL (a ``data:`` URI, or a placeholder spliced later).
     """
+    return media_messages(system_prompt, prompt, image_url, "image")
+
+
+def media_messages(
+    system_prompt: str | None, prompt: str, url: str, kind: MediaKind
+) -> list[dict[str, Any]]:
+    """The chat messages for one image or video and a prompt (a system message when given).
+
+    An image goes in an ``image_url`` part, a video in a ``video_url`` part (vLLM's and NIM's
+    form: ``{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,..."}}``), before
+    the text.
+
+    Args:
+        system_prompt: The system prompt (``None`` or ``""`` for none).
+        prompt: The user prompt.
+        url: The media URL (a ``data:`` URI, or a placeholder spliced later).
+        kind: ``"image"`` or ``"video"``.
+    """
+    part = f"{kind}_url"
     messages: list[dict[str, Any]] = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
@@ -298,7 +336,7 @@ def image_messages(system_prompt: str | None, prompt: str, image_url: str) -> li
         {
             "role": "user",
             "content": [
-                {"type": "image_url", "image_url": {"url": image_url}},
+                {"type": part, part: {"url": url}},
                 {"type": "text", "text": prompt},
             ],
         }
@@ -358,6 +396,8 @@ def chat_body(
 
 def splice_image(body: bytes, placeholder_json: bytes, data_uri: bytes) -> bytes:
     """Replace the JSON string ``placeholder_json`` in ``body`` by the ``data_uri`` string.
+
+    Works for a video's ``data:`` URI as well (base64 needs no JSON escaping either).
 
     Saves serialising (and copying) the base64 image through ``orjson``.
 

@@ -519,8 +519,9 @@ async def test_config_supplies_model_host_port(
         assert p.base_url == emulator.url
         result = await p(image_factory(shapes=[("red", (0, 0, 50, 50))]), "What color?")
     assert result.result.answer == "red"
-    with pytest.raises(ValueError, match="task_type"):
-        AsyncNIMPredictor(config=config)
+    # no task type and no run metadata: vi-sdk's default task, freeform
+    async with AsyncNIMPredictor(config=config) as p:
+        assert p.task_type == "freeform"
 
 
 async def test_config_with_run_metadata(emulator: Any, tmp_path: Path) -> None:

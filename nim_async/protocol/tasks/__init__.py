@@ -13,7 +13,15 @@ from nim_async.protocol.tasks.phrase_grounding import PhraseGroundingTask
 from nim_async.protocol.tasks.video_freeform import VideoFreeformTask
 from nim_async.protocol.tasks.vqa import VQATask
 
-__all__ = ["TASKS", "ParseContext", "Task", "get_task", "register_task", "task_for_key"]
+__all__ = [
+    "TASKS",
+    "ParseContext",
+    "Task",
+    "get_task",
+    "register_task",
+    "task_for_key",
+    "task_for_media",
+]
 
 TASKS: dict[str, Task] = {}
 
@@ -55,6 +63,28 @@ def task_for_key(key: str) -> Task | None:
         if task.key == key:
             return task
     return None
+
+
+def task_for_media(task: Task, kind: str) -> Task:
+    """Return the task a request carrying media of ``kind`` is sent with.
+
+    ``freeform`` and ``generic`` send a video as ``video-freeform`` (vi-sdk's rule); any other
+    task keeps itself when it accepts ``kind``.
+
+    Args:
+        task: The predictor's task.
+        kind: ``"image"`` or ``"video"``.
+
+    Raises:
+        ValueError: when ``task`` does not take that kind of media, saying why and what to use.
+    """
+    if kind == "video" and task.video_task is not None:
+        task = get_task(task.video_task)
+    if kind not in task.accepts:
+        why = task.refusal.get(kind, f"it takes {' or '.join(sorted(task.accepts))} sources")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ValueError(f"the {task.name} task does not take {article} {kind}: {why}")
+    return task
 
 
 register_task(PhraseGroundingTask())

@@ -81,6 +81,12 @@ class Task(ABC):
         default_prompt: User prompt used when the caller gives none.
         system_prompt: System prompt sent before the user turn, or ``None``.
         media: What the task is asked about: ``"image"`` or ``"video"``.
+        accepts: The media kinds a request of this task may carry (``"image"``, ``"video"``);
+            see :func:`nim_async.protocol.tasks.task_for_media`.
+        video_task: The task a video is sent with instead of this one (``freeform`` and
+            ``generic``: ``"video-freeform"``, as vi-sdk does), or ``None`` to keep this task.
+        refusal: Why a kind of media this task does not accept is refused, and what to do
+            instead (for the error message), by media kind.
     """
 
     name: ClassVar[str]
@@ -88,6 +94,9 @@ class Task(ABC):
     default_prompt: ClassVar[str]
     system_prompt: ClassVar[str | None] = None
     media: ClassVar[Literal["image", "video"]] = "image"
+    accepts: ClassVar[frozenset[str]] = frozenset({"image", "video"})
+    video_task: ClassVar[str | None] = None
+    refusal: ClassVar[dict[str, str]] = {}
 
     @abstractmethod
     def output_schema(self) -> dict[str, Any]:

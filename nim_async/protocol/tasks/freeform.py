@@ -18,11 +18,13 @@ class FreeformTask(Task):
     The parser takes ``{"freeform": {"caption": ...}}`` (or a bare ``{"caption": ...}``). A
     model that ignores the format and answers in prose, with no JSON object at all, gets that
     prose as its caption; a JSON object of another shape, or JSON cut off mid-way, is a parse
-    error.
+    error. A video sent with this task is sent with ``video-freeform`` (its prompts, the same
+    output), as vi-sdk does.
     """
 
     name: ClassVar[str] = "freeform"
     key: ClassVar[str] = "freeform"
+    video_task: ClassVar[str | None] = "video-freeform"
     default_prompt: ClassVar[str] = "Describe this image in detail: what it shows and where."
     system_prompt: ClassVar[str | None] = (
         "You are an assistant who looks at an image and does what the user asks about it, "

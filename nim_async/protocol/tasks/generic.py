@@ -16,11 +16,14 @@ class GenericTask(Task):
     """Send the prompt with the image and return what the model writes, unparsed.
 
     There is no system prompt (the model's own chat template applies). The response's
-    ``result`` is the answer text without any ``<think>`` block; ``raw_output`` keeps it.
+    ``result`` is the answer text without any ``<think>`` block; ``raw_output`` keeps it. A
+    video sent with this task is sent with ``video-freeform`` (its response is a
+    ``FreeformResponse``), as vi-sdk does.
     """
 
     name: ClassVar[str] = "generic"
     key: ClassVar[str] = "generic"
+    video_task: ClassVar[str | None] = "video-freeform"
     default_prompt: ClassVar[str] = "Describe this image."
     system_prompt: ClassVar[str | None] = None
 

@@ -19,6 +19,12 @@ class PhraseGroundingTask(Task):
 
     name: ClassVar[str] = "phrase-grounding"
     key: ClassVar[str] = "phrase_grounding"
+    accepts: ClassVar[frozenset[str]] = frozenset({"image"})
+    refusal: ClassVar[dict[str, str]] = {
+        "video": "its boxes are pixels of one picture, and a video has many frames; send one "
+        "frame as an image (e.g. ffmpeg -i VIDEO -frames:v 1 frame.png), or ask about the "
+        "video with task_type='video-freeform' or 'vqa'"
+    }
     default_prompt: ClassVar[str] = (
         "Write one sentence that names the distinct objects in this image, then give the "
         "bounding boxes of every object phrase in that sentence."

@@ -1,6 +1,7 @@
 """Free-form answers about a video: ``{"freeform": {"caption": ...}}`` (vi-sdk's video task).
 
-Only the task definition (prompts, schema, parser); sending the video is the predictor's part.
+Only the task definition (prompts, schema, parser); the predictor sends the video as a
+``video_url`` part (:mod:`nim_async.predict.media`). An image is refused (use ``freeform``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ class VideoFreeformTask(FreeformTask):
     name: ClassVar[str] = "video-freeform"
     key: ClassVar[str] = "freeform"
     media: ClassVar[Literal["image", "video"]] = "video"
+    accepts: ClassVar[frozenset[str]] = frozenset({"video"})
+    video_task: ClassVar[str | None] = None
+    refusal: ClassVar[dict[str, str]] = {
+        "image": "it asks about a video (a path or URL ending .mp4 / .webm, MP4 or WebM bytes, "
+        "or a data:video/ URI); for an image use task_type='freeform'"
+    }
     default_prompt: ClassVar[str] = (
         "Describe this video in detail: what happens, in the order it happens."
     )
