@@ -62,7 +62,14 @@ finally:
 PY
 }
 # The server's identity: what it was started from. A running server with another key is replaced.
-server_key() { printf '%s\n%s\n%s\n%s\n' "$VLLM_VERSION" "$VENV" "$MODEL_DIR" "$SERVED" | sha256sum | cut -c1-16; }
+# one video per prompt (issue 13's real video test) and per-request media options
+# (media_io_kwargs / mm_processor_kwargs, which vLLM refuses unless the server trusts them)
+MM_LIMITS='{"image": 4, "video": 1}'
+# a running server is reused only when it was started with these exact settings
+server_key() {
+  printf '%s\n%s\n%s\n%s\n%s\n' "$VLLM_VERSION" "$VENV" "$MODEL_DIR" "$SERVED" "$MM_LIMITS trust" \
+    | sha256sum | cut -c1-16
+}
 
 venv_ok() {  # installed by this script (marker) and its python imports vllm
   [ -f "$VENV/.nim-async-ok" ] && [ "$(cat "$VENV/.nim-async-ok")" = "$VLLM_VERSION" ] && venv_imports
@@ -220,7 +227,7 @@ start_server() {
   VLLM_LOGGING_LEVEL=DEBUG \
     setsid nohup "$VENV/bin/vllm" serve "$MODEL_DIR" --host "$HOST" --port "$PORT" \
       --served-model-name "$SERVED" --max-model-len 4096 --dtype bfloat16 --enforce-eager \
-      --limit-mm-per-prompt '{"image": 4, "video": 0}' </dev/null >"$log" 2>&1 9>&- &
+      --limit-mm-per-prompt "$MM_LIMITS" --trust-request-mm-kwargs </dev/null >"$log" 2>&1 9>&- &
   pid=$!
   echo "$pid" >"$STATE/server.pid"
   echo "$PORT" >"$STATE/server.port"

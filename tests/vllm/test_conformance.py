@@ -366,20 +366,27 @@ async def test_deployer_readiness_probe_accepts_vllm_health(vllm_server: Any) ->
         assert vllm_server.model in await probe.models()
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [("media_io_kwargs", {"image": {}}), ("mm_processor_kwargs", {"max_pixels": 50176})],
-)
 async def test_multimodal_kwargs_reach_the_server(
-    vllm_server: Any, witness: LogWitness, image: Image.Image, field: str, value: Any
+    vllm_server: Any, witness: LogWitness, image: Image.Image
 ) -> None:
-    """vi-sdk's media options are sent where vLLM reads them (not dropped): this server, started
-    without --trust-request-mm-kwargs, rejects them with a reason naming the field."""
-    params = NIMSamplingParams(max_tokens=4, **{field: value})
+    """vi-sdk's media options are sent where vLLM reads them, not dropped: the tier's server
+    trusts per-request media options (``--trust-request-mm-kwargs``), so they take effect.
+
+    ``mm_processor_kwargs`` ``max_pixels`` of 16 merged patches (12,544 px) makes Qwen2.5-VL's
+    processor resize it smaller, so the prompt costs fewer image tokens; ``media_io_kwargs``
+    for the image modality is accepted as vLLM's schema wants it (keyed by modality).
+    """
+    big = image.resize((448, 336))
+    grounded = NIMSamplingParams(max_tokens=8, guided_choice=["yes", "no"])
     async with _predictor(vllm_server, "generic") as p:
-        try:
-            await p(image, "Hi", params)
-        except BadRequestError as exc:
-            assert field in exc.message
-            assert "--trust-request-mm-kwargs" in exc.message
+        plain = await p(big, "Hi", grounded)
+        capped = await p(
+            big, "Hi", grounded.model_copy(update={"mm_processor_kwargs": {"max_pixels": 12544}})
+        )
+        keyed = await p(big, "Hi", grounded.model_copy(update={"media_io_kwargs": {"image": {}}}))
+    assert plain.usage is not None
+    assert capped.usage is not None
+    assert keyed.usage is not None
+    assert capped.usage.prompt_tokens < plain.usage.prompt_tokens  # the cap reached the processor
+    assert keyed.usage.prompt_tokens == plain.usage.prompt_tokens
     witness.check()
