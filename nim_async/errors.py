@@ -26,6 +26,7 @@ with ``raise ... from exc``, so callers never need to catch a third-party type.
     └── NIMPredictionError                 talking to a running NIM
         ├── MediaError                     also a ValueError; .source
         ├── ServiceUnavailableError        no server answers at host:port; .url
+        │   └── EndpointsUnavailableError  every endpoint of a predictor is down; .endpoints
         ├── ServerError                    HTTP error from the server; .status_code, .message
         │   ├── BadRequestError            400 / 422
         │   ├── ModelNotFoundError         404
@@ -45,6 +46,7 @@ __all__ = [
     "ContainerExistsError",
     "ContainerExitedError",
     "DockerUnavailableError",
+    "EndpointsUnavailableError",
     "GPURuntimeError",
     "GuidedDecodingError",
     "ImagePullError",
@@ -302,6 +304,29 @@ class ServiceUnavailableError(NIMPredictionError):
             "(deploy one with NIMDeployer, or start the emulator with `nim-async emulate`)"
         )
         self.url = url
+
+
+class EndpointsUnavailableError(ServiceUnavailableError):
+    """Raised when every endpoint of a predictor with several servers is down.
+
+    Attributes:
+        url: The first endpoint.
+        endpoints: Each endpoint's base URL and why it is down (``"connection refused"``,
+            ``"HTTP 503"``, ``"the stream broke (connection reset)"``), in the predictor's order.
+    """
+
+    def __init__(self, endpoints: dict[str, str]) -> None:
+        listed = "; ".join(f"{url}: {why}" for url, why in endpoints.items())
+        super().__init__(
+            next(iter(endpoints), ""),
+            f"All {len(endpoints)} endpoints are down ({listed}). Are the containers running "
+            "and the ports right? Down endpoints are health-checked in the background and "
+            "used again once ready.",
+        )
+        self.endpoints = dict(endpoints)
+
+    def __reduce__(self) -> tuple[type[EndpointsUnavailableError], tuple[dict[str, str]]]:
+        return (type(self), (self.endpoints,))
 
 
 class ServerError(NIMPredictionError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import http.cookiejar
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import httpx
@@ -70,17 +70,37 @@ class ChatResponse:
 
     Attributes:
         status_code: The HTTP status (below 400: errors are raised by :meth:`ServerClient.post`).
+        on_end: ``None``, or a function called once when the answer ends: with the error when
+            the connection broke (or timed out) while reading, else with ``None`` when it is
+            closed or read to its end. The endpoint pool of a predictor with several servers
+            (:mod:`nim_async.predict.endpoints`) counts outstanding requests and notices
+            dropped streams with it.
     """
 
-    __slots__ = ("_base_url", "_chunks", "_response", "_timeout", "status_code")
+    __slots__ = ("_base_url", "_chunks", "_response", "_timeout", "on_end", "status_code")
 
     def __init__(self, response: httpx.Response, base_url: str, timeout: float) -> None:
         self._response = response
         self._base_url = base_url
         self._timeout = timeout
         self.status_code = response.status_code
+        self.on_end: Callable[[NIMPredictionError | None], object] | None = None
         raw = response.aiter_bytes() if "content-encoding" in response.headers else None
         self._chunks: AsyncIterator[bytes] = raw or response.aiter_raw()
+
+    def _ended(self, error: NIMPredictionError | None) -> None:
+        hook, self.on_end = self.on_end, None
+        if hook is not None:
+            hook(error)
+
+    def _broken(self, exc: httpx.HTTPError, what: str = "the request") -> NIMPredictionError:
+        error = translate(
+            exc, base_url=self._base_url, phase="read", timeout=self._timeout, what=what
+        )
+        if self.on_end is not None:
+            error.__cause__ = exc
+            self._ended(error)
+        return error
 
     async def read(self, max_bytes: int | None = None) -> bytes:
         """Read the whole body and close the response.
@@ -109,11 +129,11 @@ class ChatResponse:
                 pieces.append(piece)
             return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         except httpx.HTTPError as exc:
-            raise translate(
-                exc, base_url=self._base_url, phase="read", timeout=self._timeout
-            ) from exc
+            raise self._broken(exc) from exc
         finally:
             await self._response.aclose()
+            if self.on_end is not None:
+                self._ended(None)
 
     async def next_chunk(self) -> bytes | None:
         """The next bytes of the body as they arrived, or ``None`` at its end.
@@ -127,17 +147,15 @@ class ChatResponse:
         except StopAsyncIteration:
             return None
         except httpx.HTTPError as exc:
-            raise translate(
-                exc,
-                base_url=self._base_url,
-                phase="read",
-                timeout=self._timeout,
-                what="streaming",
-            ) from exc
+            raise self._broken(exc, "streaming") from exc
 
     async def aclose(self) -> None:
         """Close the response (its connection is dropped if the body was not read to the end)."""
-        await self._response.aclose()
+        try:
+            await self._response.aclose()
+        finally:
+            if self.on_end is not None:
+                self._ended(None)
 
 
 def _too_large(limit: int, seen: str) -> ResponseTooLargeError:
