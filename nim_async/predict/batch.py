@@ -14,6 +14,13 @@ resend (it has handed tokens out by then). Give the batch retries for a predicto
 not retry by itself (``retries=0``), as ``nim-async batch`` does: then ``1 + retries`` sends
 per input is the whole budget, for refused connections, 503s and broken streams alike.
 
+With a predictor over several endpoints (``AsyncNIMPredictor(endpoints=[...])``, see
+:mod:`nim_async.predict.endpoints`), an input the batch runs again goes to an endpoint other
+than the ones that failed it while one is up, and then without the batch's backoff (that
+endpoint has not failed it); the attempts stay as above. An input is yielded once, when it
+ended: a retried input leaves no record of the attempt that failed, so a results file
+(:class:`~nim_async.predict.journal.BatchJournal`) gets one line per input.
+
 Progress is reported through a plain :class:`BatchProgress` object (start, advance, finish);
 ``progress=True`` draws a plain text line on stderr. Rich displays live in
 :mod:`nim_async.ui.batch_progress`.
@@ -42,10 +49,12 @@ from collections.abc import (
     Sized,
 )
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nim_async.errors import NIMError, NIMPredictionError
 from nim_async.http.retry import RetryPolicy
+from nim_async.predict.endpoints import Route, route_scope
 from nim_async.predict.sources import source_label
 from nim_async.results import PredictionResponse
 
@@ -194,24 +203,33 @@ async def _predict_one(
     policy: RetryPolicy,
 ) -> BatchResult:
     start = time.perf_counter()
-    retry = policy.start(label=f"batch input {index}")
-    while True:
-        try:
-            response = await predictor(
-                source, user_prompt=user_prompt, sampling_params=sampling_params
-            )
-        except NIMError as exc:
-            if await retry.backoff(exc):
-                continue
-            error: NIMError = exc
-        except Exception as exc:  # one bad input must not abort the batch
-            error = NIMPredictionError(f"{type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-        else:
+    with route_scope() as route:
+        retry = policy.start(label=f"batch input {index}", sleep=partial(_route_sleep, route))
+        while True:
+            try:
+                response = await predictor(
+                    source, user_prompt=user_prompt, sampling_params=sampling_params
+                )
+            except NIMError as exc:
+                route.avoid_last()  # an endpoint of several that failed this input: not again
+                if await retry.backoff(exc):
+                    continue
+                error: NIMError = exc
+            except Exception as exc:  # one bad input must not abort the batch
+                error = NIMPredictionError(f"{type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+            else:
+                return BatchResult(
+                    index, source, response, None, retry.attempts, time.perf_counter() - start
+                )
             return BatchResult(
-                index, source, response, None, retry.attempts, time.perf_counter() - start
+                index, source, None, error, retry.attempts, time.perf_counter() - start
             )
-        return BatchResult(index, source, None, error, retry.attempts, time.perf_counter() - start)
+
+
+async def _route_sleep(route: Route, wait: float) -> None:
+    # The batch's backoff spares a server that failed; an endpoint not tried yet has not failed.
+    await asyncio.sleep(0.0 if route.has_alternative() else wait)
 
 
 class _Sources:

@@ -2,7 +2,9 @@
 
 One predictor owns one pooled :class:`~nim_async.http.client.ServerClient` and is safe to call
 from many tasks at once: a call never mutates the predictor (the only shared state is the
-server's wire format, learnt once when ``dialect="auto"``, the default).
+server's wire format, learnt once when ``dialect="auto"``, the default). With several
+``endpoints`` (replicas of one model) it owns one client per endpoint in an
+:class:`~nim_async.predict.endpoints.EndpointPool`, which chooses, fails over and health-checks.
 
 * **prepare**: the image is loaded/resized/encoded in a worker thread
   (:mod:`nim_async.predict.media`); the body is built by :mod:`nim_async.protocol.wire` with
@@ -24,7 +26,7 @@ import asyncio
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -50,6 +52,7 @@ from nim_async.http.client import (
     Transport,
 )
 from nim_async.http.retry import RetryPolicy
+from nim_async.predict.endpoints import Balancing, EndpointPool, EndpointStatus
 from nim_async.predict.media import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_VIDEO_BYTES,
@@ -59,7 +62,12 @@ from nim_async.predict.media import (
     validate_source,
 )
 from nim_async.predict.stream import AsyncPredictionStream
-from nim_async.predict.target import check_limits, check_numbers, resolve_target
+from nim_async.predict.target import (
+    check_limits,
+    check_numbers,
+    resolve_endpoints,
+    resolve_target,
+)
 from nim_async.protocol import wire
 from nim_async.protocol.geometry import smart_resize
 from nim_async.protocol.guided import check_guided_output
@@ -68,7 +76,12 @@ from nim_async.protocol.stream import StreamResult, parse_completion, usage_from
 from nim_async.protocol.tasks import ParseContext, Task, get_task, task_for_media
 from nim_async.protocol.tasks.parsing import split_thinking
 from nim_async.protocol.wire import Constraint, Dialect, WireFormat, wire_format_for
-from nim_async.results import PredictionResponse, PredictionTimings, TextResponse
+from nim_async.results import (
+    NIMDeploymentResult,
+    PredictionResponse,
+    PredictionTimings,
+    TextResponse,
+)
 
 if TYPE_CHECKING:
     from nim_async.predict.batch import BatchResult
@@ -198,9 +211,27 @@ class AsyncNIMPredictor:
             Pillow's own bomb limit).
         max_video_bytes: The largest video file sent (``MediaError`` past it, checked before
             the file is read).
+        endpoints: Several servers of the same model to spread requests over: base URLs, or a
+            :class:`~nim_async.results.NIMDeploymentResult` (its ``endpoints``; its served
+            model name when ``model_name`` is omitted). Also filled from
+            ``config=NIMConfig(replicas=N)``: ports ``port .. port+N-1`` on its host. Each
+            request goes to the endpoint with the fewest outstanding requests; an endpoint that
+            refuses connections, drops a stream or answers 502/503/504 is marked down and
+            health-checked in the background until ready; a request that had not started
+            streaming moves to another endpoint under the same retry policy (``retries + 1``
+            sends in all); every endpoint down raises
+            :class:`~nim_async.errors.EndpointsUnavailableError` naming each and why (see
+            :mod:`nim_async.predict.endpoints`). One endpoint behaves exactly like ``base_url``.
+            Not together with ``base_url``, nor with ``transport`` (each endpoint gets its own
+            default transport).
+        balancing: How several endpoints are chosen and health-checked
+            (:class:`~nim_async.predict.endpoints.Balancing`; e.g. ``queue_weight`` to weigh
+            each server's own ``vllm:num_requests_waiting``, off by default).
 
     Raises:
         ValueError: for an unknown task type, a missing model name, or invalid numbers.
+        InvalidParameterError: (a ``ValueError``) ``base_url`` and ``endpoints`` together, or
+            an endpoint that is not an ``http(s)://`` URL or is given twice.
     """
 
     def __init__(
@@ -226,9 +257,25 @@ class AsyncNIMPredictor:
         max_download_bytes: int = MAX_DOWNLOAD_BYTES,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
+        endpoints: Sequence[str] | NIMDeploymentResult | None = None,
+        balancing: Balancing | None = None,
     ) -> None:
+        urls, served_name = resolve_endpoints(endpoints, base_url, config)
+        if len(urls) > 1 and transport is not None:
+            raise InvalidParameterError(
+                "transport= applies to one server; with several endpoints each gets its own "
+                "default transport (leave transport unset)",
+                field="transport",
+            )
         target = resolve_target(
-            model_name, task_type, port, host, base_url, config, system_prompt, box_format
+            model_name or served_name,
+            task_type,
+            port,
+            host,
+            urls[0] if urls else base_url,
+            config,
+            system_prompt,
+            box_format,
         )
         check_numbers(dialect, timeout, max_connections, retries, max_pixels)
         check_limits(
@@ -267,12 +314,22 @@ class AsyncNIMPredictor:
         # collapses under many concurrent streams; aiohttp's keeps near raw-aiohttp speed.
         self._max_connections = max_connections
         self._own_transport = transport is None
-        self._http = ServerClient(
-            self._base_url,
-            timeout=timeout,
-            max_connections=max_connections,
-            transport=transport,
-        )
+        self._pool: EndpointPool | None = None
+        self._endpoints: tuple[str, ...] = urls if len(urls) > 1 else (self._base_url,)
+        self._where = self._base_url if len(urls) < 2 else f"endpoints {', '.join(urls)}"
+        if len(urls) > 1:
+            # One client per endpoint; the first is also the one for downloads and lookups.
+            self._pool = EndpointPool(
+                urls, self._endpoint_client, retry=self._retry, balancing=balancing
+            )
+            self._http = self._pool.clients[0]
+        else:
+            self._http = ServerClient(
+                self._base_url,
+                timeout=timeout,
+                max_connections=max_connections,
+                transport=transport,
+            )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -298,20 +355,41 @@ class AsyncNIMPredictor:
             )
         # The earlier loop is gone (a second asyncio.run()): its connections cannot be closed
         # from here; drop them quietly and start a fresh pool on this loop.
-        self._http.abandon()
-        self._http = ServerClient(
-            self._base_url, timeout=self._timeout, max_connections=self._max_connections
-        )
+        if self._pool is not None:
+            self._http = self._pool.rebind()
+        else:
+            self._http.abandon()
+            self._http = ServerClient(
+                self._base_url, timeout=self._timeout, max_connections=self._max_connections
+            )
         self._wire_lock = asyncio.Lock()
         self._loop = loop
         return self._http
+
+    def _endpoint_client(self, url: str) -> ServerClient:
+        return ServerClient(url, timeout=self._timeout, max_connections=self._max_connections)
 
     # ------------------------------------------------------------------ properties
 
     @property
     def base_url(self) -> str:
-        """The server's base URL (``http://host:port``)."""
+        """The server's base URL (``http://host:port``; the first one with several endpoints)."""
         return self._base_url
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint's base URL (``(base_url,)`` for one server)."""
+        return self._endpoints
+
+    def endpoint_status(self) -> list[EndpointStatus]:
+        """A snapshot of each endpoint: up or down (and why), requests outstanding, sent, served.
+
+        Kept only with several endpoints; for one server, a single entry that is always up
+        with zero counts (the one-server path keeps no books).
+        """
+        if self._pool is not None:
+            return self._pool.status()
+        return [EndpointStatus(self._base_url, True, None, 0, 0.0, 0, 0, 0)]
 
     @property
     def box_format(self) -> BoxFormat:
@@ -349,9 +427,14 @@ class AsyncNIMPredictor:
         return self._closed
 
     def __repr__(self) -> str:
+        where = (
+            f"base_url={self._base_url!r}"
+            if self._pool is None
+            else f"endpoints={list(self._pool.urls)!r}"
+        )
         return (
             f"AsyncNIMPredictor(model_name={self.model_name!r}, task_type={self.task_type!r}, "
-            f"base_url={self._base_url!r}, box_format={self._box_format!r})"
+            f"{where}, box_format={self._box_format!r})"
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -372,10 +455,17 @@ class AsyncNIMPredictor:
         if self._closed:
             return
         self._closed = True
+        pool = self._pool
         if self._loop is not None and self._loop.is_closed():
-            self._http.abandon()
+            if pool is not None:
+                pool.abandon()
+            else:
+                self._http.abandon()
             return
-        await self._http.aclose()
+        if pool is not None:
+            await pool.aclose()
+        else:
+            await self._http.aclose()
 
     # ------------------------------------------------------------------ public calls
 
@@ -412,20 +502,27 @@ class AsyncNIMPredictor:
         call = await self._prepare(source, user_prompt, sampling_params, stream=False)
         started = time.perf_counter()
         timeout = self._timeout
+        pool = self._pool
         try:
             async with asyncio.timeout(timeout):
-                response = await self._send(call.body, stream=False, deadline=timeout)
-                body = await response.read(self._max_response_bytes)
+                if pool is None:
+                    response = await self._send(call.body, stream=False, deadline=timeout)
+                    body = await response.read(self._max_response_bytes)
+                    status = response.status_code
+                else:  # a body that broke is sent again whole, elsewhere: nothing was handed out
+                    status, body = await pool.complete(
+                        call.body, deadline=timeout, max_bytes=self._max_response_bytes
+                    )
         except TimeoutError as exc:
             raise PredictionTimeoutError(
-                f"the request to {self._base_url} did not finish within timeout={timeout:g} s "
+                f"the request to {self._where} did not finish within timeout={timeout:g} s "
                 "(a deadline for the whole call: sending, generation, reading, retries)"
             ) from exc
         total = time.perf_counter() - started
         try:
             result = parse_completion(body)
         except ValueError as exc:
-            raise ServerError(response.status_code, str(exc)) from exc
+            raise ServerError(status, str(exc)) from exc
         timings = PredictionTimings(encode=call.image.encode_seconds, total=total)
         return self._finish(call, result, timings)
 
@@ -466,7 +563,7 @@ class AsyncNIMPredictor:
                     response = await self._send(call.body, stream=True, deadline=self._timeout)
             except TimeoutError as exc:
                 raise PredictionTimeoutError(
-                    f"the stream from {self._base_url} did not start within "
+                    f"the stream from {self._where} did not start within "
                     f"timeout={self._timeout:g} s"
                 ) from exc
             return _Exchange(self, call, response, sent_at)
@@ -496,8 +593,14 @@ class AsyncNIMPredictor:
         return predict_many(self, sources, **kwargs)
 
     async def health_ready(self) -> bool:
-        """Whether the server is ready: NIM's ``/v1/health/ready`` or vLLM's ``/health`` is 200."""
-        return await self._client().health_ready(request_timeout=min(self._timeout, 10.0))
+        """Whether the server is ready: NIM's ``/v1/health/ready`` or vLLM's ``/health`` is 200.
+
+        With several endpoints: whether any of them is (each is asked).
+        """
+        client = self._client()
+        if self._pool is not None:
+            return await self._pool.any_ready(request_timeout=min(self._timeout, 10.0))
+        return await client.health_ready(request_timeout=min(self._timeout, 10.0))
 
     async def list_models(self) -> list[str]:
         """Return the model ids the server serves (``/v1/models``).
@@ -506,7 +609,12 @@ class AsyncNIMPredictor:
             ServiceUnavailableError: no server answers.
             ServerError: the server answered with an HTTP error.
         """
-        return [str(card["id"]) for card in await self._client().models()]
+        client = self._client()
+        if self._pool is not None:
+            cards = await self._pool.first(lambda c: c.models(), label="GET /v1/models")
+        else:
+            cards = await client.models()
+        return [str(card["id"]) for card in cards]
 
     async def wire_format(self) -> WireFormat:
         """Return where fields are sent to this server (asked once for ``dialect="auto"``).
@@ -520,10 +628,16 @@ class AsyncNIMPredictor:
             if self._wire is None:
                 # Under the same retry policy as a send: a restarting server is retried here too.
                 client = self._client()
-                info = await self._retry.run(
-                    lambda: client.server_info(request_timeout=min(self._timeout, 10.0)),
-                    label="GET server version",
-                )
+                wait = min(self._timeout, 10.0)
+                if self._pool is not None:  # the endpoints serve one model: ask one that answers
+                    info = await self._pool.first(
+                        lambda c: c.server_info(request_timeout=wait), label="GET server version"
+                    )
+                else:
+                    info = await self._retry.run(
+                        lambda: client.server_info(request_timeout=wait),
+                        label="GET server version",
+                    )
                 self._wire = wire_format_for(
                     info.nim_version, info.metadata, vllm=info.vllm_version, owned_by=info.owned_by
                 )
@@ -628,6 +742,8 @@ class AsyncNIMPredictor:
         # honoured); the same body bytes are re-sent. Nothing is retried once streaming began.
         # The caller's deadline bounds the retries: a Retry-After that would end past it
         # fails at once (the error carries the server's Retry-After).
+        if self._pool is not None:  # several endpoints: chosen, failed over, counted there
+            return await self._pool.send(body, stream=stream, deadline=deadline)
         client = self._client()
         retry = self._retry.start(deadline=deadline, label="POST /v1/chat/completions")
         while True:

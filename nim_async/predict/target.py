@@ -6,15 +6,25 @@ runs supply the task type and system prompt from their stored run metadata.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nim_async.catalog import BOX_FORMATS, KNOWN_IMAGES, BoxFormat, ImageSpec, box_format_for_model
 from nim_async.config import NIMConfig
 from nim_async.errors import InvalidParameterError
+from nim_async.predict.endpoints import shown_url
 from nim_async.protocol import wire
+from nim_async.results import NIMDeploymentResult
 
-__all__ = ["Target", "check_limits", "check_numbers", "check_port", "resolve_target"]
+__all__ = [
+    "Target",
+    "check_limits",
+    "check_numbers",
+    "check_port",
+    "resolve_endpoints",
+    "resolve_target",
+]
 
 
 DEFAULT_TASK_TYPE = "freeform"
@@ -151,3 +161,78 @@ def _load_run_metadata(config: NIMConfig) -> Any:
     except ImportError:  # pragma: no cover - weights.py is part of the package
         return None
     return load_run_metadata(config)
+
+
+def resolve_endpoints(
+    endpoints: Sequence[str] | NIMDeploymentResult | None,
+    base_url: str | None,
+    config: NIMConfig | None,
+) -> tuple[tuple[str, ...], str | None]:
+    """The endpoints a predictor spreads its requests over (no IO).
+
+    Args:
+        endpoints: Base URLs (``["http://127.0.0.1:8000", "http://127.0.0.1:8001"]``), or a
+            :class:`~nim_async.results.NIMDeploymentResult` (its ``endpoints``, or
+            ``[base_url]`` for a result without them), or ``None``.
+        base_url: The predictor's ``base_url`` argument (not allowed together with
+            ``endpoints``).
+        config: With neither ``endpoints`` nor ``base_url``, a config with ``replicas`` N > 1
+            gives ports ``port .. port+N-1`` on its host.
+
+    Returns:
+        The endpoints (normalised, without a trailing ``/``; empty when the predictor has one
+        endpoint resolved as before, from ``base_url``, ``config`` or ``host``/``port``), and
+        the served model name a deployment result names (``None`` otherwise).
+
+    Raises:
+        InvalidParameterError: ``base_url`` and ``endpoints`` together, no endpoint, a single
+            string instead of a list, an entry that is not an ``http(s)://`` URL, or an
+            endpoint given twice.
+    """
+    model: str | None = None
+    if endpoints is None:
+        replicas = getattr(config, "replicas", 1) if base_url is None else 1
+        if config is None or not isinstance(replicas, int) or replicas < 2:
+            return (), None
+        prefix = config.base_url.rsplit(":", 1)[0]
+        return tuple(f"{prefix}:{config.port + k}" for k in range(replicas)), None
+    if base_url is not None:
+        raise InvalidParameterError(
+            "give either base_url (one server) or endpoints (several), not both",
+            field="endpoints",
+        )
+    if isinstance(endpoints, NIMDeploymentResult):
+        model = endpoints.served_model_name or next(iter(endpoints.available_models or ()), None)
+        urls: object = getattr(endpoints, "endpoints", None) or [endpoints.base_url]
+    else:
+        urls = endpoints
+    if isinstance(urls, str | bytes):
+        raise InvalidParameterError(
+            f"endpoints must be a list of base URLs, not one string ({urls!r}); for one server "
+            "pass base_url=",
+            field="endpoints",
+        )
+    try:
+        items = list(urls)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidParameterError(
+            "endpoints must be a list of base URLs or a deployment result, not "
+            f"{type(urls).__name__}",
+            field="endpoints",
+        ) from None
+    if not items:
+        raise InvalidParameterError("endpoints must name at least one URL", field="endpoints")
+    seen: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item.startswith(("http://", "https://")):
+            raise InvalidParameterError(
+                f"each endpoint must be an http(s):// base URL, got {item!r}", field="endpoints"
+            )
+        url = item.rstrip("/")
+        if url in seen:
+            raise InvalidParameterError(
+                f"the endpoint {shown_url(url)} is given twice; give each server once",
+                field="endpoints",
+            )
+        seen.append(url)
+    return tuple(seen), model

@@ -28,6 +28,7 @@ from nim_async.sync._portal import Closer, Send
 
 if TYPE_CHECKING:
     from nim_async.predict.batch import BatchResult
+    from nim_async.predict.endpoints import EndpointStatus
 
 __all__ = ["BATCH_WINDOW", "STREAM_WINDOW", "NIMPredictor"]
 
@@ -48,6 +49,13 @@ class NIMPredictor:
         >>> for token in predictor(source="image.jpg", stream=True):
         ...     print(token, end="", flush=True)
 
+    Several servers of one model (replicas): ``NIMPredictor(task_type="vqa",
+    endpoints=["http://127.0.0.1:8000", "http://127.0.0.1:8001"])``, or
+    ``endpoints=deployer.deploy()`` (a deployment result), or ``config=NIMConfig(replicas=2)``.
+    Requests go to the endpoint with the fewest outstanding; one that fails is health-checked
+    in the background and a request that had not started streaming moves on (see
+    :mod:`nim_async.predict.endpoints`).
+
     Args:
         model_name: Name of the NIM model (taken from ``config`` when omitted).
         task_type: Task type (``"phrase-grounding"``, ``"vqa"``).
@@ -55,7 +63,7 @@ class NIMPredictor:
         **kwargs: Keyword arguments of :class:`~nim_async.predict.predictor.AsyncNIMPredictor`
             (``host``, ``base_url``, ``config``, ``system_prompt``, ``box_format``,
             ``dialect``, ``timeout``, ``max_connections``, ``retries``, ``transport``,
-            ``max_pixels``).
+            ``max_pixels``, ``endpoints``, ``balancing``, ...).
 
     Raises:
         ValueError: for an unknown task type or a missing model name / task type.
@@ -86,8 +94,21 @@ class NIMPredictor:
 
     @property
     def base_url(self) -> str:
-        """The server's base URL."""
+        """The server's base URL (the first one with several endpoints)."""
         return self._core.base_url
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint's base URL (``(base_url,)`` for one server)."""
+        return self._core.endpoints
+
+    def endpoint_status(self) -> list[EndpointStatus]:
+        """A snapshot of each endpoint: up or down (and why), requests outstanding and served.
+
+        See :meth:`AsyncNIMPredictor.endpoint_status
+        <nim_async.predict.predictor.AsyncNIMPredictor.endpoint_status>`.
+        """
+        return self._core.endpoint_status()
 
     @property
     def async_predictor(self) -> AsyncNIMPredictor:
@@ -95,9 +116,10 @@ class NIMPredictor:
         return self._core
 
     def __repr__(self) -> str:
+        urls = self.endpoints
+        where = f"base_url={self.base_url!r}" if len(urls) == 1 else f"endpoints={list(urls)!r}"
         return (
-            f"NIMPredictor(model_name={self.model_name!r}, task_type={self.task_type!r}, "
-            f"base_url={self.base_url!r})"
+            f"NIMPredictor(model_name={self.model_name!r}, task_type={self.task_type!r}, {where})"
         )
 
     # ------------------------------------------------------------------ lifecycle
