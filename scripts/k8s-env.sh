@@ -281,14 +281,14 @@ relay() {  # relay <name> <port> <into|out>: 127.0.0.1:<port> reachable across t
   if [ "$dir" = into ]; then
     nohup socat "UNIX-LISTEN:$sock,fork,mode=600" "TCP:127.0.0.1:$port" >/dev/null 2>&1 &
     echo $! >"$STATE/relay-$name-a.pid"
-    wait_for 5 test -S "$sock"
+    wait_for 5 test -S "$sock" || die "relay $name: socat did not listen on $sock"
     nohup $IN_NS socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" \
       "UNIX-CONNECT:$sock" >/dev/null 2>&1 &
   else
     nohup $IN_NS socat "UNIX-LISTEN:$sock,fork,mode=600" "TCP:127.0.0.1:$port" \
       >/dev/null 2>&1 &
     echo $! >"$STATE/relay-$name-a.pid"
-    wait_for 5 test -S "$sock"
+    wait_for 5 test -S "$sock" || die "relay $name: socat did not listen on $sock"
     nohup socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$sock" \
       >/dev/null 2>&1 &
   fi
@@ -359,8 +359,21 @@ node_ready() {
   api_get /api/v1/nodes/localhost | tr -d ' \n' | grep -q '"type":"Ready","status":"True"'
 }
 
+install_node_deps() {  # what the pod tier runs besides the built binaries
+  local need=()
+  command -v socat >/dev/null || need+=(socat)  # the loopback relays into the namespace
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  if [ ${#need[@]} -gt 0 ]; then
+    say "installing ${need[*]}"
+    apt_update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+}
+
 start_node() {
   local bin=$1
+  install_node_deps
   if [ ! -e "/run/netns/$NS" ]; then ip netns add "$NS"; ip netns exec "$NS" ip link set lo up; fi
   # kubelet needs a default route to find a node IP (else the node has no addresses at all and
   # the API server cannot reach it for logs / port-forward): a veth pair with both ends inside
