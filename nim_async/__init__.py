@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         ContainerExistsError,
         ContainerExitedError,
         DockerUnavailableError,
+        EndpointsUnavailableError,
         GPURuntimeError,
         GuidedDecodingError,
         ImagePullError,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         WeightsError,
     )
     from nim_async.predict.batch import BatchResult
+    from nim_async.predict.endpoints import Balancing
     from nim_async.predict.predictor import AsyncNIMPredictor, AsyncPredictionStream
     from nim_async.results import (
         BoundingBox,
@@ -79,6 +81,7 @@ _LAZY: dict[str, str] = {
     "APIError": "nim_async.errors",
     "AsyncNIMDeployer": "nim_async.deploy.deployer",
     "AsyncNIMPredictor": "nim_async.predict.predictor",
+    "Balancing": "nim_async.predict.endpoints",
     "AsyncPredictionStream": "nim_async.predict.predictor",
     "BadRequestError": "nim_async.errors",
     "BatchResult": "nim_async.predict.batch",
@@ -87,6 +90,7 @@ _LAZY: dict[str, str] = {
     "ContainerExitedError": "nim_async.errors",
     "ContainerStatus": "nim_async.deploy.deployer",
     "DockerUnavailableError": "nim_async.errors",
+    "EndpointsUnavailableError": "nim_async.errors",
     "FreeformCaption": "nim_async.results",
     "FreeformResponse": "nim_async.results",
     "GPURuntimeError": "nim_async.errors",
@@ -159,12 +163,14 @@ __all__ = [
     "AsyncNIMPredictor",
     "AsyncPredictionStream",
     "BadRequestError",
+    "Balancing",
     "BatchResult",
     "BoundingBox",
     "ContainerExistsError",
     "ContainerExitedError",
     "ContainerStatus",
     "DockerUnavailableError",
+    "EndpointsUnavailableError",
     "FreeformCaption",
     "FreeformResponse",
     "GPURuntimeError",

@@ -58,7 +58,9 @@ class NIMPredictor:
 
     Args:
         model_name: Name of the NIM model (taken from ``config`` when omitted).
-        task_type: Task type (``"phrase-grounding"``, ``"vqa"``).
+        task_type: Task type (``"phrase-grounding"``, ``"vqa"``, ``"freeform"``,
+            ``"generic"``, ``"video-freeform"``); from the custom-weights run metadata with
+            ``config``, otherwise ``"freeform"`` (vi-sdk's default).
         port: Port where the NIM service runs.
         **kwargs: Keyword arguments of :class:`~nim_async.predict.predictor.AsyncNIMPredictor`
             (``host``, ``base_url``, ``config``, ``system_prompt``, ``box_format``,
@@ -66,7 +68,7 @@ class NIMPredictor:
             ``max_pixels``, ``endpoints``, ``balancing``, ...).
 
     Raises:
-        ValueError: for an unknown task type or a missing model name / task type.
+        ValueError: for an unknown task type or a missing model name.
     """
 
     def __init__(
