@@ -364,6 +364,9 @@ install_node_deps() {  # what the pod tier runs besides the built binaries
   command -v socat >/dev/null || need+=(socat)  # the loopback relays into the namespace
   command -v containerd >/dev/null || need+=(containerd)
   command -v runc >/dev/null || need+=(runc)
+  # the pod network: bridge + host-local IPAM + loopback, where containerd looks (bin_dir)
+  [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] \
+    || need+=(containernetworking-plugins)
   if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     apt_update
