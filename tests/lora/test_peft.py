@@ -1,10 +1,18 @@
 """The merge against peft's own ``merge_and_unload()`` on a tiny random-weight Qwen2.5-VL.
 
 The base models, adapters and peft's merges are built locally by peft_fixtures.py in the vLLM
-tier's Python (see conftest.py). Merged tensors must equal peft's within bfloat16 tolerance:
-for float32 adapters on linear and conv layers they are bit-identical; for bfloat16 adapters
-and embedding LoRA peft rounds the delta to bfloat16 before adding it (two roundings), the
-merge rounds once, so an element may differ by one bfloat16 step of ``|W| + |delta|``.
+tier's Python (see conftest.py). Merged tensors must equal peft's within bfloat16 tolerance.
+
+For float32 adapters on linear and conv layers they are bit-identical, except where the float32
+delta lands next to a rounding boundary of the stored dtype: both sides compute ``B @ A`` in
+float32, numpy's BLAS and torch's kernels each in their own summation order, which depends on
+the CPU (on an AVX-512 AMD EPYC, 2 of 245,760 merged elements of ``mlp_rslora`` and 9 of
+452,096 of ``sharded_all`` differed, the other cases none). So each element is within one step
+of the stored dtype and almost all are identical.
+
+For bfloat16 adapters and embedding LoRA peft rounds the delta to bfloat16 before adding it
+(two roundings), the merge rounds once, so an element may differ by one bfloat16 step of
+``|W| + |delta|``.
 """
 
 from __future__ import annotations
@@ -41,6 +49,15 @@ MERGE_CASES = _cases().MERGE_CASES
 BITWISE = {"bf16_adapter": False, "embedding": False}  # the cases where peft rounds twice
 
 
+def _step(values: np.ndarray, dtype: str) -> np.ndarray:
+    """One step (ulp) of the stored dtype at each value."""
+    if dtype == "BF16":  # float32 with the lower 16 mantissa bits dropped
+        return np.spacing(np.abs(values).astype(np.float32)).astype(np.float64) * 2.0**16
+    if dtype == "F16":
+        return np.spacing(np.abs(values).astype(np.float16)).astype(np.float64)
+    return np.spacing(np.abs(values).astype(np.float32)).astype(np.float64)
+
+
 @pytest.fixture(scope="module")
 def merged_dirs(peft_built: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("merged")
@@ -69,7 +86,14 @@ def test_merged_tensors_equal_peft(
         changed += 1
         assert not np.array_equal(got, b), f"{name} was not merged"
         if BITWISE.get(case, True):
-            assert np.array_equal(got, ref_values), f"{name} differs from peft"
+            # one step of the stored dtype, plus float32's error on the r-term sum (r <= 16 here;
+            # relative to |W| + |delta|: it is what moves a value over a boundary; it matters
+            # only where W + delta nearly cancels)
+            step = np.maximum(_step(got, dtype), _step(ref_values, dtype))
+            step += 64 * 2.0**-24 * (np.abs(b) + np.abs(ref_values - b))
+            off = got != ref_values
+            assert np.all(np.abs(got - ref_values)[off] <= step[off]), f"{name}: over one step"
+            assert off.mean() <= 1e-3, f"{name} differs from peft in {off.sum()} of {off.size}"
         else:
             bound = 2.0**-7 * (np.abs(ref_values) + np.abs(b)) + 1e-6
             assert np.all(np.abs(got - ref_values) <= bound), name
