@@ -8,8 +8,9 @@ requests, not tokens. :data:`SERVER_METRICS` lists every name read, newest vLLM'
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Sequence
+
+from nim_async.protocol.prometheus import parse_prometheus
 
 __all__ = [
     "METRIC_PATHS",
@@ -41,31 +42,6 @@ SERVER_METRICS: dict[str, tuple[str, ...]] = {
 are read as ``<name>_sum`` / ``<name>_count``; ``requests`` is ``e2e``'s count)."""
 
 GetText = Callable[[str], Awaitable[tuple[int, str]]]
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Parse Prometheus text exposition into ``{name: value}``, summed over labels."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "{" in line:
-            name, _, rest = line.partition("{")
-            _, _, rest = rest.rpartition("}")
-        else:
-            name, _, rest = line.partition(" ")
-        parts = rest.split()
-        if not parts:
-            continue
-        try:
-            value = float(parts[0])
-        except ValueError:
-            continue
-        if math.isnan(value):
-            continue
-        values[name] = values.get(name, 0.0) + value
-    return values
 
 
 async def scrape(get_text: GetText) -> dict[str, float] | None:

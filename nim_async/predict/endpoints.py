@@ -61,6 +61,7 @@ from nim_async.errors import (
 from nim_async.http.client import ChatResponse, ServerClient
 from nim_async.http.errors import connection_problem, failure_kind
 from nim_async.http.retry import RetryPolicy
+from nim_async.protocol.prometheus import parse_prometheus
 
 __all__ = [
     "DOWN_STATUSES",
@@ -256,31 +257,10 @@ def parse_waiting(text: str) -> float | None:
         text: The body of ``/metrics``.
 
     Returns:
-        The sum over its label sets, or ``None`` when the metric is missing.
+        The sum over its label sets, or ``None`` when the metric is missing or not finite.
     """
-    total: float | None = None
-    size = len(WAITING_METRIC)
-    for line in text.splitlines():
-        if not line.startswith(WAITING_METRIC):
-            continue
-        rest = line[size:]
-        if rest.startswith("{"):
-            close = rest.rfind("}")
-            if close < 0:
-                continue
-            rest = rest[close + 1 :]
-        elif not rest.startswith((" ", "\t")):
-            continue  # another metric whose name starts the same
-        parts = rest.split()
-        if not parts:
-            continue
-        try:
-            value = float(parts[0])
-        except ValueError:
-            continue
-        if math.isfinite(value):
-            total = (total or 0.0) + value
-    return total
+    total = parse_prometheus(text).get(WAITING_METRIC)
+    return total if total is not None and math.isfinite(total) else None
 
 
 @dataclass(slots=True, eq=False)
