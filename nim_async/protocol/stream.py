@@ -111,67 +111,94 @@ class StreamAccumulator:
             StreamError: the server sent an error event mid-stream (``partial_text`` holds the
                 content so far).
         """
+        return self.feed_data([event.data for event in events])
+
+    def feed_data(self, datas: list[bytes]) -> list[str]:
+        """:meth:`feed` for the events' data alone (``SSEDecoder.feed_data`` output).
+
+        Args:
+            datas: The data of each SSE event, in arrival order.
+
+        Returns:
+            The non-empty content deltas of this batch (also appended to :attr:`pieces`).
+
+        Raises:
+            BadChunkError: an event is not JSON.
+            StreamError: the server sent an error event mid-stream (``partial_text`` holds the
+                content so far).
+        """
         tokens: list[str] = []
         loads = orjson.loads
-        for event in events:
-            data = event.data
-            if data == DONE:
-                self.saw_done = True
-                continue
-            self.chunks += 1
-            try:
-                obj = loads(data)
-            except orjson.JSONDecodeError:
-                self.pieces.extend(tokens)
-                raise BadChunkError(
-                    f"the stream carried an event that is not JSON: {data[:200]!r}",
-                    partial_text=self.text,
-                ) from None
-            if type(obj) is not dict:
-                continue
-            choices = obj.get("choices")
-            if choices:
-                choice = choices[0]
-                delta = choice.get("delta")
-                if delta:
-                    content = delta.get("content")
-                    if content:
-                        tokens.append(content)
-                        self.arrivals += 1
-                    reasoning = None
-                    if len(delta) > 1 or content is None:
-                        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                        if reasoning:
-                            self.reasoning.append(reasoning)
-                            if not content:
-                                self.arrivals += 1
-                    if (
-                        content == ""
-                        and not reasoning
-                        and "role" not in delta
-                        and not choice.get("finish_reason")
-                    ):
-                        # a token whose text the server's detokenizer holds back (part of a
-                        # UTF-8 character): vLLM streams it as content "", one chunk per token
-                        self.arrivals += 1
-                reason = choice.get("finish_reason")
-                if reason:
-                    self.finish_reason = reason
-            elif "error" in obj or obj.get("object") == "error":
-                self.pieces.extend(tokens)
-                err = obj.get("error", obj)
-                message = err.get("message") if isinstance(err, dict) else err
-                raise StreamError(
-                    f"the server reported an error mid-stream: {message}", partial_text=self.text
-                )
-            usage = obj.get("usage")
-            if usage:
-                self.usage = usage
-            if self.model is None:
-                self.model = obj.get("model")
+        chunks = arrivals = 0  # written back once, also when an error ends the batch
+        try:
+            for data in datas:
+                if data == DONE:
+                    self.saw_done = True
+                    continue
+                chunks += 1
+                try:
+                    obj = loads(data)
+                except orjson.JSONDecodeError:
+                    self.pieces.extend(tokens)
+                    raise BadChunkError(
+                        f"the stream carried an event that is not JSON: {data[:200]!r}",
+                        partial_text=self.text,
+                    ) from None
+                if type(obj) is not dict:
+                    continue
+                choices = obj.get("choices")
+                if choices:
+                    choice = choices[0]
+                    delta = choice.get("delta")
+                    reason = choice.get("finish_reason")
+                    if delta:
+                        content = delta.get("content")
+                        if content and len(delta) == 1:  # the common token chunk
+                            tokens.append(content)
+                            arrivals += 1
+                        else:
+                            arrivals += self._delta(delta, content, reason, tokens)
+                    if reason:
+                        self.finish_reason = reason
+                elif "error" in obj or obj.get("object") == "error":
+                    self.pieces.extend(tokens)
+                    err = obj.get("error", obj)
+                    message = err.get("message") if isinstance(err, dict) else err
+                    raise StreamError(
+                        f"the server reported an error mid-stream: {message}",
+                        partial_text=self.text,
+                    )
+                usage = obj.get("usage")
+                if usage:
+                    self.usage = usage
+                if self.model is None:
+                    self.model = obj.get("model")
+        finally:
+            self.chunks += chunks
+            self.arrivals += arrivals
         if tokens:
             self.pieces.extend(tokens)
         return tokens
+
+    def _delta(
+        self, delta: dict[str, Any], content: object, reason: object, tokens: list[str]
+    ) -> int:
+        # A delta other than {"content": "..."}: content with other keys, reasoning, the
+        # role chunk, an empty content. Returns how many token arrivals it counts for.
+        arrivals = 0
+        if content:
+            tokens.append(content)  # type: ignore[arg-type]
+            arrivals = 1
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning:
+            self.reasoning.append(reasoning)
+            if not content:
+                arrivals = 1
+        elif content == "" and "role" not in delta and not reason:
+            # a token whose text the server's detokenizer holds back (part of a UTF-8
+            # character): vLLM streams it as content "", one chunk per token
+            arrivals = 1
+        return arrivals
 
     def final(self) -> StreamResult:
         """What the stream carried so far (call after the body ended)."""
