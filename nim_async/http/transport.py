@@ -29,35 +29,135 @@ from typing import Any
 import aiohttp
 import httpx
 import yarl
+from aiohttp.client_proto import ResponseHandler
 
 __all__ = ["AiohttpTransport"]
 
 _DROP_REQUEST_HEADERS = frozenset({"transfer-encoding", "content-length", "connection"})
+_MAX_HEADER_PAIRS = 256
+_UNSEEN: Any = object()
 
 
 class _AiohttpResponseStream(httpx.AsyncByteStream):
-    """The body of an aiohttp response as an httpx byte stream."""
+    """The body of an aiohttp response as an httpx byte stream.
 
-    __slots__ = ("_request", "_response")
+    The read timeout is one lazy timer per body, not aiohttp's ``sock_read`` (which cancels and
+    schedules a timer on every network read): a read notes when it began waiting, and the
+    timer, when it fires, either re-arms for the wait now in progress or, if that wait has
+    lasted ``read_timeout`` seconds, fails the read with aiohttp's ``SocketTimeoutError``
+    (raised as ``httpx.ReadTimeout``).
+    """
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    __slots__ = ("_loop", "_read_timeout", "_request", "_response", "_waiting", "_watch")
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        request: httpx.Request,
+        read_timeout: float | None = None,
+    ) -> None:
         self._response = response
         self._request = request
+        self._read_timeout = read_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._waiting: float | None = None  # loop time the current read began, if one is on
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self._response.content
+        read = self.read
+        while True:
+            chunk = await read()
+            if not chunk:
+                break
+            yield chunk
+
+    async def read(self) -> bytes:
+        """The next bytes aiohttp has received (as many as are buffered), or ``b""`` at the end.
+
+        Raises:
+            httpx.TransportError: the matching httpx exception (``ReadTimeout``, ``ReadError``,
+                ``RemoteProtocolError``).
+        """
         try:
-            while True:
-                chunk = await content.readany()
-                if not chunk:
-                    break
-                yield chunk
+            if self._read_timeout is None:
+                return await self._response.content.readany()
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            self._waiting = loop.time()
+            if self._watch is None:
+                self._watch = loop.call_at(self._waiting + self._read_timeout, self._on_watch)
+            try:
+                return await self._response.content.readany()
+            finally:
+                self._waiting = None
         except Exception as exc:
             raise _translate(exc, self._request, reading=True) from exc
 
+    def _on_watch(self) -> None:
+        self._watch = None
+        since, limit, loop = self._waiting, self._read_timeout, self._loop
+        if since is None or limit is None or loop is None:
+            return  # no read waiting: the next read arms the timer again
+        if loop.time() < since + limit:
+            self._watch = loop.call_at(since + limit, self._on_watch)
+            return
+        self._response.content.set_exception(
+            aiohttp.SocketTimeoutError("Timeout on reading data from socket")
+        )
+
     async def aclose(self) -> None:
         # A fully read body hands its connection back to the pool; a partly read one is closed.
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
         self._response.release()
+
+
+class _AiohttpResponse(httpx.Response):
+    """An ``httpx.Response`` whose ``aiter_raw()`` reads aiohttp's buffers directly.
+
+    httpx's own ``aiter_raw`` passes every chunk through three async generators (its own, the
+    client's ``BoundAsyncStream`` and the transport's stream) and a ``ByteChunker``; here a
+    chunk is one ``await`` of the body's :meth:`_AiohttpResponseStream.read`. Everything else
+    (and ``aiter_raw(chunk_size=...)``) is httpx's.
+    """
+
+    _body: _AiohttpResponseStream
+
+    async def aiter_raw(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        """A byte iterator over the raw body, each chunk as aiohttp received it."""
+        body = self._body
+        stream = self.stream
+        if (
+            chunk_size is not None
+            or self.is_stream_consumed
+            or self.is_closed
+            or (stream is not body and getattr(stream, "_stream", None) is not body)
+        ):
+            async for chunk in super().aiter_raw(chunk_size):
+                yield chunk
+            return
+        self.is_stream_consumed = True
+        self._num_bytes_downloaded = 0
+        read = body.read
+        while True:
+            chunk = await read()
+            if not chunk:
+                break
+            self._num_bytes_downloaded += len(chunk)
+            yield chunk
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the response and release (or drop) its connection."""
+        await super().aclose()
+        # httpx's client wrapped the body in a stream that points back at this response: a
+        # reference cycle, which would leave the response, its request and body for the
+        # cyclic garbage collector (~40 objects per request). Once closed, the wrapper has
+        # done its work (it set ``elapsed``); unwrapping frees all of it by reference count.
+        if self.is_closed:
+            self.stream = self._body
 
 
 def _translate(exc: BaseException, request: httpx.Request, *, reading: bool) -> Exception:
@@ -116,6 +216,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self.connections_opened = 0
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
+        self._header_pairs: dict[tuple[bytes, bytes], tuple[str, str] | None] = {}
+        self._last_url: httpx.URL | None = None
+        self._last_target = yarl.URL()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -181,35 +284,70 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ``RemoteProtocolError``, ``UnsupportedProtocol``).
         """
         session = self._get_session()
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in request.headers.raw
-            if name.lower().decode("latin-1") not in _DROP_REQUEST_HEADERS
-        ]
+        headers = self._headers(request.headers.raw)
         body = await request.aread()
+        url = request.url
+        if url is self._last_url:
+            target = self._last_target
+        else:
+            target = yarl.URL(str(url), encoded=True)
+            self._last_url, self._last_target = url, target
+        timeout = self._timeout(request)
         try:
             response = await session.request(
                 request.method,
-                yarl.URL(str(request.url), encoded=True),
+                target,
                 headers=headers,
                 data=body or None,
                 allow_redirects=False,
-                timeout=self._timeout(request),
+                timeout=timeout,
             )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             raise _translate(exc, request, reading=False) from exc
-        return httpx.Response(
+        # aiohttp's sock_read covered the wait for the headers; the body's reads are timed by
+        # the stream's own lazy timer instead of a timer moved on every network read.
+        read_timeout = timeout.sock_read
+        connection = response.connection
+        protocol = connection.protocol if connection is not None else None
+        if read_timeout is not None and isinstance(protocol, ResponseHandler):
+            protocol.read_timeout = None
+        stream = _AiohttpResponseStream(response, request, read_timeout)
+        result = _AiohttpResponse(
             status_code=response.status,
             headers=list(response.raw_headers),
-            stream=_AiohttpResponseStream(response, request),
+            stream=stream,
             extensions={
                 "http_version": b"HTTP/1.1",
                 "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
             },
             request=request,
         )
+        result._body = stream
+        return result
+
+    def _headers(self, raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+        # The same few request headers come every time: each raw pair's conversion (or its
+        # being dropped) is remembered, bounded.
+        known = self._header_pairs
+        headers = []
+        for pair in raw:
+            converted = known.get(pair, _UNSEEN)
+            if converted is _UNSEEN:
+                name, value = pair
+                text = name.decode("latin-1")
+                converted = (
+                    None
+                    if text.lower() in _DROP_REQUEST_HEADERS
+                    else (text, value.decode("latin-1"))
+                )
+                if len(known) >= _MAX_HEADER_PAIRS:
+                    known.clear()
+                known[pair] = converted
+            if converted is not None:
+                headers.append(converted)
+        return headers
 
     def abandon(self) -> None:
         """Forget the session of a closed event loop, without warnings.
