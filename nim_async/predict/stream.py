@@ -98,6 +98,13 @@ class AsyncPredictionStream:
         self._deadline = deadline
         self._deadline_at: float | None = None
         self._idle_at: float | None = None
+        # The timeout watchdog: one timer per stream, not one per read (see _on_watch).
+        self._watch: asyncio.TimerHandle | None = None
+        self._loop_time: Callable[[], float] = time.monotonic
+        self._reader: asyncio.Task[object] | None = None
+        self._expired = False
+        self._cancelling = 0
+        self._response_closed = False
         self._decoder = SSEDecoder(max_event_bytes)
         self._acc = StreamAccumulator()
         self._pending: list[str] = []
@@ -185,39 +192,83 @@ class AsyncPredictionStream:
         response = exchange.response
         acc = self._acc
         decoder = self._decoder
+        idle = self._idle
+        reader = None
+        if idle is not None or self._deadline_at is not None:
+            # The watchdog cancels this task if it is still reading here once the limit
+            # passed; data events only move _idle_at (no timer per read).
+            reader = self._reader = asyncio.current_task()
+            if self._watch is None:
+                self._arm()
         try:
-            # One timer per call, moved as data events arrive: the idle limit counts from the
-            # last data event (keep-alive comments do not move it), capped by the deadline.
-            async with asyncio.timeout_at(self._limit_at()) as timer:
-                while True:
-                    chunk = await response.next_chunk()
-                    if chunk is None:
-                        tokens = acc.feed(decoder.close())
+            while True:
+                chunk = await response.next_chunk()
+                if chunk is None:
+                    self._reader = None
+                    tokens = acc.feed(decoder.close())
+                    self._stamp(tokens)
+                    await self._end_of_body()
+                    if tokens:
+                        return tokens
+                    raise StopAsyncIteration
+                events = decoder.feed_data(chunk)
+                if events:
+                    if idle is not None:
+                        # the idle limit counts from the last data event (keep-alive
+                        # comments do not move it), capped by the deadline
+                        self._idle_at = self._loop_time() + idle
+                    tokens = acc.feed_data(events)
+                    if tokens:
                         self._stamp(tokens)
-                        await self._end_of_body()
-                        if tokens:
-                            return tokens
-                        raise StopAsyncIteration
-                    events = decoder.feed(chunk)
-                    if events:
-                        if self._idle is not None:
-                            self._idle_at = asyncio.get_running_loop().time() + self._idle
-                        tokens = acc.feed(events)
-                        if tokens:
-                            self._stamp(tokens)
-                            return tokens  # the next call starts its timer from _idle_at
-                        if self._idle is not None:
-                            timer.reschedule(self._limit_at())  # data without content
-        except TimeoutError as exc:
+                        return tokens
+        except asyncio.CancelledError:
+            self._reader = None
+            if not self._expired or reader is None:
+                raise
+            self._expired = False
+            if reader.uncancel() > self._cancelling:
+                raise  # cancelled from outside too: that cancellation wins
             error = self._timeout_error()
-            error.__cause__ = exc
             await self._fail(error)
-            raise error from exc
+            raise error from TimeoutError()
         except NIMPredictionError as exc:
+            self._reader = None
             if isinstance(exc, StreamError) and not exc.partial_text:
                 exc.partial_text = acc.text  # joined only on failure, never per chunk
             await self._fail(exc)
             raise
+        finally:
+            self._reader = None
+
+    def _arm(self) -> None:
+        limit = self._limit_at()
+        if limit is not None:
+            self._watch = asyncio.get_running_loop().call_at(limit, self._on_watch)
+
+    def _disarm(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+
+    def _on_watch(self) -> None:
+        # The timer fired at a limit that data events may have moved since: re-arm for the
+        # new one, or, if the limit really passed while a task is reading, cancel that task
+        # (next_batch turns the cancellation into PredictionTimeoutError). A stream nobody
+        # reads is left unarmed; the next next_batch arms it again.
+        self._watch = None
+        reader = self._reader
+        if reader is None or self.state is not StreamState.STREAMING:
+            return
+        limit = self._limit_at()
+        if limit is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < limit:
+            self._watch = loop.call_at(limit, self._on_watch)
+            return
+        self._expired = True
+        self._cancelling = reader.cancelling()
+        reader.cancel()
 
     def _limit_at(self) -> float | None:
         idle, total = self._idle_at, self._deadline_at
@@ -281,10 +332,12 @@ class AsyncPredictionStream:
         """Close the HTTP response (the connection is dropped if the body was not finished)."""
         if self.state in (StreamState.NEW, StreamState.STREAMING):
             self.state = StreamState.CLOSED
+        self._disarm()
         exchange = self._exchange
-        if exchange is not None:
+        if exchange is not None and not self._response_closed:
             with anyio.CancelScope(shield=True):
                 await exchange.response.aclose()
+            self._response_closed = True  # leaving ``async with`` after the end: no second close
 
     # ------------------------------------------------------------------ internals
 
@@ -293,7 +346,9 @@ class AsyncPredictionStream:
             raise StreamError("this stream is closed", partial_text=self.text)
         if self.state is not StreamState.NEW:
             return
-        opened = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self._loop_time = loop.time
+        opened = loop.time()
         try:
             exchange = await self._open_exchange()
         except NIMPredictionError as exc:
@@ -301,7 +356,7 @@ class AsyncPredictionStream:
             self.state = StreamState.FAILED
             raise
         self._exchange = exchange
-        now = asyncio.get_running_loop().time()
+        now = loop.time()
         if self._idle is not None:
             self._idle_at = now + self._idle
         if self._deadline is not None:
