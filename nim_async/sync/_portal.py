@@ -412,18 +412,57 @@ def iterate(
     return _iterate(produce, window, cleanup_wait)
 
 
+class _Window:
+    """How many batches the producer sent and the caller took; the producer's wake-up.
+
+    The caller takes a batch without waking the loop: it counts it under a lock, and only if
+    the producer is waiting for room (the window was full) does it schedule the wake-up on the
+    loop. (One ``call_soon_threadsafe`` per batch, as a semaphore release, would write to the
+    loop's self-pipe and wake it for every network read of every stream.)
+    """
+
+    __slots__ = ("lock", "sent", "taken", "waiter")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sent = 0  # written by the producer (loop thread) only
+        self.taken = 0  # written by the caller's thread only, under the lock
+        self.waiter: asyncio.Future[None] | None = None  # set under the lock, when full
+
+    def took(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The caller took one batch (called in the caller's thread)."""
+        with self.lock:
+            self.taken += 1
+            waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed at exit
+                loop.call_soon_threadsafe(_wake, waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def _iterate(
     produce: Callable[[Send[T]], Coroutine[Any, Any, R]], window: int, cleanup_wait: float
 ) -> Generator[T, None, R]:
     channel: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-    space: list[asyncio.Semaphore] = []
+    room = _Window()
 
     async def pump() -> None:
-        permits = asyncio.Semaphore(window)
-        space.append(permits)
+        loop = asyncio.get_running_loop()
 
         async def send(batch: Iterable[T]) -> None:
-            await permits.acquire()
+            # ``taken`` only grows: seen below the limit without the lock, there is room.
+            while room.sent - room.taken >= window:
+                with room.lock:
+                    if room.sent - room.taken < window:
+                        break
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    room.waiter = waiter
+                await waiter
+            room.sent += 1
             channel.put((_ITEMS, batch))
 
         try:
@@ -438,8 +477,7 @@ def _iterate(
         while True:
             kind, value = channel.get()
             if kind == _ITEMS:
-                with contextlib.suppress(RuntimeError):  # the loop closed at exit
-                    loop.call_soon_threadsafe(space[0].release)
+                room.took(loop)
                 yield from value
             elif kind == _DONE:
                 finished = True
