@@ -55,9 +55,7 @@ from nim_async.http.retry import RetryPolicy
 from nim_async.predict.endpoints import Balancing, EndpointPool, EndpointStatus
 from nim_async.predict.media import (
     DEFAULT_MAX_IMAGE_PIXELS,
-    DEFAULT_MAX_VIDEO_BYTES,
     EncodedImage,
-    EncodedVideo,
     load_media,
     validate_source,
 )
@@ -68,6 +66,7 @@ from nim_async.predict.target import (
     resolve_endpoints,
     resolve_target,
 )
+from nim_async.predict.video import DEFAULT_MAX_VIDEO_BYTES, EncodedVideo
 from nim_async.protocol import wire
 from nim_async.protocol.geometry import smart_resize
 from nim_async.protocol.guided import check_guided_output

@@ -38,6 +38,16 @@ ONLY_IN: dict[str, tuple[str, ...]] = {
     "kubernetes_asyncio": ("nim_async.deploy.kubernetes",),
     "httpx": ("nim_async.http",),
     "rich": ("nim_async.ui", "nim_async.cli"),
+    # Pillow decodes images in predict/media; results and draw hold and draw on them. Not in
+    # protocol/ (protocol/media.py sniffs video containers from bytes without it).
+    "PIL": (
+        "nim_async.predict.media",
+        "nim_async.results",
+        "nim_async.draw",
+        "nim_async.cli",
+        "nim_async.emulator",
+        "nim_async.bench",
+    ),
     "aiohttp": (
         "nim_async.http",
         "nim_async.deploy.docker",
@@ -200,6 +210,7 @@ def _package(tmp_path: Path, files: dict[str, str]) -> Path:
         ({"predict/predictor.py": "from nim_async.sync import predictor\n"}, "core may not"),
         ({"deploy/deployer.py": "from nim_async.emulator import server\n"}, "only the cli"),
         ({"bench/load.py": "from nim_async.predict.predictor import X\n"}, "bench sits on"),
+        ({"protocol/media.py": "from PIL import Image\n"}, "only nim_async.predict.media"),
     ],
 )
 def test_the_checker_catches_a_forbidden_import(
