@@ -41,6 +41,7 @@ from nim_async import AsyncNIMPredictor, NIMSamplingParams
 
 GROUPS = (
     ("nim_async/predict/media", "media (load, check, base64)"),
+    ("nim_async/protocol/media", "media (load, check, base64)"),
     ("nim_async/protocol/wire", "body build"),
     ("nim_async/protocol/sse", "SSE framing"),
     ("nim_async/protocol/stream", "chunk handling (accumulator)"),

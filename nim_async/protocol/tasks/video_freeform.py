@@ -1,7 +1,7 @@
 """Free-form answers about a video: ``{"freeform": {"caption": ...}}`` (vi-sdk's video task).
 
 Only the task definition (prompts, schema, parser); the predictor sends the video as a
-``video_url`` part (:mod:`nim_async.predict.media`). An image is refused (use ``freeform``).
+``video_url`` part (:mod:`nim_async.predict.video`). An image is refused (use ``freeform``).
 """
 
 from __future__ import annotations
