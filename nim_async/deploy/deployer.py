@@ -10,6 +10,12 @@ The flow of :meth:`AsyncNIMDeployer.deploy`::
     -> stream logs (a task each) -> wait until all are ready, concurrently, while watching
        each container -> GET /v1/models -> NIMDeploymentResult (endpoints: one per replica)
 
+Who does what: the replicas (names, ports, URLs) and the decisions about existing containers
+are :mod:`nim_async.deploy.replicas` (IO-free); creating, starting, removing and stopping the
+set is :mod:`nim_async.deploy.containers`; waiting for one container to serve and following its
+logs is :mod:`nim_async.deploy.watch`. This module runs the flow above and the
+``stop``/``status``/``list`` calls.
+
 ``NIMConfig(replicas=N)`` deploys N containers of one image and config as one deployment
 (names, ports, GPUs and labels: :mod:`nim_async.deploy.spec`); ``replicas=1`` is the single
 container it always was. Reuse, auto-kill and :class:`ContainerExistsError` apply to the whole
@@ -24,26 +30,26 @@ deployer draws nothing itself.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
-
-import anyio
-from pydantic import BaseModel
+from typing import Any, Self
 
 from nim_async.config import NIMConfig
+from nim_async.deploy.containers import (
+    ReplicaSetLauncher,
+    find_members,
+    stop_members,
+    stop_targets,
+)
 from nim_async.deploy.docker import DockerClient, RegistryAuth
 from nim_async.deploy.events import (
     DeployEvent,
     DeployState,
     EventSink,
     Level,
-    LogLine,
     Notice,
     PullTracker,
     StateChanged,
@@ -51,29 +57,29 @@ from nim_async.deploy.events import (
     resolve_sink,
 )
 from nim_async.deploy.ports import check_ports_free
+from nim_async.deploy.replicas import (
+    ExistingSetAction,
+    Replica,
+    existing_set_action,
+    exists_error,
+    in_replica_order,
+    plan_replicas,
+    reuse_notice,
+    reused_replicas,
+)
 from nim_async.deploy.spec import (
     CONFIG_HASH_LABEL,
     CONTAINER_PORT,
-    DEPLOYMENT_LABEL,
     MANAGED_LABEL,
-    REPLICA_LABEL,
     ModelMount,
     container_spec,
     env_value,
-    published_port,
-    replica_base_url,
-    replica_name,
 )
 from nim_async.deploy.status import ContainerStatus, status_from_inspect, status_from_summary
-from nim_async.errors import (
-    ContainerExistsError,
-    ContainerExitedError,
-    InvalidConfigError,
-    NIMError,
-    RegistryAuthError,
-    ServiceNotReadyError,
-)
-from nim_async.http.health import ReadinessProbe
+from nim_async.deploy.timings import DeployTimings
+from nim_async.deploy.watch import LOG_TAIL as LOG_TAIL
+from nim_async.deploy.watch import LogFollower, list_models
+from nim_async.errors import InvalidConfigError, RegistryAuthError
 from nim_async.protocol.scrub import scrub
 from nim_async.results import NIMDeploymentResult
 
@@ -87,41 +93,7 @@ __all__ = [
 ]
 
 REGISTRY_USER = "$oauthtoken"
-LOG_TAIL = 50
 BACKENDS = ("docker", "kubernetes")
-
-_T = TypeVar("_T")
-
-
-async def _all_or_nothing(steps: Sequence[Awaitable[_T]]) -> list[_T]:
-    """Run ``steps`` concurrently; the first to fail cancels the others (and waits for them).
-
-    Returns:
-        Their results, in order.
-
-    Raises:
-        BaseException: The first failure (the lowest index among those failed together);
-            a cancellation from outside cancels every step before it propagates.
-    """
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
-    if failed:
-        for task in tasks:
-            task.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.gather(*tasks, return_exceptions=True)
-        error = failed[0].exception()
-        assert error is not None
-        raise error
-    return [task.result() for task in tasks]
 
 
 def _kubernetes() -> Any:
@@ -143,104 +115,6 @@ def _check_name(container_name: str) -> None:
             f"container_name must be a container name or id, got {container_name!r}",
             field="container_name",
         )
-
-
-def _ours(info: dict[str, Any]) -> bool:
-    """Whether an inspected container was started by nim_async (it carries our label)."""
-    labels = (info.get("Config") or {}).get("Labels") or {}
-    return labels.get(MANAGED_LABEL) == "true"
-
-
-def _exists_advice(config: NIMConfig, info: dict[str, Any]) -> str:
-    """The ContainerExistsError message for ``info``: only settings that would change things."""
-    name = config.container_name
-    state = info.get("State") or {}
-    running = bool(state.get("Running"))
-    fixes = ["set auto_kill_existing_container=True to replace it"]
-    if not running:
-        what = f"exists but is not running (status {state.get('Status') or 'unknown'})"
-    elif not _ours(info):
-        what = (
-            f"is running but was not started by nim_async (it has no {MANAGED_LABEL} label), "
-            "so it is not reused"
-        )
-        fixes.append("choose another served_model_name")
-    else:  # running, ours: reuse was switched off
-        what = "is running"
-        fixes.insert(0, "set use_existing_container=True to reuse it")
-    return (
-        f"A container named {name!r} {what}. To go on: {', '.join(fixes)}, or remove it with "
-        f"NIMDeployer.stop({name!r}) (nim-async stop {name})."
-    )
-
-
-def _describe_member(info: dict[str, Any]) -> str:
-    state = info.get("State") or {}
-    name = str(info.get("Name", "")).lstrip("/")
-    what = "running" if state.get("Running") else str(state.get("Status") or "unknown")
-    if not _ours(info):
-        what += f", not started by nim_async (no {MANAGED_LABEL} label)"
-    return f"{name} ({what})"
-
-
-def _set_exists_advice(
-    config: NIMConfig, found: builtins.list[dict[str, Any]], names: builtins.list[str]
-) -> str:
-    """The ContainerExistsError message for a set of replicas that may not be reused."""
-    name = config.container_name
-    n = config.replicas
-    running = {
-        str(i.get("Name", "")).lstrip("/") for i in found if (i.get("State") or {}).get("Running")
-    }
-    reusable = (
-        all(member in running for member in names)
-        and len(found) == len(names)
-        and all(_ours(i) for i in found)
-    )
-    fixes = ["set auto_kill_existing_container=True to replace them"]
-    if reusable:  # the whole set runs: reuse was switched off
-        fixes.insert(0, "set use_existing_container=True to reuse them")
-    return (
-        f"Deployment {name!r} (replicas={n}: {', '.join(names)}) has existing containers: "
-        f"{', '.join(_describe_member(i) for i in found)}"
-        + ("" if reusable else "; a set is reused only when every replica runs and no other does")
-        + f". To go on: {', '.join(fixes)}, or remove them with NIMDeployer.stop({name!r}) "
-        f"(nim-async stop {name})."
-    )
-
-
-def _with_replica(
-    exc: BaseException, replica: int, n: int, name: str, port: int, *, created: bool = True
-) -> None:
-    """Say in ``exc``'s message which replica of ``n`` failed (no change for one replica)."""
-    if n == 1 or not isinstance(exc, NIMError) or len(exc.args) != 1:
-        return
-    after = (
-        f", so the deploy removes all {n} containers it created"
-        if created
-        else " (the running replicas were left as they are)"
-    )
-    exc.args = (
-        f"Replica {replica} of {n} ({name!r}, host port {port}) failed{after}: {exc.args[0]}",
-    )
-
-
-class DeployTimings(BaseModel):
-    """``time.perf_counter()`` marks of the last :meth:`AsyncNIMDeployer.deploy` (for benchmarks).
-
-    Attributes:
-        started: When ``deploy()`` began.
-        container_started: When the container was started (the last replica's start).
-        ready: When readiness was observed (of the last replica to become ready).
-        exited: When a container's exit was observed.
-        finished: When ``deploy()`` returned or raised.
-    """
-
-    started: float = 0.0
-    container_started: float | None = None
-    ready: float | None = None
-    exited: float | None = None
-    finished: float | None = None
 
 
 class AsyncNIMDeployer:
@@ -302,7 +176,7 @@ class AsyncNIMDeployer:
         self._kube: Any = None
         self._quiet = quiet
         self._sink = resolve_sink(quiet=quiet, on_event=on_event, console=console)
-        self._log_tasks: builtins.list[asyncio.Task[None]] = []
+        self._logs = LogFollower(self._emit, self._scrub)
         self.timings = DeployTimings()
 
     @property
@@ -329,7 +203,7 @@ class AsyncNIMDeployer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._stop_log_task()
+        await self._logs.stop()
         kube, self._kube = self._kube, None
         if kube is not None:
             await kube.close()  # the port-forward, if one is open
@@ -345,6 +219,9 @@ class AsyncNIMDeployer:
 
     def _state(self, state: DeployState, container: str, message: str) -> None:
         self._emit(StateChanged(state, container, message))
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, (self._config.nvidia_api_key,))
 
     # ------------------------------------------------------------------ deploy
 
@@ -391,180 +268,68 @@ class AsyncNIMDeployer:
         finally:
             self.timings.finished = time.perf_counter()
 
-    def _names(self) -> builtins.list[str]:
-        config = self._config
-        return [replica_name(config.container_name, i) for i in range(config.replicas)]
-
     async def _deploy(self) -> NIMDeploymentResult:
         config = self._config
         cache_dir = config.ensure_cache_dir()
-        names = self._names()
+        replicas = plan_replicas(config)
+        names = [replica.name for replica in replicas]
         async with DockerClient(secrets=(config.nvidia_api_key.get_secret_value(),)) as docker:
             await self._ensure_image(docker)
 
             from nim_async.deploy.weights import prepare_weights
 
             prepared = await prepare_weights(config, quiet=self._quiet, on_event=self._sink)
-            found = await self._existing(docker, names)
+            launcher = self._launcher(docker)
+            found = await find_members(docker, names, config.container_name)
             if found:
-                if self._reusable(found, names):
-                    return await self._reuse(docker, found)
-                await self._remove_existing(docker, found, names)
-            check_ports_free(config.host, [config.port + i for i in range(len(names))])
+                action = existing_set_action(config, found, names)
+                if action is ExistingSetAction.REUSE:
+                    return await self._reuse(launcher, found)
+                if action is ExistingSetAction.REFUSE:
+                    raise exists_error(config, found, names)
+                await launcher.remove_existing(found)
+            check_ports_free(config.host, [replica.port for replica in replicas])
             model = None
             if prepared is not None:
                 model = ModelMount(prepared.host_dir, prepared.container_dir)
             user = (os.getuid(), os.getgid())
             bodies = [
                 container_spec(config, cache_dir=cache_dir, model=model, user=user, replica=i)
-                for i in range(len(names))
+                for i in range(len(replicas))
             ]
-            created: builtins.list[str] = []
-            try:
-                ids = await _all_or_nothing(
-                    [
-                        self._create(docker, name, body, created)
-                        for name, body in zip(names, bodies, strict=True)
-                    ]
-                )
-                models = await self._start_and_wait(docker, ids, names)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await _all_or_nothing([self._remove_quietly(docker, c) for c in created])
-                raise
-        name = config.container_name
-        endpoints = [self._url(i) for i in range(len(names))]
-        if len(names) == 1:
-            self._state(DeployState.READY, name, f"{name} at {config.base_url}")
-        else:
-            self._state(
-                DeployState.READY,
-                name,
-                f"{name}: {len(names)} replicas ready at {', '.join(endpoints)}",
-            )
+            ids, models = await launcher.launch(replicas, bodies)
+        self._report_ready(replicas)
         return NIMDeploymentResult(
             container_id=ids[0],
-            container_name=name,
+            container_name=config.container_name,
             served_model_name=config.served_model_name or (models[0] if models else None),
             port=config.port,
             available_models=models,
             host=config.host,
-            endpoints=endpoints,
+            endpoints=[replica.url for replica in replicas],
         )
 
-    def _url(self, replica: int) -> str:
-        return replica_base_url(self._config, replica)
-
-    async def _existing(
-        self, docker: DockerClient, names: builtins.list[str]
-    ) -> builtins.list[dict[str, Any]]:
-        """The containers of this deployment: each replica's name, and any labelled with it.
-
-        Returns:
-            Inspect documents: the named replicas in order, then extra labelled ones.
-        """
-        infos = await asyncio.gather(*(docker.inspect_container(n) for n in names))
-        found = [info for info in infos if info is not None]
-        seen = {str(info["Id"]) for info in found}
-        labelled = await docker.list_containers(
-            labels={MANAGED_LABEL: "true", DEPLOYMENT_LABEL: self._config.container_name}
-        )
-        for item in labelled:
-            if str(item.get("Id")) not in seen:
-                info = await docker.inspect_container(str(item["Id"]))
-                if info is not None:
-                    found.append(info)
-                    seen.add(str(info["Id"]))
-        return found
-
-    def _reusable(self, found: builtins.list[dict[str, Any]], names: builtins.list[str]) -> bool:
-        """Whether ``found`` is exactly the running set of replicas nim_async started."""
-        if not self._config.use_existing_container or len(found) != len(names):
-            return False
-        by_name = {str(info.get("Name", "")).lstrip("/"): info for info in found}
-        return all(
-            name in by_name
-            and bool((by_name[name].get("State") or {}).get("Running"))
-            and _ours(by_name[name])
-            for name in names
+    def _launcher(self, docker: DockerClient) -> ReplicaSetLauncher:
+        return ReplicaSetLauncher(
+            docker,
+            self._config,
+            emit=self._emit,
+            timings=self.timings,
+            logs=self._logs if self._sink is not None else None,
+            scrub=self._scrub,
         )
 
-    async def _remove_existing(
-        self,
-        docker: DockerClient,
-        found: builtins.list[dict[str, Any]],
-        names: builtins.list[str],
-    ) -> None:
-        config = self._config
-        if not config.auto_kill_existing_container:
-            first = str(found[0].get("Name", "")).lstrip("/") or config.container_name
-            if len(names) == 1 and len(found) == 1:
-                raise ContainerExistsError(first, _exists_advice(config, found[0]))
-            raise ContainerExistsError(first, _set_exists_advice(config, found, names))
-
-        async def remove(info: dict[str, Any]) -> None:
-            name = str(info.get("Name", "")).lstrip("/")
-            self._state(
-                DeployState.REMOVING_EXISTING, name, f"Removing the existing container {name}"
-            )
-            await docker.remove_container(str(info["Id"]), force=True)
-
-        await _all_or_nothing([remove(info) for info in found])
-
-    async def _create(
-        self,
-        docker: DockerClient,
-        name: str,
-        body: dict[str, Any],
-        created: builtins.list[str],
-    ) -> str:
-        try:
-            container_id = await docker.create_container(name, body)
-        except asyncio.CancelledError:
-            # cancelled mid-request: the engine may have created it anyway
-            await self._remove_if_ours(docker, name)
-            raise
-        created.append(container_id)
-        return container_id
-
-    async def _start_and_wait(
-        self, docker: DockerClient, ids: builtins.list[str], names: builtins.list[str]
-    ) -> builtins.list[str] | None:
-        try:
-            await _all_or_nothing(
-                [
-                    self._start_replica(docker, i, cid, name)
-                    for i, (cid, name) in enumerate(zip(ids, names, strict=True))
-                ]
-            )
-            return await self._models(self._url(0))
-        finally:
-            await self._stop_log_task()
-
-    async def _start_replica(
-        self, docker: DockerClient, replica: int, container_id: str, name: str
-    ) -> None:
-        config = self._config
-        n = config.replicas
-        port = config.port + replica
-        which = f" (replica {replica} of {n})" if n > 1 else ""
+    def _report_ready(self, replicas: builtins.list[Replica]) -> None:
+        name = self._config.container_name
+        if len(replicas) == 1:
+            self._state(DeployState.READY, name, f"{name} at {self._config.base_url}")
+            return
         self._state(
-            DeployState.STARTING,
+            DeployState.READY,
             name,
-            f"Starting {name}{which} ({config.image_ref}) on "
-            f"{config.host}:{port} -> {CONTAINER_PORT}/tcp",
+            f"{name}: {len(replicas)} replicas ready at "
+            f"{', '.join(replica.url for replica in replicas)}",
         )
-        try:
-            await docker.start_container(container_id, port=port)
-            self.timings.container_started = time.perf_counter()
-            if config.stream_logs and self._sink is not None:
-                self._log_tasks.append(
-                    asyncio.create_task(self._stream_logs(docker, container_id, name))
-                )
-            await self._wait_ready(docker, container_id, name, self._url(replica), created=True)
-        except NIMError as exc:
-            _with_replica(exc, replica, n, name, port)
-            raise
 
     async def _ensure_image(self, docker: DockerClient) -> None:
         config = self._config
@@ -601,164 +366,28 @@ class AsyncNIMDeployer:
             self._emit(TransferFinished(summary))
 
     async def _reuse(
-        self, docker: DockerClient, found: builtins.list[dict[str, Any]]
+        self, launcher: ReplicaSetLauncher, found: builtins.list[dict[str, Any]]
     ) -> NIMDeploymentResult:
         config = self._config
-        names = self._names()
-        by_name = {str(info.get("Name", "")).lstrip("/"): info for info in found}
-        infos = [by_name[name] for name in names]
-        changed = [
-            name
-            for name, info in zip(names, infos, strict=True)
-            if ((info.get("Config") or {}).get("Labels") or {}).get(CONFIG_HASH_LABEL)
-            not in (None, config.config_hash())
-        ]
-        if changed:
-            what = (
-                f"the running container {changed[0]} was"
-                if len(names) == 1
-                else f"the running containers {', '.join(changed)} were"
-            )
-            self._emit(
-                Notice(
-                    f"{what} started with different settings; "
-                    "reusing anyway (auto_kill_existing_container=True and "
-                    "use_existing_container=False replace it)",
-                    Level.NOTE,
-                )
-            )
-        endpoints: builtins.list[tuple[str, int, str]] = []
-        for replica, info in enumerate(infos):
-            host, port = published_port(info)
-            port = port or config.port + replica
-            host = host or config.host
-            base_url = NIMDeploymentResult(
-                container_id="", container_name="", port=port, host=host
-            ).base_url
-            endpoints.append((host, port, base_url))
-
-        async def wait(replica: int) -> None:
-            name = names[replica]
-            info = infos[replica]
-            base_url = endpoints[replica][2]
-            self._state(
-                DeployState.REUSING, name, f"Reusing the running container {name} at {base_url}"
-            )
-            try:
-                await self._wait_ready(docker, str(info["Id"]), name, base_url, created=False)
-            except NIMError as exc:
-                _with_replica(exc, replica, len(names), name, endpoints[replica][1], created=False)
-                raise
-
-        await _all_or_nothing([wait(i) for i in range(len(names))])
-        host, port, base_url = endpoints[0]
-        models = await self._models(base_url)
+        infos = in_replica_order(found, plan_replicas(config))
+        replicas = reused_replicas(config, infos)
+        notice = reuse_notice(config, replicas, infos)
+        if notice is not None:
+            self._emit(Notice(notice, Level.NOTE))
+        await launcher.wait_reused(replicas, infos)
+        first = replicas[0]
+        models = await list_models(first.url, self._emit)
         served = env_value(infos[0], "NIM_SERVED_MODEL_NAME")
         return NIMDeploymentResult(
             container_id=str(infos[0]["Id"]),
-            container_name=names[0],
+            container_name=first.name,
             served_model_name=served or (models[0] if models else None),
-            port=port,
+            port=first.port,
             available_models=models,
-            host=host,
+            host=first.host,
             reused=True,
-            endpoints=[url for _, _, url in endpoints],
+            endpoints=[replica.url for replica in replicas],
         )
-
-    async def _wait_ready(
-        self, docker: DockerClient, container_id: str, name: str, base_url: str, *, created: bool
-    ) -> None:
-        timeout = self._config.startup_timeout
-        async with ReadinessProbe(base_url) as probe:
-            ready = asyncio.create_task(probe.wait())
-            exited = asyncio.create_task(docker.wait_container(container_id))
-            try:
-                done, _ = await asyncio.wait(
-                    {ready, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for task in (ready, exited):
-                    task.cancel()
-                with anyio.CancelScope(shield=True):
-                    await asyncio.gather(ready, exited, return_exceptions=True)
-            if ready in done and not ready.cancelled() and ready.exception() is None:
-                self.timings.ready = probe.ready_at
-                return
-            if exited in done:
-                self.timings.exited = time.perf_counter()
-                exit_code = exited.result()  # re-raises a Docker error from the watch
-                info = await docker.inspect_container(container_id) or {}
-                state = info.get("State") or {}
-                logs = await self._tail_logs(docker, container_id)
-                raise ContainerExitedError(
-                    name,
-                    int(state.get("ExitCode", exit_code)),
-                    oom_killed=bool(state.get("OOMKilled")),
-                    logs="\n".join(logs),
-                )
-            logs = await self._tail_logs(docker, container_id)
-            message = (
-                f"NIM container {name!r} was not ready after {timeout:g} seconds "
-                f"(/v1/health/ready at {base_url}); "
-                f"{'it was removed' if created else 'the existing container was left running'}. "
-                "Raise "
-                "NIMConfig.startup_timeout if the model needs longer to load."
-            )
-            if logs:
-                message += "\nLast log lines:\n" + "\n".join(logs)
-            raise ServiceNotReadyError(name, timeout, message)
-
-    async def _tail_logs(self, docker: DockerClient, container_id: str) -> list[str]:
-        try:
-            lines = await docker.container_logs(container_id, tail=LOG_TAIL)
-        except NIMError:
-            return []
-        return [self._scrub(line) for line in lines]
-
-    def _scrub(self, text: str) -> str:
-        return scrub(text, (self._config.nvidia_api_key,))
-
-    async def _models(self, base_url: str) -> list[str] | None:
-        async with ReadinessProbe(base_url) as probe:
-            for attempt in range(3):
-                try:
-                    return await probe.models()
-                except NIMError as exc:
-                    if attempt == 2:
-                        self._emit(Notice(f"could not list the models: {exc}", Level.WARNING))
-                    else:
-                        await asyncio.sleep(0.1)
-        return None
-
-    async def _stream_logs(self, docker: DockerClient, container_id: str, name: str) -> None:
-        lines = docker.follow_logs(container_id)
-        with contextlib.suppress(NIMError):
-            async with contextlib.aclosing(lines):
-                async for line in lines:
-                    self._emit(LogLine(name, self._scrub(line)))
-
-    async def _stop_log_task(self) -> None:
-        tasks, self._log_tasks = self._log_tasks, []
-        for task in tasks:
-            task.cancel()
-        with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _remove_if_ours(self, docker: DockerClient, name: str) -> None:
-        with anyio.move_on_after(30, shield=True), contextlib.suppress(NIMError):
-            info = await docker.inspect_container(name)
-            labels = ((info or {}).get("Config") or {}).get("Labels") or {}
-            state = ((info or {}).get("State") or {}).get("Status")
-            if labels.get(CONFIG_HASH_LABEL) == self._config.config_hash() and state == "created":
-                await docker.remove_container(name, force=True)
-
-    async def _remove_quietly(self, docker: DockerClient, container_id: str) -> None:
-        with anyio.move_on_after(30, shield=True):
-            try:
-                await docker.remove_container(container_id, force=True)
-            except NIMError as exc:
-                message = f"could not remove container {container_id}: {exc}"
-                self._emit(Notice(message, Level.WARNING))
 
     # ------------------------------------------------------------------ stop / list
 
@@ -815,62 +444,18 @@ class AsyncNIMDeployer:
             )
             return bool(await kube.stop(container_name, grace=max(grace, 30.0)))
 
-        def state(state: DeployState, name: str, message: str) -> None:
+        def emit(event: DeployEvent) -> None:
             if sink is not None:
-                sink(StateChanged(state, name, message))
+                sink(event)
 
         async with DockerClient() as docker:
-            targets = await cls._stop_targets(docker, container_name)
+            targets = await stop_targets(docker, container_name)
             if not targets:
-                state(
-                    DeployState.NOT_FOUND,
-                    container_name,
-                    f"No container named {container_name!r}",
-                )
+                message = f"No container named {container_name!r}"
+                emit(StateChanged(DeployState.NOT_FOUND, container_name, message))
                 return False
-
-            async def stop_one(info: dict[str, Any]) -> None:
-                container_id = str(info["Id"])
-                name = str(info.get("Name", "")).lstrip("/") or container_name
-                if (info.get("State") or {}).get("Running"):
-                    state(DeployState.STOPPING, name, f"Stopping {name} (grace {grace:g} s)")
-                    await docker.stop_container(container_id, grace=grace)
-                await docker.remove_container(container_id, force=True)
-                state(DeployState.REMOVED, name, f"Removed {name}")
-
-            # every replica at once: stop takes one grace period, not one per replica
-            await asyncio.gather(*(stop_one(info) for info in targets))
+            await stop_members(docker, targets, grace=grace, emit=emit, fallback=container_name)
         return True
-
-    @classmethod
-    async def _stop_targets(
-        cls, docker: DockerClient, container_name: str
-    ) -> builtins.list[dict[str, Any]]:
-        """What ``stop(container_name)`` removes.
-
-        The container of that name or id and, when it is a deployment's replica 0 (or no
-        container has that name), every container labelled as that deployment's replica.
-        """
-        info = await docker.inspect_container(container_name)
-        deployment: str | None = container_name
-        if info is not None:
-            labels = (info.get("Config") or {}).get("Labels") or {}
-            replica = str(labels.get(REPLICA_LABEL) or "0")
-            deployment = labels.get(DEPLOYMENT_LABEL) if replica == "0" and _ours(info) else None
-        targets = [info] if info is not None else []
-        if deployment:
-            seen = {str(i["Id"]) for i in targets}
-            members = await docker.list_containers(
-                labels={MANAGED_LABEL: "true", DEPLOYMENT_LABEL: deployment}
-            )
-            for item in members:
-                if str(item.get("Id")) in seen:
-                    continue
-                member = await docker.inspect_container(str(item["Id"]))
-                if member is not None:
-                    targets.append(member)
-                    seen.add(str(member["Id"]))
-        return targets
 
     @classmethod
     async def status(cls, container_name: str) -> ContainerStatus | None:

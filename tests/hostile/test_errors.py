@@ -78,18 +78,18 @@ def test_container_exists_advice_names_no_default() -> None:
     assert config.use_existing_container is True  # the default
     assert "use_existing_container" not in str(ContainerExistsError("x"))  # HEAD named it
 
-    from nim_async.deploy.deployer import _exists_advice
+    from nim_async.deploy.replicas import exists_advice
     from nim_async.deploy.spec import MANAGED_LABEL
 
     ours = {"Config": {"Labels": {MANAGED_LABEL: "true"}}}
-    exited = _exists_advice(config, {**ours, "State": {"Running": False, "Status": "exited"}})
+    exited = exists_advice(config, {**ours, "State": {"Running": False, "Status": "exited"}})
     assert "is not running (status exited)" in exited
     assert "use_existing_container" not in exited
     assert "auto_kill_existing_container=True" in exited
     off = NIMConfig(
         nvidia_api_key="nvapi-test-0000", served_model_name="x", use_existing_container=False
     )
-    running = _exists_advice(off, {**ours, "State": {"Running": True}})
+    running = exists_advice(off, {**ours, "State": {"Running": True}})
     assert "set use_existing_container=True to reuse it" in running
 
 
