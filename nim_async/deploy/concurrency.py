@@ -37,7 +37,7 @@ async def all_or_nothing(steps: Sequence[Awaitable[_T]]) -> list[_T]:
     """Run ``steps`` concurrently; the first to fail cancels the others (and waits for them).
 
     Args:
-        steps: The coroutines (or futures) to run.
+        steps: The coroutines (or futures) to run; none gives ``[]``.
 
     Returns:
         Their results, in order.
@@ -47,6 +47,8 @@ async def all_or_nothing(steps: Sequence[Awaitable[_T]]) -> list[_T]:
             a cancellation from outside cancels every step before it propagates.
     """
     tasks = [asyncio.ensure_future(step) for step in steps]
+    if not tasks:  # asyncio.wait refuses an empty set
+        return []
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     except BaseException:

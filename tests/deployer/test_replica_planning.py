@@ -198,12 +198,13 @@ def test_the_plan_is_io_free() -> None:
     assert imported <= {"__future__", "enum", "collections", "dataclasses", "typing", "nim_async"}
 
 
-async def test_all_or_nothing_returns_in_order() -> None:
+async def test_all_or_nothing_returns_in_order_and_none_for_no_steps() -> None:
     async def value(v: int, delay: float) -> int:
         await asyncio.sleep(delay)
         return v
 
     assert await all_or_nothing([value(1, 0.02), value(2, 0.0)]) == [1, 2]
+    assert await all_or_nothing([]) == []  # a failed create that created nothing cleans up none
 
 
 async def test_the_first_failure_cancels_the_rest() -> None:
