@@ -104,10 +104,12 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 """The largest image decoded by default, in pixels (after JPEG reduce-on-load): about 120 MB
 of RGB. Pillow warns at 89 million pixels and refuses at 179 million."""
 
-# In-memory images (bytes, data URIs) already seen to decode in full: the same bytes asked
-# another question skip the decode check (bytes cache their hash; a hit costs one compare).
-# Bounded: at most _DECODED_ENTRIES images of at most _DECODED_MAX_BYTES each are held.
-_DECODED: dict[bytes, None] = {}
+# In-memory images (bytes, data URIs) already seen to decode in full and pass through
+# unchanged, with their (format, width, height): the same bytes asked another question skip
+# the decode check, and bytes skip opening with Pillow and reading EXIF too (bytes cache their
+# hash; a hit costs one compare). Bounded: at most _DECODED_ENTRIES images of at most
+# _DECODED_MAX_BYTES each are held.
+_DECODED: dict[bytes, tuple[str, int, int]] = {}
 _DECODED_ENTRIES = 128
 _DECODED_MAX_BYTES = 64 * 1024
 
@@ -397,6 +399,23 @@ def _check_pixels(img: Image.Image, limit: int, desc: str, reduced: bool) -> Non
 
 
 def _encode(source: object, max_pixels: int, desc: str, max_image_pixels: int) -> EncodedImage:
+    if isinstance(source, bytes):
+        known = _DECODED.get(source)
+        if known is not None:
+            known_fmt, width, height = known
+            size = (width, height)
+            if (
+                width * height <= max_image_pixels
+                and fit_within_budget(width, height, max_pixels) == size
+            ):
+                return EncodedImage(
+                    b64=base64.b64encode(source),
+                    mime=_PASS_THROUGH[known_fmt],
+                    original_size=size,
+                    sent_size=size,
+                    source=desc,
+                    passed_through=True,
+                )
     img, fmt, fh, raw = _open(source, desc)
     try:
         from_caller = raw is None and fh is None  # a PIL image: always re-encoded
@@ -425,7 +444,7 @@ def _encode(source: object, max_pixels: int, desc: str, max_image_pixels: int) -
                 if raw is not None and len(raw) <= _DECODED_MAX_BYTES:
                     if len(_DECODED) >= _DECODED_ENTRIES:
                         _DECODED.clear()
-                    _DECODED[raw] = None
+                    _DECODED[raw] = (fmt, width, height)
             if raw is None and fh is not None:
                 fh.seek(0)
                 raw = fh.read()

@@ -197,3 +197,34 @@ async def test_one_lazily_opened_pil_image_shared_by_concurrent_calls(tmp_path: 
     Image.new("L", (8, 8), 128).save(buf, format="PPM")
     enc = await load_image(Image.open(io.BytesIO(buf.getvalue())), max_pixels=BUDGET)
     assert enc.sent_size == (8, 8)
+
+
+async def test_remembered_bytes_give_the_same_encoding_and_still_obey_both_caps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bytes seen to pass through are not opened again, yet a repeat is the same encoding,
+    a lower pixel budget still resizes them and a lower decode cap still refuses them."""
+    from nim_async.predict import media
+
+    data = make_image((90, 70), fmt="JPEG", quality=80) + b""  # a bytes object of its own
+    first = await load_image(data, max_pixels=BUDGET)
+    opened: list[object] = []
+    real_open = media._open_quietly
+    monkeypatch.setattr(media, "_open_quietly", lambda fp: opened.append(fp) or real_open(fp))
+    again = await load_image(bytes(bytearray(data)), max_pixels=BUDGET)  # equal, not identical
+    assert first.passed_through
+    assert _same(again, first)
+    assert opened == []  # neither Pillow nor the EXIF read ran for the repeat
+    smaller = await load_image(data, max_pixels=40 * 28)
+    assert not smaller.passed_through
+    assert smaller.original_size == (90, 70)
+    assert smaller.sent_size[0] * smaller.sent_size[1] <= 40 * 28
+    with pytest.raises(MediaError, match="max_image_pixels"):
+        await load_image(data, max_pixels=BUDGET, max_image_pixels=90 * 70 - 1)
+    assert _same(await load_image(data, max_pixels=BUDGET), first)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal in everything but how long the encoding took."""
+    fields = ("b64", "mime", "original_size", "sent_size", "source", "passed_through")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
