@@ -16,7 +16,9 @@ server's wire format, learnt once when ``dialect="auto"``, the default). With se
 * **finish**: the text (content, or reasoning + content) is checked against the guided-decoding
   constraint and parsed by the task.
 
-Streams are :class:`~nim_async.predict.stream.AsyncPredictionStream` objects over
+The per-request steps live in :mod:`nim_async.predict.pipeline` (the predictor's base class)
+and the IO-free pieces of a call in :mod:`nim_async.predict.prepare`. Streams are
+:class:`~nim_async.predict.stream.AsyncPredictionStream` objects over
 :class:`~nim_async.protocol.stream.StreamAccumulator`.
 """
 
@@ -25,10 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -36,28 +35,23 @@ import orjson
 
 from nim_async.catalog import BoxFormat
 from nim_async.config import NIMConfig, NIMSamplingParams
-from nim_async.errors import (
-    GuidedDecodingError,
-    InvalidParameterError,
-    MediaError,
-    NIMPredictionError,
-    PredictionTimeoutError,
-    ServerError,
-)
+from nim_async.errors import InvalidParameterError, PredictionTimeoutError, ServerError
 from nim_async.http.client import (
     MAX_DOWNLOAD_BYTES,
     MAX_RESPONSE_BYTES,
-    ChatResponse,
     ServerClient,
     Transport,
 )
 from nim_async.http.retry import RetryPolicy
 from nim_async.predict.endpoints import Balancing, EndpointPool, EndpointStatus
-from nim_async.predict.media import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    EncodedImage,
-    load_media,
-    validate_source,
+from nim_async.predict.media import DEFAULT_MAX_IMAGE_PIXELS, validate_source
+from nim_async.predict.pipeline import PredictorPipeline, StreamExchange
+from nim_async.predict.prepare import (
+    DEFAULT_PARAMS,
+    BodyTemplate,
+    PreparedCall,
+    check_params,
+    check_prompt,
 )
 from nim_async.predict.stream import AsyncPredictionStream
 from nim_async.predict.target import (
@@ -66,21 +60,13 @@ from nim_async.predict.target import (
     resolve_endpoints,
     resolve_target,
 )
-from nim_async.predict.video import DEFAULT_MAX_VIDEO_BYTES, EncodedVideo
+from nim_async.predict.video import DEFAULT_MAX_VIDEO_BYTES
 from nim_async.protocol import wire
-from nim_async.protocol.geometry import smart_resize
-from nim_async.protocol.guided import check_guided_output
 from nim_async.protocol.sse import DEFAULT_MAX_EVENT_BYTES
-from nim_async.protocol.stream import StreamResult, parse_completion, usage_from
-from nim_async.protocol.tasks import ParseContext, Task, get_task, task_for_media
-from nim_async.protocol.tasks.parsing import split_thinking
-from nim_async.protocol.wire import Constraint, Dialect, WireFormat, wire_format_for
-from nim_async.results import (
-    NIMDeploymentResult,
-    PredictionResponse,
-    PredictionTimings,
-    TextResponse,
-)
+from nim_async.protocol.stream import parse_completion
+from nim_async.protocol.tasks import Task, get_task
+from nim_async.protocol.wire import Dialect, WireFormat, wire_format_for
+from nim_async.results import NIMDeploymentResult, PredictionResponse, PredictionTimings
 
 if TYPE_CHECKING:
     from nim_async.predict.batch import BatchResult
@@ -93,50 +79,17 @@ __all__ = [
     "wire_format_for",
 ]
 
-_DEFAULT_PARAMS = NIMSamplingParams()
+# The names this module defined before the split, still importable from here
+# (nim_async.sync.predictor uses _check_params).
+_Call = PreparedCall
+_Template = BodyTemplate
+_Exchange = StreamExchange
+_DEFAULT_PARAMS = DEFAULT_PARAMS
+_check_prompt = check_prompt
+_check_params = check_params
 
 
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One prepared request (immutable; never shared between calls)."""
-
-    body: bytes
-    prompt: str
-    image: EncodedImage | EncodedVideo
-    model_input_size: tuple[int, int] | None
-    params: NIMSamplingParams
-    constraint: Constraint | None
-    custom: bool  # a constraint other than the task's own schema: return the text as is
-    wire: WireFormat
-    task: Task  # the predictor's, or the one its media is sent with (freeform video: video-)
-
-
-_Template = tuple[
-    "weakref.ref[NIMSamplingParams]", WireFormat, bytes, bytes, Constraint | None, bool
-]
-"""A serialised body around the image: (params, wire, head, tail, constraint, custom)."""
-
-
-class _Exchange:
-    """A sent streaming request, as :class:`AsyncPredictionStream` consumes it."""
-
-    __slots__ = ("_call", "_predictor", "encode_seconds", "response", "sent_at")
-
-    def __init__(
-        self, predictor: AsyncNIMPredictor, call: _Call, response: ChatResponse, sent_at: float
-    ) -> None:
-        self._predictor = predictor
-        self._call = call
-        self.response = response
-        self.encode_seconds = call.image.encode_seconds
-        self.sent_at = sent_at
-
-    def finish(self, result: StreamResult, timings: PredictionTimings) -> PredictionResponse:
-        """Check and parse the accumulated stream."""
-        return self._predictor._finish(self._call, result, timings)
-
-
-class AsyncNIMPredictor:
+class AsyncNIMPredictor(PredictorPipeline):
     """Run inference against a NIM (or any OpenAI-compatible vision server) asynchronously.
 
     Example:
@@ -308,62 +261,39 @@ class AsyncNIMPredictor:
         self._timeout = timeout
         self._placeholder = f"nim-async-image-{uuid.uuid4().hex}"
         self._placeholder_json = orjson.dumps(self._placeholder)
-        self._bodies: dict[tuple[int, str, bool, str, str, str], _Template] = {}
-        # Default transport chosen by measurement (benchmarks/README.md): httpx's own pool
-        # collapses under many concurrent streams; aiohttp's keeps near raw-aiohttp speed.
+        self._bodies = {}
+        self._open_clients(urls, transport, balancing, max_connections)
+
+    def _open_clients(
+        self,
+        urls: tuple[str, ...],
+        transport: Transport | None,
+        balancing: Balancing | None,
+        max_connections: int,
+    ) -> None:
+        """Set up the HTTP side: an endpoint pool for several servers, else one client."""
         self._max_connections = max_connections
         self._own_transport = transport is None
-        self._pool: EndpointPool | None = None
         self._endpoints: tuple[str, ...] = urls if len(urls) > 1 else (self._base_url,)
         self._where = self._base_url if len(urls) < 2 else f"endpoints {', '.join(urls)}"
+        self._loop = None
+        self._closed = False
         if len(urls) > 1:
             # One client per endpoint; the first is also the one for downloads and lookups.
             self._pool = EndpointPool(
                 urls, self._endpoint_client, retry=self._retry, balancing=balancing
             )
             self._http = self._pool.clients[0]
-        else:
-            self._http = ServerClient(
-                self._base_url,
-                timeout=timeout,
-                max_connections=max_connections,
-                transport=transport,
-            )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
-
-    def _client(self) -> ServerClient:
-        """The HTTP client for the running event loop (a new one after a closed loop)."""
-        loop = asyncio.get_running_loop()
-        if loop is self._loop:
-            return self._http
-        if self._loop is None:
-            self._loop = loop
-            return self._http
-        if not self._loop.is_closed():
-            raise RuntimeError(
-                "this AsyncNIMPredictor is in use on another event loop that is still running; "
-                "create one predictor per event loop (or use the blocking NIMPredictor from "
-                "threads)"
-            )
-        if not self._own_transport:
-            raise RuntimeError(
-                "this AsyncNIMPredictor was used in an earlier asyncio.run() whose loop is "
-                "closed, and the transport you passed belongs to that loop; create the "
-                "predictor (and its transport) inside the coroutine that asyncio.run() runs"
-            )
-        # The earlier loop is gone (a second asyncio.run()): its connections cannot be closed
-        # from here; drop them quietly and start a fresh pool on this loop.
-        if self._pool is not None:
-            self._http = self._pool.rebind()
-        else:
-            self._http.abandon()
-            self._http = ServerClient(
-                self._base_url, timeout=self._timeout, max_connections=self._max_connections
-            )
-        self._wire_lock = asyncio.Lock()
-        self._loop = loop
-        return self._http
+            return
+        self._pool = None
+        # Default transport chosen by measurement (benchmarks/README.md): httpx's own pool
+        # collapses under many concurrent streams; aiohttp's keeps near raw-aiohttp speed.
+        self._http = ServerClient(
+            self._base_url,
+            timeout=self._timeout,
+            max_connections=max_connections,
+            transport=transport,
+        )
 
     def _endpoint_client(self, url: str) -> ServerClient:
         return ServerClient(url, timeout=self._timeout, max_connections=self._max_connections)
@@ -550,11 +480,11 @@ class AsyncNIMPredictor:
             MediaError: for an unsupported source type or a missing file (checked at once).
             TypeError: when ``sampling_params`` is not a ``NIMSamplingParams``.
         """
-        _check_params(sampling_params)
-        _check_prompt(user_prompt)
+        check_params(sampling_params)
+        check_prompt(user_prompt)
         validate_source(source)
 
-        async def open_() -> _Exchange:
+        async def open_() -> StreamExchange:
             call = await self._prepare(source, user_prompt, sampling_params, stream=True)
             sent_at = time.perf_counter()
             try:
@@ -565,7 +495,7 @@ class AsyncNIMPredictor:
                     f"the stream from {self._where} did not start within "
                     f"timeout={self._timeout:g} s"
                 ) from exc
-            return _Exchange(self, call, response, sent_at)
+            return StreamExchange(self, call, response, sent_at)
 
         return AsyncPredictionStream(
             open_,
@@ -614,223 +544,3 @@ class AsyncNIMPredictor:
         else:
             cards = await client.models()
         return [str(card["id"]) for card in cards]
-
-    async def wire_format(self) -> WireFormat:
-        """Return where fields are sent to this server (asked once for ``dialect="auto"``).
-
-        Raises:
-            ServiceUnavailableError: no server answers (nothing is remembered; asked again).
-        """
-        if self._wire is not None:
-            return self._wire
-        async with self._wire_lock:
-            if self._wire is None:
-                # Under the same retry policy as a send: a restarting server is retried here too.
-                client = self._client()
-                wait = min(self._timeout, 10.0)
-                if self._pool is not None:  # the endpoints serve one model: ask one that answers
-                    info = await self._pool.first(
-                        lambda c: c.server_info(request_timeout=wait), label="GET server version"
-                    )
-                else:
-                    info = await self._retry.run(
-                        lambda: client.server_info(request_timeout=wait),
-                        label="GET server version",
-                    )
-                self._wire = wire_format_for(
-                    info.nim_version, info.metadata, vllm=info.vllm_version, owned_by=info.owned_by
-                )
-            return self._wire
-
-    # ------------------------------------------------------------------ prepare
-
-    async def _prepare(
-        self,
-        source: object,
-        user_prompt: str | None,
-        sampling_params: NIMSamplingParams | None,
-        *,
-        stream: bool,
-    ) -> _Call:
-        if self._closed:
-            raise RuntimeError("this predictor is closed; create a new one")
-        params = _check_params(sampling_params) or _DEFAULT_PARAMS
-        _check_prompt(user_prompt)
-        client = self._client()
-        wire_format = await self.wire_format()
-        image = await load_media(
-            source,
-            max_pixels=self._max_pixels,
-            fetch=partial(client.fetch, max_bytes=self._max_download_bytes, deadline=self._timeout),
-            max_image_pixels=self._max_image_pixels,
-            max_video_bytes=self._max_video_bytes,
-        )
-        try:
-            task = task_for_media(self._task, image.kind)
-        except ValueError as exc:
-            raise MediaError(f"{exc} (source: {image.source})", source=image.source) from None
-        prompt = task.build_prompt(user_prompt)
-        # The body around the media depends only on (params, prompt, stream, model, task, media
-        # kind, wire): built and serialised once, then reused (params are frozen; the entry
-        # holds a weak reference to check the id still names the same object).
-        key = (id(params), prompt, stream, self.model_name, task.name, image.kind)
-        hit = self._bodies.get(key)
-        if hit is None or hit[0]() is not params or hit[1] is not wire_format:
-            hit = self._body_template(params, prompt, stream, wire_format, task, image.kind)
-            if len(self._bodies) >= 256:
-                self._bodies.clear()
-            self._bodies[key] = hit
-        _, _, head, tail, constraint, custom = hit
-        data = b"".join((head, b'"', image.data_uri, b'"', tail))
-        model_input: tuple[int, int] | None = None
-        if isinstance(image, EncodedVideo):
-            pass  # no boxes to convert: the frame size is the server's to read
-        elif self._box_format == "qwen25-abs":
-            try:
-                model_input = smart_resize(
-                    *image.sent_size,
-                    factor=self._spec.patch_size,
-                    min_pixels=self._spec.min_pixels,
-                    max_pixels=self._spec.max_pixels,
-                )
-            except ValueError as exc:  # an aspect ratio over 200: the server refuses it too
-                raise MediaError(
-                    f"cannot send the image {image.source}: {exc}", source=image.source
-                ) from exc
-        else:
-            model_input = image.sent_size
-        return _Call(
-            data, prompt, image, model_input, params, constraint, custom, wire_format, task
-        )
-
-    def _body_template(
-        self,
-        params: NIMSamplingParams,
-        prompt: str,
-        stream: bool,
-        wire_format: WireFormat,
-        task: Task,
-        kind: wire.MediaKind,
-    ) -> _Template:
-        constraint = wire.constraint_of(params)
-        custom = constraint is not None and not (
-            constraint.kind == "json" and constraint.value == task.output_schema()
-        )
-        system_prompt = self._system_prompt
-        if task is not self._task and system_prompt == self._task.system_prompt:
-            system_prompt = task.system_prompt  # the task's own default, not one you gave
-        fields, extensions = wire.sampling_fields(params, kind)
-        body = wire.chat_body(
-            model=self.model_name,
-            messages=wire.media_messages(system_prompt, prompt, self._placeholder, kind),
-            stream=stream,
-            wire=wire_format,
-            fields=fields,
-            extensions=extensions,
-            constraint=constraint,
-        )
-        head, sep, tail = orjson.dumps(body).partition(self._placeholder_json)
-        if not sep:  # pragma: no cover - image_messages always places the placeholder
-            raise ValueError("image placeholder missing from the request body")
-        return (weakref.ref(params), wire_format, head, tail, constraint, custom)
-
-    # ------------------------------------------------------------------ send
-
-    async def _send(self, body: bytes, *, stream: bool, deadline: float) -> ChatResponse:
-        # The one retry policy: no server answering, HTTP 429/502/503/504 (Retry-After
-        # honoured); the same body bytes are re-sent. Nothing is retried once streaming began.
-        # The caller's deadline bounds the retries: a Retry-After that would end past it
-        # fails at once (the error carries the server's Retry-After).
-        if self._pool is not None:  # several endpoints: chosen, failed over, counted there
-            return await self._pool.send(body, stream=stream, deadline=deadline)
-        client = self._client()
-        retry = self._retry.start(deadline=deadline, label="POST /v1/chat/completions")
-        while True:
-            try:
-                return await client.post(body, stream=stream)
-            except NIMPredictionError as exc:
-                if not await retry.backoff(exc):
-                    raise
-
-    # ------------------------------------------------------------------ finish
-
-    def _finish(
-        self, call: _Call, result: StreamResult, timings: PredictionTimings
-    ) -> PredictionResponse:
-        content, reasoning = result.content, result.reasoning
-        text = content
-        if reasoning and "<think>" not in content:
-            text = f"<think>{reasoning}</think>\n{content}"
-        finish_reason = result.finish_reason
-        model = result.model or self.model_name
-        usage = usage_from(result.usage)
-        if call.constraint is not None:
-            try:
-                check_guided_output(text, call.params, finish_reason=finish_reason)
-            except GuidedDecodingError as exc:
-                raise GuidedDecodingError(
-                    f"{exc} {call.wire.advice(call.constraint)}",
-                    raw_output=exc.raw_output,
-                    constraint=exc.constraint,
-                ) from None
-        if call.custom:
-            thinking, answer = split_thinking(text)
-            return TextResponse(
-                task_type=call.task.name,
-                model=model,
-                prompt=call.prompt,
-                raw_output=text,
-                thinking=thinking,
-                usage=usage,
-                finish_reason=finish_reason,
-                image_size=call.image.original_size,
-                timings=timings,
-                text=answer,
-            )
-        context = ParseContext(
-            prompt=call.prompt,
-            model=model,
-            box_format=self._box_format,
-            original_size=call.image.original_size,
-            model_input_size=call.model_input_size,
-            usage=usage,
-            finish_reason=finish_reason,
-        )
-        parsed = call.task.parse(text, context)
-        return parsed.model_copy(update={"timings": timings})
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _check_prompt(prompt: object) -> None:
-    """Check ``user_prompt``: a ``str`` or ``None``.
-
-    Raises:
-        InvalidParameterError: for anything else (bytes are not decoded for you: the encoding
-            is yours to know).
-    """
-    if prompt is None or isinstance(prompt, str):
-        return
-    hint = (
-        " (decode it first, e.g. prompt.decode('utf-8'))"
-        if isinstance(prompt, bytes | bytearray)
-        else ""
-    )
-    raise InvalidParameterError(
-        f"user_prompt must be a str or None, not {type(prompt).__name__}{hint}",
-        field="user_prompt",
-    )
-
-
-def _check_params(params: object) -> NIMSamplingParams | None:
-    """Return ``params`` when it is a ``NIMSamplingParams`` or ``None``.
-
-    Raises:
-        TypeError: for anything else.
-    """
-    if params is None or isinstance(params, NIMSamplingParams):
-        return params
-    raise TypeError(
-        f"sampling_params must be a NIMSamplingParams or None, not {type(params).__name__}"
-    )
