@@ -13,7 +13,7 @@ from typing import Any
 from nim_async.catalog import BOX_FORMATS, KNOWN_IMAGES, BoxFormat, ImageSpec, box_format_for_model
 from nim_async.config import NIMConfig
 from nim_async.errors import InvalidParameterError
-from nim_async.predict.endpoints import shown_url
+from nim_async.predict.routing import shown_url
 from nim_async.protocol import wire
 from nim_async.results import NIMDeploymentResult
 
