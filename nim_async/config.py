@@ -566,11 +566,27 @@ class NIMConfig(BaseModel):
 
     @property
     def base_url(self) -> str:
-        """URL of the deployed NIM as seen from this host."""
+        """URL of the deployed NIM as seen from this host (replica 0's with several)."""
+        return self.replica_base_url(0)
+
+    @property
+    def replica_base_urls(self) -> list[str]:
+        """The base URL of every replica as seen from this host, replica 0 first.
+
+        What a predictor's ``endpoints`` are; not :attr:`endpoint`, the Vi API's URL.
+        """
+        return [self.replica_base_url(i) for i in range(self.replicas)]
+
+    def replica_base_url(self, replica: int) -> str:
+        """The URL replica ``replica`` serves at from this host (host port ``port + replica``).
+
+        Args:
+            replica: The replica's index (0 .. ``replicas - 1``).
+        """
         host = f"[{self.host}]" if ":" in self.host else self.host
         if host in ("0.0.0.0", "[::]"):
             host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{self.port + replica}"
 
     def ensure_cache_dir(self) -> Path:
         """Create the cache directory if missing and check that it is writable.

@@ -26,7 +26,6 @@ added.
 from __future__ import annotations
 
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +33,7 @@ from typing import Any, Protocol
 from nim_async.bench.client import PreparedRequest
 from nim_async.bench.metrics import SLO, RequestRecord, summarize
 from nim_async.bench.server_metrics import server_deltas, sum_scrapes
+from nim_async.protocol.urls import base_url_problem
 
 __all__ = [
     "BALANCE",
@@ -72,19 +72,9 @@ def check_url(text: str) -> str:
         ValueError: with the reason, for anything else.
     """
     value = text.strip()
-    try:
-        parts = urllib.parse.urlsplit(value)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad URL {text!r}: {exc}") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"bad URL {text!r}: it must start with http:// or https://")
-    if not parts.hostname:
-        raise ValueError(f"bad URL {text!r}: no host")
-    if port == 0:
-        raise ValueError(f"bad URL {text!r}: port 0")
-    if parts.query or parts.fragment:
-        raise ValueError(f"bad URL {text!r}: give the server's base URL, without ? or #")
+    problem = base_url_problem(value)
+    if problem is not None:
+        raise ValueError(f"bad URL {text!r}: {problem}")
     return value.rstrip("/")
 
 

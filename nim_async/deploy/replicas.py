@@ -32,7 +32,6 @@ from nim_async.deploy.spec import (
     MANAGED_LABEL,
     REPLICA_LABEL,
     published_port,
-    replica_base_url,
     replica_name,
 )
 from nim_async.errors import ContainerExistsError, NIMError
@@ -105,7 +104,7 @@ def plan_replicas(config: NIMConfig) -> list[Replica]:
             name=replica_name(config.container_name, i),
             host=config.host,
             port=config.port + i,
-            url=replica_base_url(config, i),
+            url=config.replica_base_url(i),
         )
         for i in range(n)
     ]

@@ -34,7 +34,6 @@ __all__ = [
     "device_requests",
     "env_value",
     "published_port",
-    "replica_base_url",
     "replica_gpus",
     "replica_name",
 ]
@@ -101,17 +100,6 @@ def replica_name(deployment: str, replica: int) -> str:
         ``{deployment}-r{replica}``.
     """
     return deployment if replica == 0 else f"{deployment}-r{replica}"
-
-
-def replica_base_url(config: NIMConfig, replica: int) -> str:
-    """The URL replica ``replica`` of ``config`` serves at from this host (port ``port + i``).
-
-    Args:
-        config: The deployment configuration.
-        replica: The replica's index.
-    """
-    base = config.base_url
-    return f"{base.rsplit(':', 1)[0]}:{config.port + replica}"
 
 
 def replica_gpus(config: NIMConfig) -> list[Any]:

@@ -15,6 +15,7 @@ from nim_async.config import NIMConfig
 from nim_async.errors import InvalidParameterError
 from nim_async.predict.routing import shown_url
 from nim_async.protocol import wire
+from nim_async.protocol.urls import base_url_problem
 from nim_async.results import NIMDeploymentResult
 
 __all__ = [
@@ -191,11 +192,9 @@ def resolve_endpoints(
     """
     model: str | None = None
     if endpoints is None:
-        replicas = getattr(config, "replicas", 1) if base_url is None else 1
-        if config is None or not isinstance(replicas, int) or replicas < 2:
+        if config is None or base_url is not None or config.replicas < 2:
             return (), None
-        prefix = config.base_url.rsplit(":", 1)[0]
-        return tuple(f"{prefix}:{config.port + k}" for k in range(replicas)), None
+        return tuple(config.replica_base_urls), None
     if base_url is not None:
         raise InvalidParameterError(
             "give either base_url (one server) or endpoints (several), not both",
@@ -203,7 +202,7 @@ def resolve_endpoints(
         )
     if isinstance(endpoints, NIMDeploymentResult):
         model = endpoints.served_model_name or next(iter(endpoints.available_models or ()), None)
-        urls: object = getattr(endpoints, "endpoints", None) or [endpoints.base_url]
+        urls: object = endpoints.endpoints or [endpoints.base_url]
     else:
         urls = endpoints
     if isinstance(urls, str | bytes):
@@ -224,9 +223,12 @@ def resolve_endpoints(
         raise InvalidParameterError("endpoints must name at least one URL", field="endpoints")
     seen: list[str] = []
     for item in items:
-        if not isinstance(item, str) or not item.startswith(("http://", "https://")):
+        problem = base_url_problem(item) if isinstance(item, str) else "not a string"
+        if problem is not None:
+            shown = shown_url(item) if isinstance(item, str) else repr(item)
             raise InvalidParameterError(
-                f"each endpoint must be an http(s):// base URL, got {item!r}", field="endpoints"
+                f"each endpoint must be an http(s):// base URL; {shown}: {problem}",
+                field="endpoints",
             )
         url = item.rstrip("/")
         if url in seen:

@@ -19,7 +19,6 @@ from nim_async.deploy.spec import (
     device_requests,
     env_value,
     published_port,
-    replica_base_url,
     replica_gpus,
     replica_name,
 )
@@ -151,7 +150,7 @@ def test_replica_bodies_differ_only_in_port_gpus_and_replica_label(tmp_path: Pat
         assert labels[REPLICAS_LABEL] == "3"
         assert labels[CONFIG_HASH_LABEL] == config.config_hash()
         assert body["Env"] == bodies[0]["Env"]
-    assert [replica_base_url(config, i) for i in range(3)] == [
+    assert [config.replica_base_url(i) for i in range(3)] == [
         "http://127.0.0.1:8123",
         "http://127.0.0.1:8124",
         "http://127.0.0.1:8125",
