@@ -74,9 +74,15 @@ def test_bench_client_counts_every_token_vllm_streams(vllm_server: Any) -> None:
         pytest.fail("no scene gave an empty-content token chunk; the check below proves nothing")
     usage = next(c["usage"] for c in raw if c.get("usage"))
     assert len(tokens) == usage["completion_tokens"] == 32  # vLLM: one chunk per token
-    record = asyncio.run(_bench_send(vllm_server, body))  # temperature 0: the same answer
-    assert record.ok, record.error_message
-    assert record.output_tokens == 32
+    # temperature 0: the same answer. A busy vLLM API server may merge tokens it has not sent
+    # yet into one chunk (fewer chunks, never more); a client that skips empty-content chunks
+    # can never count 32, so one of three sends must.
+    for _ in range(3):
+        record = asyncio.run(_bench_send(vllm_server, body))
+        assert record.ok, record.error_message
+        assert record.output_tokens == 32
+        if record.chunks == 32:
+            break
     assert record.chunks == 32, "the bench client skipped token chunks with empty content"
     assert not record.usage_mismatch
     assert len(record.itls) == 31
@@ -107,7 +113,9 @@ def test_nim_bench_agrees_with_vllm_bench_serve(vllm_server: Any, tmp_path: Path
     25 %: the buckets are coarse), which makes vllm bench the one that is off; or, for TTFT and
     TPOT, the server's own mean of that figure must have moved between the runs by more than
     half the tolerance with each tool's reading over the server's own agreeing between the tools
-    (the server was not the same in both runs; its E2E may still have held still).
+    (the server was not the same in both runs; its E2E may still have held still); or the
+    tools' means of that figure agree within half the tolerance with the same reading over the
+    server's own (a median of 32 bimodal per-request values jumped; the means held).
 
     The server's own histograms over each run are the third witness. When the tools disagree
     and the server itself was faster or slower between the two runs by more than half the
@@ -156,6 +164,7 @@ def test_nim_bench_agrees_with_vllm_bench_serve(vllm_server: Any, tmp_path: Path
             if not r["ok"]
             and not script.server_sides_with_nim(r)
             and not script.server_explains(r, result, TOLERANCE)
+            and not script.medians_of_few(r, result, TOLERANCE)
         ]
         assert not failed, f"disagree beyond {TOLERANCE:.0%}: {failed}\n{table}"
         return
@@ -225,3 +234,19 @@ def test_agreement_table_names_a_disagreement() -> None:
     assert not bench_agreement.server_explains(ttft, apart, TOLERANCE)  # a tool is off
     other = {**result, "vllm": {"witness": {"valid": False, "ttft_ms": 40.16}}}
     assert not bench_agreement.server_explains(ttft, other, TOLERANCE)  # someone else's traffic
+    # the medians of 32 requests jumped apart while the means held (CI's TPOT case)
+    few = {
+        "comparison": {"shown": [{"key": "tpot_mean", "nim": 8.96, "vllm": 9.26}]},
+        "server_agreement": {
+            "nim": {"tpot": 1.010, "valid": 1.0},
+            "vllm": {"tpot": 1.001, "valid": 1.0},
+        },
+    }
+    tpot = {"key": "tpot_p50"}
+    assert bench_agreement.medians_of_few(tpot, few, TOLERANCE)
+    assert not bench_agreement.medians_of_few({"key": "itl_p50"}, few, TOLERANCE)
+    far = {**few, "comparison": {"shown": [{"key": "tpot_mean", "nim": 8.96, "vllm": 10.0}]}}
+    assert not bench_agreement.medians_of_few(tpot, far, TOLERANCE)  # the means disagree too
+    high = {"tpot": 1.2, "valid": 1.0}
+    off = {**few, "server_agreement": {**few["server_agreement"], "nim": high}}
+    assert not bench_agreement.medians_of_few(tpot, off, TOLERANCE)  # one tool reads high
