@@ -44,6 +44,7 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Awaitable,
+    Callable,
     Iterable,
     Iterator,
     Sized,
@@ -292,6 +293,86 @@ class _TextProgress:
         return f"{self._description} {self._done}/{total}  {self._failed} failed  {rate:.1f}/s"
 
 
+def _batch_policy(
+    concurrency: int, retries: int, backoff: float, backoff_cap: float, retry: RetryPolicy | None
+) -> RetryPolicy:
+    """The batch's policy: ``retry`` if given, else from ``retries`` and the backoff (checked)."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    if retries < 0:
+        raise ValueError(f"retries must be at least 0, got {retries}")
+    return retry or RetryPolicy.from_retries(
+        retries,
+        base=max(backoff, 0.0),
+        cap=max(backoff_cap, backoff, 0.0),
+        broken_streams=True,
+    )
+
+
+class _InFlight:
+    """The tasks of a batch: at most ``concurrency`` running, and the ordered window.
+
+    Args:
+        run: Starts the work of one input (``run(index, source)``).
+        feed: Where the inputs come from.
+        concurrency: Most tasks running at once.
+        window: With ordered output, most inputs started but not yet released; ``None``:
+            unordered (a result is released as soon as it is finished).
+    """
+
+    def __init__(
+        self,
+        run: Callable[[int, object], Awaitable[BatchResult]],
+        feed: _Sources,
+        concurrency: int,
+        window: int | None,
+    ) -> None:
+        self._run = run
+        self._feed = feed
+        self._concurrency = concurrency
+        self._window = window
+        self._pending: set[asyncio.Future[BatchResult]] = set()
+        self._waiting: dict[int, BatchResult] = {}
+        self._next_index = 0
+        self._next_to_yield = 0
+
+    async def fill(self) -> bool:
+        """Start inputs while a slot (and the window) has room; whether any task is running."""
+        while len(self._pending) < self._concurrency and not self._feed.exhausted:
+            if self._window is not None and self._next_index - self._next_to_yield >= self._window:
+                break
+            has_item, source = await self._feed.next()
+            if not has_item:
+                break
+            self._pending.add(asyncio.ensure_future(self._run(self._next_index, source)))
+            self._next_index += 1
+        return bool(self._pending)
+
+    async def finished(self) -> list[BatchResult]:
+        """Wait for at least one task; the results that ended, in input order."""
+        done, _ = await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
+        self._pending.difference_update(done)
+        return sorted((task.result() for task in done), key=lambda r: r.index)
+
+    def release(self, result: BatchResult) -> Iterator[BatchResult]:
+        """The results ``result`` lets out: itself unordered; ordered, the run it completes."""
+        if self._window is None:
+            yield result
+            return
+        self._waiting[result.index] = result
+        while self._next_to_yield in self._waiting:
+            yield self._waiting.pop(self._next_to_yield)
+            self._next_to_yield += 1
+
+    async def cancel(self) -> None:
+        """Cancel the tasks still running and wait for them."""
+        for task in self._pending:
+            task.cancel()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        self._pending.clear()
+
+
 async def predict_many(
     predictor: Predictor,
     sources: Iterable[Any] | AsyncIterable[Any],
@@ -341,73 +422,32 @@ async def predict_many(
     Raises:
         ValueError: if ``concurrency`` < 1, ``retries`` < 0 or ``reorder_window`` < concurrency.
     """
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    if retries < 0:
-        raise ValueError(f"retries must be at least 0, got {retries}")
-    policy = retry or RetryPolicy.from_retries(
-        retries,
-        base=max(backoff, 0.0),
-        cap=max(backoff_cap, backoff, 0.0),
-        broken_streams=True,
-    )
+    policy = _batch_policy(concurrency, retries, backoff, backoff_cap, retry)
     window = reorder_window if reorder_window is not None else 4 * concurrency
     if window < concurrency:
         raise ValueError(f"reorder_window ({window}) must be at least concurrency ({concurrency})")
     if total is None and isinstance(sources, Sized):
         with contextlib.suppress(TypeError):
             total = len(sources)
-
-    feed = _Sources(sources)
-    pending: set[asyncio.Task[BatchResult]] = set()
-    waiting: dict[int, BatchResult] = {}
-    next_index = 0
-    next_to_yield = 0
+    run = partial(
+        _predict_one,
+        predictor,
+        user_prompt=user_prompt,
+        sampling_params=sampling_params,
+        policy=policy,
+    )
+    batch = _InFlight(run, _Sources(sources), concurrency, window if ordered else None)
     bar: BatchProgress | None = _TextProgress() if progress is True else progress or None
-
-    def start(index: int, source: object) -> None:
-        coro = _predict_one(
-            predictor,
-            index,
-            source,
-            user_prompt=user_prompt,
-            sampling_params=sampling_params,
-            policy=policy,
-        )
-        pending.add(asyncio.ensure_future(coro))
-
     try:
         if bar is not None:
             bar.start(total)
-        while True:
-            while len(pending) < concurrency and not feed.exhausted:
-                if ordered and next_index - next_to_yield >= window:
-                    break
-                has_item, source = await feed.next()
-                if not has_item:
-                    break
-                start(next_index, source)
-                next_index += 1
-            if not pending:
-                break
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            pending.difference_update(done)
-            for task in sorted(done, key=lambda t: t.result().index):
-                result = task.result()
+        while await batch.fill():
+            for result in await batch.finished():
                 if bar is not None:
                     bar.advance(result.ok)
-                if not ordered:
-                    yield result
-                    continue
-                waiting[result.index] = result
-                while next_to_yield in waiting:
-                    yield waiting.pop(next_to_yield)
-                    next_to_yield += 1
+                for ready in batch.release(result):
+                    yield ready
     finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        pending.clear()
+        await batch.cancel()
         if bar is not None:
             bar.finish()
