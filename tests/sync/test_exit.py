@@ -109,6 +109,91 @@ print("end of script")
     assert ended.stdout.splitlines() == ["failed: DockerUnavailableError", "end of script"]
 
 
+SEED_DEPLOYER_SETUP = """
+from nim_async import NIMDeployer, NIMConfig
+
+# Default deployment (uses NGC_API_KEY env var)
+deployer = NIMDeployer()
+
+# With custom config
+config = NIMConfig(nvidia_api_key="nvapi-...", port=8000)
+deployer = NIMDeployer(config)
+"""
+
+SEED_DEPLOY_ERROR = """
+from nim_async import NIMDeploymentError
+
+try:
+    deployer.deploy()
+except NIMDeploymentError as e:
+    print(f"Deployment failed: {e}")
+"""
+
+
+async def test_seed_deployer_and_error_handling_examples_as_written(tmp_path: Path) -> None:
+    # The seed's "Initialize" and "Error Handling" blocks, verbatim (vi.deployment.nim ->
+    # nim_async), Docker unreachable: once with console output, once in quiet mode.
+    ended = await run_script(
+        SEED_DEPLOYER_SETUP
+        + SEED_DEPLOY_ERROR
+        + """
+# Quiet mode (no console output)
+deployer = NIMDeployer(config, quiet=True)
+"""
+        + SEED_DEPLOY_ERROR,
+        tmp_path,
+        env={**NO_DOCKER, "NGC_API_KEY": "nvapi-not-a-real-key"},
+    )
+    _ok(ended)
+    lines = ended.stdout.splitlines()
+    assert len(lines) == 2
+    assert all(
+        line.startswith("Deployment failed: Cannot reach the Docker daemon") for line in lines
+    )
+
+
+@pytest.mark.parametrize(
+    "example",
+    [
+        # "Quick Deploy", verbatim: the deploy raises, uncaught.
+        """
+from nim_async import NIMDeployer, NIMConfig
+
+config = NIMConfig(nvidia_api_key="nvapi-...")
+deployer = NIMDeployer(config)
+result = deployer.deploy()
+
+print(f"Running on port {result.port}")
+""",
+        # "Stop Container", verbatim: the stop raises, uncaught.
+        """
+from nim_async import NIMDeployer
+
+success = NIMDeployer.stop("cosmos-reason1-7b")
+
+if success:
+    print("Container stopped")
+else:
+    print("Container not found")
+""",
+    ],
+    ids=["quick-deploy", "stop"],
+)
+async def test_seed_deploy_examples_as_written_fail_with_status_1(
+    tmp_path: Path, example: str
+) -> None:
+    # Docker unreachable: the error ends the script (status 1, its one traceback), no hang.
+    ended = await run_script(example, tmp_path, env=NO_DOCKER)
+    assert ended.returncode == 1, ended.stderr
+    assert _tracebacks(ended.stderr) == 1
+    assert (
+        ended.stderr.rstrip().splitlines()[-1].startswith("nim_async.errors.DockerUnavailableError")
+    )
+    assert "Unclosed" not in ended.stderr
+    assert "Exception ignored" not in ended.stderr
+    assert ended.stdout == ""
+
+
 @pytest.mark.parametrize("style", ["with", "close"])
 async def test_closed_explicitly(emulator: Any, tmp_path: Path, style: str) -> None:
     body = {
