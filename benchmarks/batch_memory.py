@@ -15,7 +15,8 @@ channel); run it as its own process so its peak RSS is its own.
 
     .venv/bin/python benchmarks/batch_memory.py              # 10,000 inputs, async
     .venv/bin/python benchmarks/batch_memory.py --blocking   # the same, blocking facade
-    .venv/bin/python benchmarks/batch_memory.py --n 2000     # quicker
+    .venv/bin/python benchmarks/batch_memory.py --quick      # 2,000 inputs (as --n 2000)
+    .venv/bin/python benchmarks/batch_memory.py --quick --blocking
 """
 
 from __future__ import annotations
@@ -140,7 +141,10 @@ def main() -> int:
     parser.add_argument(
         "--blocking", action="store_true", help="measure NIMPredictor.predict_many (blocking)"
     )
+    parser.add_argument("--quick", action="store_true", help="2,000 inputs (the --n minimum)")
     args = parser.parse_args()
+    if args.quick:
+        args.n = 2000
     if args.n < 2000:
         parser.error("--n must be at least 2000 (the first mark is at 1,000)")
     m = asyncio.run(run(args.n, args.concurrency, args.blocking))
