@@ -479,106 +479,26 @@ async def run_workers(
         "pools": [load["concurrency"] or load["max_concurrency"] or 256 for load in loads],
         "args": {name: getattr(args, name) for name in WORKER_ARGS},
     }
-    api_key = getattr(args, "api_key", None)
-    workers = [await _start(i, spec, api_key) for i in range(count)]
-    pumps = [asyncio.create_task(_pump(w)) for w in workers]
-    drains = [asyncio.create_task(_drain_stderr(w)) for w in workers]
+    workers = [await _start(i, spec, getattr(args, "api_key", None)) for i in range(count)]
+    tasks = [asyncio.create_task(job(w)) for job in (_pump, _drain_stderr) for w in workers]
     points: list[dict[str, Any]] = []
     all_records: list[tuple[dict[str, Any], RequestRecord, float]] = []
     try:
         for w in workers:
-            event = await w.next_event()
-            if event is None:
+            if await w.next_event() is None:
                 w.died_at_point = 0
+        run = _PointRun(
+            workers, urls, slo, ceiling, headroom_bound, scrape_before, scrape_after, on_ready
+        )
         for k, load in enumerate(loads):
-            per_worker: list[list[RequestRecord]] = [[] for _ in workers]
-            dones: list[dict[str, Any] | None] = [None for _ in workers]
-
-            async def until_ready(w: WorkerProcess, k: int = k) -> bool:
-                """Wait for ``w``'s warm-up; whether it takes part (no share: it skips)."""
-                while (event := await w.next_event()) is not None:
-                    if event.get("t") == "ready" and event.get("p") == k:
-                        return not event.get("skip")
-                if w.died_at_point is None:
-                    w.died_at_point = k
-                return False
-
-            taking_part = await asyncio.gather(*(until_ready(w) for w in workers))
-            if on_ready is not None:
-                on_ready(k, workers)
-            before = await scrape_before() if scrape_before is not None else None
-            origin = time.perf_counter()
-            for w, part in zip(workers, taking_part, strict=True):
-                if part:  # a worker that skips this point does not wait for "go"
-                    w.send(b"go\n")
-
-            async def collect(
-                w: WorkerProcess,
-                k: int = k,
-                per_worker: list[list[RequestRecord]] = per_worker,
-                dones: list[dict[str, Any] | None] = dones,
-            ) -> None:
-                while (event := await w.next_event()) is not None:
-                    kind = event.get("t")
-                    if kind == "rec" and event.get("p") == k:
-                        per_worker[w.index].append(RequestRecord(**event["r"]))
-                    elif kind == "done" and event.get("p") == k:
-                        dones[w.index] = event
-                        return
-                if w.died_at_point is None:
-                    w.died_at_point = k
-
-            await asyncio.gather(*(collect(w) for w in workers))
-            concurrency, rate = load["concurrency"], load["request_rate"]
-            point = merge_point(per_worker, concurrency=concurrency, request_rate=rate, slo=slo)
-            figures = [
-                _worker_figures(w, per_worker[w.index], dones[w.index], ceiling, headroom_bound)
-                for w in workers
-            ]
-            cpu = [f["cpu_s"] for f in figures if f["cpu_s"] is not None]
-            lag = [float(x) for d in dones if d for x in d["lag"]]
-            lag_stats = summarize_values(lag, scale=1000.0)
-            headrooms = [f["headroom"] for f in figures if f["headroom"] is not None]
-            bounds = [f["client_bound"] for f in figures if f["client_bound"] is not None]
-            tokens = point["output_tokens"]
-            point["client"] = {
-                "cpu_s": sum(cpu),
-                "cpu_us_per_token": (sum(cpu) / tokens * 1e6) if tokens else None,
-                "loop_lag_ms": {
-                    "p50": lag_stats["p50"],
-                    "p99": lag_stats["p99"],
-                    "max": max(lag) * 1000.0 if lag else None,
-                },
-                "late_arrivals": sum(int(d["late"]) for d in dones if d),
-                "ceiling_tokens_per_s": ceiling,
-                "headroom": min(headrooms) if headrooms else None,
-                "client_bound": any(bounds) if bounds else None,
-            }
-            point["workers"] = figures
-            point["num_workers"] = count
-            dead = [f for f in figures if f["status"] != "ok"]
-            point["partial"] = bool(dead)
-            if len(urls) > 1:
-                times, seconds = [0] * len(urls), [0.0] * len(urls)
-                for d in dones:
-                    marked, down = (d or {}).get("downs") or ([], [])
-                    for i, n in enumerate(marked):
-                        times[i] += int(n)
-                    for i, x in enumerate(down):
-                        seconds[i] = max(seconds[i], float(x))
-                add_endpoint_figures(
-                    point,
-                    [r for rs in per_worker for r in rs],
-                    urls,
-                    slo=slo,
-                    marked_down=times,
-                    down_s=seconds,
-                )
-            if scrape_after is not None:
-                await scrape_after(before, point)
+            point, per_worker, origin = await run.point(k, load)
             points.append(point)
             for w in workers:
-                labels = {"concurrency": concurrency, "request_rate": rate, "worker": w.index}
+                labels = {
+                    "concurrency": load["concurrency"],
+                    "request_rate": load["request_rate"],
+                    "worker": w.index,
+                }
                 all_records.extend((labels, r, origin) for r in per_worker[w.index])
     except BaseException:
         # interrupted (Ctrl-C reaches only the parent: the workers have sessions of their own)
@@ -588,23 +508,166 @@ async def run_workers(
                     w.proc.terminate()
         raise
     finally:
-        for w in workers:
-            stdin = w.proc.stdin
-            if stdin is not None:
-                with contextlib.suppress(OSError, RuntimeError):
-                    stdin.close()
-        for w in workers:
-            try:
-                await asyncio.wait_for(w.proc.wait(), 10)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    w.proc.kill()
-                await w.proc.wait()
-            if w.exit_status is None:
-                w.exit_status = w.proc.returncode
-        for task in (*pumps, *drains):
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, 5)
+        await _reap(workers, tasks)
+    _mark_dead(workers, points)
+    return points, all_records
+
+
+async def _until_ready(worker: WorkerProcess, k: int) -> bool:
+    """Wait for ``worker``'s warm-up at point ``k``; whether it takes part (no share: it skips)."""
+    while (event := await worker.next_event()) is not None:
+        if event.get("t") == "ready" and event.get("p") == k:
+            return not event.get("skip")
+    if worker.died_at_point is None:
+        worker.died_at_point = k
+    return False
+
+
+async def _collect(
+    worker: WorkerProcess, k: int
+) -> tuple[list[RequestRecord], dict[str, Any] | None]:
+    """``worker``'s records of point ``k`` and its ``done`` event (``None``: it died first)."""
+    records: list[RequestRecord] = []
+    while (event := await worker.next_event()) is not None:
+        kind = event.get("t")
+        if kind == "rec" and event.get("p") == k:
+            records.append(RequestRecord(**event["r"]))
+        elif kind == "done" and event.get("p") == k:
+            return records, event
+    if worker.died_at_point is None:
+        worker.died_at_point = k
+    return records, None
+
+
+@dataclass(frozen=True)
+class _PointRun:
+    """What every load point of :func:`run_workers` shares (see its arguments)."""
+
+    workers: Sequence[WorkerProcess]
+    urls: Sequence[str]
+    slo: SLO | None
+    ceiling: float | None
+    headroom_bound: float
+    scrape_before: Callable[[], Any] | None
+    scrape_after: Callable[[Any, dict[str, Any]], Awaitable[None]] | None
+    on_ready: Callable[[int, Sequence[WorkerProcess]], None] | None
+
+    async def point(
+        self, k: int, load: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[list[RequestRecord]], float]:
+        """Load point ``k`` over all workers: warm, ``go``, collect, merge, scrape.
+
+        Returns:
+            The merged point, each worker's records and the time ``go`` was sent.
+        """
+        workers = self.workers
+        taking_part = await asyncio.gather(*(_until_ready(w, k) for w in workers))
+        if self.on_ready is not None:
+            self.on_ready(k, workers)
+        before = await self.scrape_before() if self.scrape_before is not None else None
+        origin = time.perf_counter()
+        for w, part in zip(workers, taking_part, strict=True):
+            if part:  # a worker that skips this point does not wait for "go"
+                w.send(b"go\n")
+        collected = await asyncio.gather(*(_collect(w, k) for w in workers))
+        per_worker = [records for records, _ in collected]
+        dones = [done for _, done in collected]
+        point = self._merge(load, per_worker, dones)
+        if self.scrape_after is not None:
+            await self.scrape_after(before, point)
+        return point, per_worker, origin
+
+    def _merge(
+        self,
+        load: dict[str, Any],
+        per_worker: list[list[RequestRecord]],
+        dones: list[dict[str, Any] | None],
+    ) -> dict[str, Any]:
+        slo, urls = self.slo, self.urls
+        point = merge_point(
+            per_worker, concurrency=load["concurrency"], request_rate=load["request_rate"], slo=slo
+        )
+        figures = [
+            _worker_figures(
+                w, per_worker[w.index], dones[w.index], self.ceiling, self.headroom_bound
+            )
+            for w in self.workers
+        ]
+        point["client"] = _client_figures(figures, dones, point["output_tokens"], self.ceiling)
+        point["workers"] = figures
+        point["num_workers"] = len(self.workers)
+        point["partial"] = any(f["status"] != "ok" for f in figures)
+        if len(urls) > 1:
+            times, seconds = _endpoint_downs(dones, len(urls))
+            records = [r for rs in per_worker for r in rs]
+            add_endpoint_figures(point, records, urls, slo=slo, marked_down=times, down_s=seconds)
+        return point
+
+
+def _client_figures(
+    figures: Sequence[dict[str, Any]],
+    dones: Sequence[dict[str, Any] | None],
+    tokens: int,
+    ceiling: float | None,
+) -> dict[str, Any]:
+    """The client side of a merged point: CPU, loop lag, late arrivals, the self-check."""
+    cpu = [f["cpu_s"] for f in figures if f["cpu_s"] is not None]
+    lag = [float(x) for d in dones if d for x in d["lag"]]
+    lag_stats = summarize_values(lag, scale=1000.0)
+    headrooms = [f["headroom"] for f in figures if f["headroom"] is not None]
+    bounds = [f["client_bound"] for f in figures if f["client_bound"] is not None]
+    return {
+        "cpu_s": sum(cpu),
+        "cpu_us_per_token": (sum(cpu) / tokens * 1e6) if tokens else None,
+        "loop_lag_ms": {
+            "p50": lag_stats["p50"],
+            "p99": lag_stats["p99"],
+            "max": max(lag) * 1000.0 if lag else None,
+        },
+        "late_arrivals": sum(int(d["late"]) for d in dones if d),
+        "ceiling_tokens_per_s": ceiling,
+        "headroom": min(headrooms) if headrooms else None,
+        "client_bound": any(bounds) if bounds else None,
+    }
+
+
+def _endpoint_downs(
+    dones: Sequence[dict[str, Any] | None], count: int
+) -> tuple[list[int], list[float]]:
+    """How often any worker marked each endpoint down (summed) and for how long (the longest)."""
+    times, seconds = [0] * count, [0.0] * count
+    for d in dones:
+        marked, down = (d or {}).get("downs") or ([], [])
+        for i, n in enumerate(marked):
+            times[i] += int(n)
+        for i, x in enumerate(down):
+            seconds[i] = max(seconds[i], float(x))
+    return times, seconds
+
+
+async def _reap(workers: Sequence[WorkerProcess], tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Close the workers' stdin, wait for them to end (kill after 10 s) and for their readers."""
+    for w in workers:
+        stdin = w.proc.stdin
+        if stdin is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                stdin.close()
+    for w in workers:
+        try:
+            await asyncio.wait_for(w.proc.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.kill()
+            await w.proc.wait()
+        if w.exit_status is None:
+            w.exit_status = w.proc.returncode
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, 5)
+
+
+def _mark_dead(workers: Sequence[WorkerProcess], points: list[dict[str, Any]]) -> None:
+    """Put a failed worker's exit status and stderr on the point it died at (``partial``)."""
     for w in workers:
         if points and w.exit_status not in (0, None):
             point = (
@@ -618,4 +681,3 @@ async def run_workers(
             tail = w.stderr_tail.decode(errors="replace").strip().splitlines()
             figures["stderr_tail"] = tail[-1][-300:] if tail else ""
             point["partial"] = True
-    return points, all_records
