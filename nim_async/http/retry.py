@@ -319,7 +319,7 @@ class RetryState:
             return None
         return max(0.0, self._deadline_at - self._clock())
 
-    def next_delay(self, error: BaseException) -> float | None:
+    def next_delay(self, error: BaseException, *, retryable: bool | None = None) -> float | None:
         """The wait before retrying after ``error``, or ``None`` to give up.
 
         Gives up when the error is not retryable, the attempts are spent, the server's
@@ -328,9 +328,14 @@ class RetryState:
         Args:
             error: The exception the current attempt raised (its ``retry_after`` attribute, when
                 a number, is the server's ``Retry-After``).
+            retryable: The caller's own judgement of the error's kind, instead of
+                :meth:`RetryPolicy.is_retryable` (a resumable download resumes after any broken
+                transfer); the attempts, the deadline and the backoff still apply.
         """
         policy = self.policy
-        if self.attempts >= policy.attempts or not policy.is_retryable(error):
+        if retryable is None:
+            retryable = policy.is_retryable(error)
+        if self.attempts >= policy.attempts or not retryable:
             return None
         retry_after = getattr(error, "retry_after", None)
         if not isinstance(retry_after, int | float) or isinstance(retry_after, bool):
@@ -343,16 +348,17 @@ class RetryState:
             return None
         return wait
 
-    async def backoff(self, error: BaseException) -> bool:
+    async def backoff(self, error: BaseException, *, retryable: bool | None = None) -> bool:
         """Log and sleep before the next attempt; ``False`` (no sleep) means give up.
 
         Args:
             error: The exception the current attempt raised.
+            retryable: Overrides the policy's judgement of the error (see :meth:`next_delay`).
 
         Returns:
             ``True`` when the caller should make another attempt (``attempts`` was incremented).
         """
-        wait = self.next_delay(error)
+        wait = self.next_delay(error, retryable=retryable)
         if wait is None:
             return False
         status = getattr(error, "status_code", None)

@@ -273,6 +273,20 @@ async def test_state_counts_attempts_for_hand_written_loops() -> None:
     assert len(fake.sleeps) == 2
 
 
+async def test_the_caller_may_judge_the_error_but_not_the_limits() -> None:
+    # A resumable download resumes after a timeout, which the policy itself never retries;
+    # the attempts still bound it, and retryable=False gives up on a retryable error.
+    fake = FakeTime()
+    state = RetryPolicy(attempts=2).start(clock=fake.clock, sleep=fake.sleep)
+    timeout = PredictionTimeoutError("slow")
+    assert not RetryPolicy().is_retryable(timeout)
+    assert not await state.backoff(ServerError(503, "x"), retryable=False)
+    assert await state.backoff(timeout, retryable=True)
+    assert not await state.backoff(timeout, retryable=True)  # attempts spent
+    assert state.attempts == 2
+    assert len(fake.sleeps) == 1
+
+
 async def test_each_retry_is_logged_without_the_message(caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeTime()
     secret = "nvapi-SECRET-value"
