@@ -6,7 +6,6 @@ that the storage refuses) is renewed once through :mod:`nim_async.deploy.weights
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from nim_async.protocol.scrub import strip_query
 __all__ = [
     "ExpiredURL",
     "archive_path",
-    "backoff",
     "download_archive",
     "expired_error",
     "remove",
@@ -48,15 +46,6 @@ def retry_policy(attempts: int) -> RetryPolicy:
         attempts: Total attempts, the first included.
     """
     return RetryPolicy(attempts=attempts, base=_BACKOFF_BASE, cap=_BACKOFF_MAX)
-
-
-def backoff(attempt: int) -> float:
-    """Seconds to wait before resuming after ``attempt + 1`` failed attempts (the policy's).
-
-    Args:
-        attempt: Attempts failed so far, minus one.
-    """
-    return retry_policy(_DOWNLOAD_ATTEMPTS).delay(attempt + 1)
 
 
 class ExpiredURL(Exception):
@@ -107,33 +96,41 @@ async def download_archive(
     if on_event is not None:
         on_event(TransferStarted(None))
     summary: str | None = None
+    # The one policy's attempts, backoff and log. A broken transfer always resumes (each
+    # attempt continues from the partial file), timeouts included; an HTTP error is retried as
+    # the policy says (429, 502, 503, 504), any other is raised at once.
+    retry = retry_policy(_DOWNLOAD_ATTEMPTS).start(label=f"the download of {label}")
     try:
-        for attempt in range(_DOWNLOAD_ATTEMPTS):
+        while True:
+            failure: Exception
             try:
                 have = await _attempt(client, url, part, progress)
             except _Retry as exc:
-                last_error = str(exc)
-                continue
+                failure, last_error = exc, str(exc)
             except NIMPredictionError as exc:  # no answer, or the body broke off
-                last_error = failure_kind(exc)
+                failure, last_error = exc, failure_kind(exc)
                 logger.info(
                     "Model download interrupted at %d bytes (%s); resuming",
                     _file_size(part),
                     last_error,
                 )
-                await asyncio.sleep(backoff(attempt))
-                continue
-            if progress.total is not None and have != progress.total:
+            except WeightsDownloadError as exc:  # the storage answered an HTTP error
+                if await retry.backoff(exc):
+                    continue
+                raise
+            else:
+                if progress.total is None or have == progress.total:
+                    summary = f"Downloaded {label}: {have / 1e6:.1f} MB"
+                    return
                 last_error = f"got {have} of {progress.total} bytes"
-                await asyncio.sleep(backoff(attempt))
-                continue
-            summary = f"Downloaded {label}: {have / 1e6:.1f} MB"
-            return
+                failure = _Retry(last_error)
+            if not await retry.backoff(failure, retryable=True):
+                break
     finally:
         if on_event is not None:
             on_event(TransferFinished(summary))
     raise WeightsDownloadError(
-        f"Downloading the model from {strip_query(url)} failed after {_DOWNLOAD_ATTEMPTS} "
+        f"Downloading the model from {strip_query(url)} failed after {retry.attempts} "
         f"attempts ({last_error}). Run the deploy again to resume."
     )
 
