@@ -22,6 +22,7 @@ from nim_async.deploy.events import DeployEvent, Level, LogLine, Notice
 from nim_async.deploy.timings import DeployTimings
 from nim_async.errors import ContainerExitedError, NIMError, ServiceNotReadyError
 from nim_async.http.health import ReadinessProbe
+from nim_async.http.retry import RetryPolicy
 
 __all__ = ["LOG_TAIL", "LogFollower", "list_models", "tail_logs", "wait_until_ready"]
 
@@ -117,23 +118,30 @@ async def wait_until_ready(
         raise ServiceNotReadyError(name, timeout, message)
 
 
+#: Three tries of the model list, under the one retry policy (short: the server is ready).
+_MODELS_RETRY = RetryPolicy(attempts=3, base=0.1, cap=0.2)
+
+
 async def list_models(base_url: str, emit: Emit) -> list[str] | None:
     """The models a ready server lists (three tries; ``None`` and a warning if all fail).
+
+    Retried as :mod:`nim_async.http.retry` says (no answer, 429, 502, 503, 504).
 
     Args:
         base_url: The server's URL.
         emit: Receives the warning.
     """
     async with ReadinessProbe(base_url) as probe:
-        for attempt in range(3):
+        retry = _MODELS_RETRY.start(label="GET /v1/models")
+        while True:
             try:
                 return await probe.models()
             except NIMError as exc:
-                if attempt == 2:
+                # probe.models wraps the HTTP failure (its cause) in an APIError.
+                cause = exc.__cause__ if isinstance(exc.__cause__, NIMError) else exc
+                if not await retry.backoff(cause):
                     emit(Notice(f"could not list the models: {exc}", Level.WARNING))
-                else:
-                    await asyncio.sleep(0.1)
-    return None
+                    return None
 
 
 class LogFollower:

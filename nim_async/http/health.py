@@ -14,12 +14,16 @@ import time
 
 from nim_async.errors import APIError, NIMPredictionError
 from nim_async.http.client import ServerClient
+from nim_async.http.retry import RetryPolicy
 
 __all__ = ["ReadinessProbe"]
 
 
 class ReadinessProbe:
     """Poll a server's readiness endpoint with a short, capped backoff.
+
+    The wait between polls is the one retry policy's backoff (:mod:`nim_async.http.retry`:
+    exponential with equal jitter, from ``first_interval`` up to ``max_interval``).
 
     Args:
         base_url: The server's URL (``http://127.0.0.1:8000``).
@@ -39,6 +43,7 @@ class ReadinessProbe:
         self.base_url = base_url.rstrip("/")
         self.first_interval = first_interval
         self.max_interval = max_interval
+        self._backoff = RetryPolicy(base=first_interval, cap=max(max_interval, first_interval))
         self._request_timeout = request_timeout
         # trust_env=False: an HTTP(S)_PROXY in the environment must not capture loopback calls
         self._client = ServerClient(
@@ -68,13 +73,13 @@ class ReadinessProbe:
         Returns:
             The ``time.perf_counter()`` value when readiness was observed.
         """
-        interval = self.first_interval
+        waits = 0
         while True:
             if await self.is_ready():
                 self.ready_at = time.perf_counter()
                 return self.ready_at
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, self.max_interval)
+            waits += 1
+            await asyncio.sleep(self._backoff.delay(waits))
 
     async def models(self) -> list[str]:
         """The model ids listed at ``/v1/models``.
