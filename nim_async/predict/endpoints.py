@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from functools import partial
 from typing import TypeVar
@@ -229,16 +228,18 @@ class EndpointPool:
     async def _watch(self, index: int) -> None:
         state = self._states[index]
         b = self.balancing
-        interval = min(b.health_interval * 2.0 ** min(state.downs - 1, 30), b.health_max_interval)
+        # The one policy's backoff (equal jitter), growing with each time this endpoint went down.
+        backoff = RetryPolicy(base=b.health_interval, cap=b.health_max_interval)
+        failures = max(state.downs, 1)
         try:
             while state.down is not None:
-                await asyncio.sleep(interval * (0.5 + random.random() / 2))
+                await asyncio.sleep(backoff.delay(failures))
                 if state.down is None:
                     break
                 if await self._clients[index].health_ready(request_timeout=b.health_timeout):
                     self._mark_up(index)
                     break
-                interval = min(interval * 2.0, b.health_max_interval)
+                failures += 1
         finally:
             if self._watchers.get(index) is asyncio.current_task():
                 del self._watchers[index]
