@@ -261,9 +261,9 @@ def test_multi_shard_index_and_progress(
 def test_large_tensor_is_merged_in_row_blocks(
     tmp_path: Path, synth: ModuleType, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nim_async.deploy.lora import merge as merge_mod
+    from nim_async.deploy.lora import writer
 
-    monkeypatch.setattr(merge_mod, "_BLOCK_ELEMENTS", 40)  # 40 // 16 = 2 rows per block
+    monkeypatch.setattr(writer, "_BLOCK_ELEMENTS", 40)  # 40 // 16 = 2 rows per block
     w = synth.bf16_exact(rng, (33, 16))
     base = synth.write_base(
         tmp_path / "base", [{"model.layers.0.mlp.gate_proj.weight": ("BF16", w)}]
