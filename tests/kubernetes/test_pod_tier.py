@@ -1,16 +1,22 @@
 """Pod tier: a real node (containerd + kubelet in the network namespace nimk8s), no operator.
 
 The emulator image (a test double, not a model) comes from the local authenticated registry
-through the pull secret; the Deployment becomes Ready; predictions go through the deployer's
-port-forward; a wrong key is a RegistryAuthError naming the pull failure; stop leaves nothing.
+through the pull secret; the Deployment becomes Ready; predictions (and ``bench``) go through the
+deployer's port-forwards; a wrong key is a RegistryAuthError naming the pull failure, a missing
+tag an ImagePullError, a container that dies a ContainerExitedError with its log tail; stop (and
+a failed deploy) leaves nothing (``kubectl get all,secrets`` of the namespace: only what
+Kubernetes itself made).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,7 @@ from kubernetes_asyncio import client as k8s
 
 from nim_async.config import NIMConfig
 from nim_async.deploy.deployer import AsyncNIMDeployer
-from nim_async.errors import RegistryAuthError
+from nim_async.errors import ContainerExitedError, ImagePullError, RegistryAuthError
 from nim_async.predict.predictor import AsyncNIMPredictor
 from nim_async.results import VQAResponse
 
@@ -69,6 +75,73 @@ def emulator_config(reg: dict[str, str], **overrides: Any) -> NIMConfig:
     return NIMConfig(**values)
 
 
+async def everything(api: Any, namespace: str) -> dict[str, list[str]]:
+    """``kubectl get all,secrets`` of the namespace, labels or not, less Kubernetes' own objects.
+
+    What the namespace holds whoever made it (pods, replica sets, deployments, services,
+    secrets; no daemon sets, stateful sets or jobs are ever made); the service account's token
+    secret, which Kubernetes makes in every namespace, is left out.
+    """
+    core, apps, batch = k8s.CoreV1Api(api), k8s.AppsV1Api(api), k8s.BatchV1Api(api)
+    found = {
+        "pods": (await core.list_namespaced_pod(namespace)).items,
+        "replicasets": (await apps.list_namespaced_replica_set(namespace)).items,
+        "deployments": (await apps.list_namespaced_deployment(namespace)).items,
+        "statefulsets": (await apps.list_namespaced_stateful_set(namespace)).items,
+        "daemonsets": (await apps.list_namespaced_daemon_set(namespace)).items,
+        "jobs": (await batch.list_namespaced_job(namespace)).items,
+        "services": (await core.list_namespaced_service(namespace)).items,
+        "secrets": [
+            s
+            for s in (await core.list_namespaced_secret(namespace)).items
+            if s.type != "kubernetes.io/service-account-token"
+        ],
+    }
+    return {kind: [i.metadata.name for i in items] for kind, items in found.items() if items}
+
+
+async def eventually_empty(api: Any, namespace: str, seconds: float = 30.0) -> None:
+    """Wait until :func:`everything` is empty (the garbage collector removes pods a moment
+    after their replica set), then assert it."""
+    for _ in range(int(seconds * 10)):
+        if not await everything(api, namespace):
+            break
+        await asyncio.sleep(0.1)
+    assert await everything(api, namespace) == {}
+
+
+async def crash_image(reg: dict[str, str]) -> str:
+    """The emulator image with ``--exit-after 0.5`` pushed to the local registry; its tag.
+
+    Built on the local dockerd (a CMD-only layer over the emulator image) and pushed with the
+    registry key, so the node pulls it through the pull secret like the emulator image.
+    """
+    from pydantic import SecretStr
+
+    from nim_async.deploy.docker import DockerClient
+    from nim_async.deploy.docker.registry import RegistryAuth
+    from nim_async.devtools.emulator_image import build_emulator_variant
+
+    args = ("--startup-seconds", "60", "--exit-after", "0.5")
+    tag = (
+        "k8s-crash-"
+        + hashlib.sha256(" ".join((reg["NIM_TEST_IMAGE_TAG"], *args)).encode()).hexdigest()[:10]
+    )
+    ref = f"{reg['NIM_TEST_REGISTRY_PATH']}/{reg['NIM_TEST_IMAGE_NAME']}:{tag}"
+    auth = RegistryAuth(reg["NIM_TEST_REGISTRY"], "$oauthtoken", SecretStr(reg["NIM_TEST_NGC_KEY"]))
+    async with DockerClient(secrets=(reg["NIM_TEST_NGC_KEY"],)) as docker:
+        if not await docker.image_exists(reg["NIM_TEST_IMAGE"]):
+            async for _ in docker.pull(reg["NIM_TEST_IMAGE"], auth):
+                pass
+        await build_emulator_variant(docker, reg["NIM_TEST_IMAGE"], ref, args)
+        try:
+            await docker.push(ref, auth)
+        finally:
+            with contextlib.suppress(Exception):
+                await docker.remove_image(ref)  # the registry keeps it; the engine need not
+    return tag
+
+
 @pytest.fixture
 async def api(pod_cluster: Cluster) -> AsyncIterator[Any]:
     async with api_client(pod_cluster.kubeconfig) as client:
@@ -101,13 +174,18 @@ async def test_emulator_deployment_ready_predicts_and_stop_leaves_nothing(
         rows = await AsyncNIMDeployer.list(backend="kubernetes", **options)
         assert [r.name for r in rows] == [result.container_name]
         assert rows[0].state == "ready"
+        made = await everything(api, namespace)
+        assert sorted(made) == ["deployments", "pods", "replicasets", "secrets", "services"]
+        assert sorted(made["secrets"]) == [
+            f"{result.container_name}-ngc-api",
+            f"{result.container_name}-ngc-pull",
+        ]
     assert await AsyncNIMDeployer.stop(
         result.container_name, quiet=True, backend="kubernetes", **options
     )
-    # kubectl get all,secrets -l ... : nothing left (pods and replica sets included)
+    # kubectl get all,secrets -l ... : nothing left, labelled or not (stop waited for the pods)
     assert await labelled(api, namespace) == {}
-    replica_sets = await k8s.AppsV1Api(api).list_namespaced_replica_set(namespace)
-    assert replica_sets.items == []
+    assert await everything(api, namespace) == {}
 
 
 async def test_wrong_registry_key_is_registry_auth_error(
@@ -129,15 +207,51 @@ async def test_wrong_registry_key_is_registry_auth_error(
     assert "cannot pull" in message
     assert config.image_ref in message
     assert "ngc-pull" in message  # names the pull secret it used
+    assert "401" in message or "nauthorized" in message  # the registry's own word
     assert wrong not in message
-    with contextlib.suppress(Exception):
-        await AsyncNIMDeployer.stop(
-            config.container_name,
-            quiet=True,
-            backend="kubernetes",
-            namespace=namespace,
-            kubeconfig=pod_cluster.kubeconfig,
-        )
+    assert wrong not in repr(info.value)
+    await eventually_empty(api, namespace)  # the failed deploy removed what it made
+
+
+async def test_missing_tag_is_image_pull_error_not_auth(
+    pod_cluster: Cluster, api: Any, namespace: str
+) -> None:
+    config = emulator_config(registry_env(), tag="no-such-tag-k8s", startup_timeout=120.0)
+    deployer = AsyncNIMDeployer(
+        config,
+        quiet=True,
+        backend="kubernetes",
+        namespace=namespace,
+        kubeconfig=pod_cluster.kubeconfig,
+    )
+    with pytest.raises(ImagePullError) as info:
+        await deployer.deploy()
+    assert not isinstance(info.value, RegistryAuthError)
+    assert "no-such-tag-k8s" in str(info.value)
+    assert config.nvidia_api_key.get_secret_value() not in str(info.value)
+    await eventually_empty(api, namespace)
+
+
+async def test_container_that_dies_is_container_exited_error_with_its_log_tail(
+    pod_cluster: Cluster, api: Any, namespace: str
+) -> None:
+    reg = registry_env()
+    config = emulator_config(reg, tag=await crash_image(reg), startup_timeout=120.0)
+    deployer = AsyncNIMDeployer(
+        config,
+        quiet=True,
+        backend="kubernetes",
+        namespace=namespace,
+        kubeconfig=pod_cluster.kubeconfig,
+    )
+    with pytest.raises(ContainerExitedError) as info:
+        await deployer.deploy()
+    assert info.value.exit_code == 1  # the emulator's --exit-after status
+    assert not info.value.oom_killed
+    assert "exit-after" in info.value.logs or "exit_after" in info.value.logs
+    assert "Last log lines" in str(info.value)
+    assert reg["NIM_TEST_NGC_KEY"] not in str(info.value) + info.value.logs
+    await eventually_empty(api, namespace)
 
 
 async def test_no_gpu_on_the_node_is_gpu_runtime_error(
@@ -158,8 +272,38 @@ async def test_no_gpu_on_the_node_is_gpu_runtime_error(
     assert await labelled(api, namespace) == {}
 
 
+async def bench(urls: list[str], tmp_path: Path) -> tuple[int, str, dict[str, Any]]:
+    """``nim-async bench --url ... --concurrency 2 --num-requests 8``: status, report, the point."""
+    import argparse
+
+    import orjson
+
+    from nim_async.bench import cli as bench_cli
+    from nim_async.bench.report import format_table
+
+    lines: list[str] = []
+
+    class Output:
+        def line(self, text: str, level: str = "info") -> None:
+            lines.append(text)
+
+        def table(self, points: Any) -> None:
+            lines.append(format_table(points))
+
+    out_json = tmp_path / "k8s-bench.json"
+    argv = [x for url in urls for x in ("--url", url)]
+    argv += ["--concurrency", "2", "--num-requests", "8", "--warmup", "0", "--max-tokens", "4"]
+    argv += ["--num-images", "2", "--image-sizes", "64x48", "--no-self-check"]
+    argv += ["--json", str(out_json)]
+    parser = argparse.ArgumentParser()
+    bench_cli.add_arguments(parser)
+    status = await bench_cli.run(parser.parse_args(argv), Output())
+    (point,) = orjson.loads(out_json.read_bytes())
+    return status, "\n".join(lines), point
+
+
 async def test_two_replicas_two_port_forwards_both_serve(
-    pod_cluster: Cluster, api: Any, namespace: str, image_factory: Any
+    pod_cluster: Cluster, api: Any, namespace: str, image_factory: Any, tmp_path: Path
 ) -> None:
     reg = registry_env()
     from nim_async.deploy.ports import port_taken
@@ -197,7 +341,59 @@ async def test_two_replicas_two_port_forwards_both_serve(
         assert min(served) >= 2  # the two pods both served
         rows = await AsyncNIMDeployer.list(backend="kubernetes", **options)
         assert "2/2 ready" in rows[0].status
+        # nim-async bench takes the same endpoints (--url per pod)
+        status, text, point = await bench(result.endpoints, tmp_path)
+        assert status == 0, text
+        assert point["completed"] == point["num_requests"] == 8
+        assert sorted(e["url"] for e in point["endpoints"]) == sorted(result.endpoints)
+        assert sum(e["completed"] for e in point["endpoints"]) == 8
     assert await AsyncNIMDeployer.stop(
         result.container_name, quiet=True, backend="kubernetes", **options
     )
     assert await labelled(api, namespace) == {}
+
+
+async def test_cli_deploy_port_forward_serves_until_ctrl_c(
+    pod_cluster: Cluster, api: Any, namespace: str
+) -> None:
+    reg = registry_env()
+    port = free_port()
+    common = ["--kubernetes", "--namespace", namespace, "--kubeconfig", pod_cluster.kubeconfig]
+    env = {**os.environ, "NGC_API_KEY": reg["NIM_TEST_NGC_KEY"]}
+    deploy = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nim_async.cli", "deploy", "--json", "--quiet", "--port-forward",
+        "--registry", reg["NIM_TEST_REGISTRY_PATH"], "--image-name", reg["NIM_TEST_IMAGE_NAME"],
+        "--tag", reg["NIM_TEST_IMAGE_TAG"], "--gpus", "none", "--shm-size", "64MB",
+        "--port", str(port), "--startup-timeout", "240", *common,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert deploy.stdout is not None
+    assert deploy.stderr is not None
+    try:
+        line = await asyncio.wait_for(deploy.stdout.readline(), 240)
+        assert line, (await deploy.stderr.read()).decode()
+        import orjson
+
+        payload = orjson.loads(line)
+        assert payload["base_url"] == f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as http:  # the forward is open while the command runs
+            ready = await http.get(f"{payload['base_url']}/v1/health/ready")
+        assert ready.status_code == 200
+    finally:
+        if deploy.returncode is None:
+            deploy.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(deploy.communicate(), 60)
+    assert deploy.returncode == 130, err.decode()
+    assert reg["NIM_TEST_NGC_KEY"] not in err.decode() + line.decode()
+    with pytest.raises(httpx.ConnectError):  # Ctrl-C closed the forward ...
+        async with httpx.AsyncClient() as http:
+            await http.get(f"{payload['base_url']}/v1/health/ready")
+    # ... and left the pods (as the command says); stop removes them
+    assert "pods" in await everything(api, namespace)
+    stop = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nim_async.cli", "stop", payload["container_name"], *common,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(stop.communicate(), 120)
+    assert stop.returncode == 0, out.decode()
+    assert await everything(api, namespace) == {}

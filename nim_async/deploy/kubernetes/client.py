@@ -37,7 +37,8 @@ from nim_async.errors import APIError, InvalidConfigError
 
 __all__ = ["KINDS", "KubeClient", "PortForward", "is_not_found"]
 
-KINDS = ("Secret", "Service", "Deployment", "Pod", "NIMService")
+KINDS = ("Secret", "Service", "Deployment", "ReplicaSet", "Pod", "NIMService")
+APPS_KINDS = ("Deployment", "ReplicaSet")
 """The kinds :class:`KubeClient` handles."""
 NIMSERVICE_CRD = f"{NIMSERVICE_PLURAL}.{NIMSERVICE_GROUP}"
 
@@ -169,11 +170,12 @@ class KubeClient:
                 )
 
             return call
-        api = self._apps() if kind == "Deployment" else self._core()
+        api = self._apps() if kind in APPS_KINDS else self._core()
         snake = {
             "Secret": "secret",
             "Service": "service",
             "Deployment": "deployment",
+            "ReplicaSet": "replica_set",
             "Pod": "pod",
         }[kind]
         method = getattr(api, f"{verb}_namespaced_{snake}")
@@ -249,20 +251,25 @@ class KubeClient:
             raise
         return dict(self._plain(obj))
 
-    async def delete(self, kind: str, name: str, namespace: str) -> bool:
+    async def delete(
+        self, kind: str, name: str, namespace: str, *, grace_seconds: int | None = None
+    ) -> bool:
         """Delete one object (the garbage collector removes its dependents); ``False`` if none.
 
         Args:
             kind: One of :data:`KINDS`.
             name: Object name.
             namespace: Its namespace.
+            grace_seconds: The pod's termination grace period instead of its own (``0``: the
+                API server removes the object at once and the kubelet kills what is left).
         """
+        options: dict[str, Any] = {"propagation_policy": "Background"}
+        if grace_seconds is not None:
+            options["grace_period_seconds"] = grace_seconds
         try:
             await self._call(
                 f"deleting {kind} {namespace}/{name}",
-                self._method("delete", kind)(
-                    name, namespace=namespace, propagation_policy="Background"
-                ),
+                self._method("delete", kind)(name, namespace=namespace, **options),
             )
         except APIError as exc:
             if is_not_found(exc):
@@ -335,8 +342,9 @@ class KubeClient:
                 namespace,
                 NIMSERVICE_PLURAL,
             )
-        api = self._apps() if kind == "Deployment" else self._core()
-        return getattr(api, f"list_namespaced_{kind.lower()}"), (namespace,)
+        api = self._apps() if kind in APPS_KINDS else self._core()
+        snake = "replica_set" if kind == "ReplicaSet" else kind.lower()
+        return getattr(api, f"list_namespaced_{snake}"), (namespace,)
 
     async def pod_log(self, name: str, namespace: str, *, tail: int, previous: bool) -> str:
         """The last ``tail`` lines of a pod's (previous) container log; ``""`` if unavailable.
