@@ -270,6 +270,10 @@ class AsyncNIMDeployer:
 
     async def _deploy(self) -> NIMDeploymentResult:
         config = self._config
+        if config.merge_adapter and (config.run_id is not None or config.model_path is not None):
+            from nim_async.deploy.lora import require_merge_support
+
+            require_merge_support()  # before the image pull: names pip install 'nim-async[merge]'
         cache_dir = config.ensure_cache_dir()
         replicas = plan_replicas(config)
         names = [replica.name for replica in replicas]

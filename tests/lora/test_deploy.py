@@ -8,10 +8,13 @@ emulator, not a model) and checks that the merged directory is what is mounted a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,7 +40,15 @@ QWEN = {
 }
 
 
-def _run_folder(synth: ModuleType, root: Path, *, dora: bool = False) -> Path:
+BROKEN = {  # how a run's adapter is broken -> what the error must name
+    "dora": "DoRA",
+    "unknown_module": "has no counterpart in the base checkpoint",
+    "base_mismatch": "base mismatch",
+    "truncated": "not a valid safetensors file",
+}
+
+
+def _run_folder(synth: ModuleType, root: Path, *, broken: str | None = None) -> Path:
     rng = np.random.default_rng(5)
     shards = [
         {f"model.layers.{i}.self_attn.q_proj.weight": ("BF16", synth.bf16_exact(rng, (16, 16)))}
@@ -47,11 +58,28 @@ def _run_folder(synth: ModuleType, root: Path, *, dora: bool = False) -> Path:
     (full / "config.json").write_text(json.dumps(QWEN))
     tensors = {}
     for i in range(2):
-        name = f"{P}model.language_model.layers.{i}.self_attn.q_proj"
-        tensors[f"{name}.lora_A.weight"] = ("F32", rng.standard_normal((4, 16)).astype(np.float32))
+        layer = 7 if broken == "unknown_module" and i == 1 else i  # the base has layers 0, 1
+        name = f"{P}model.language_model.layers.{layer}.self_attn.q_proj"
+        cols = 32 if broken == "base_mismatch" and i == 1 else 16  # trained on a wider model
+        tensors[f"{name}.lora_A.weight"] = (
+            "F32",
+            rng.standard_normal((4, cols)).astype(np.float32),
+        )
         tensors[f"{name}.lora_B.weight"] = ("F32", rng.standard_normal((16, 4)).astype(np.float32))
-    synth.write_adapter(root / "model_adapter", tensors, target_modules=["q_proj"], use_dora=dora)
+    adapter = synth.write_adapter(
+        root / "model_adapter", tensors, target_modules=["q_proj"], use_dora=broken == "dora"
+    )
+    if broken == "truncated":  # a download cut short
+        weights = adapter / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
     return root
+
+
+def _no_merge_output(root: Path) -> None:
+    """No merged entry and no half-written staging directory under the run's cache."""
+    cache = root / MERGED_DIR
+    left = [p.name for p in cache.iterdir()] if cache.exists() else []
+    assert [n for n in left if n != ".hashes.json"] == []
 
 
 async def test_prepare_weights_serves_the_merged_checkpoint(
@@ -122,17 +150,84 @@ async def test_quiet_merge_prints_nothing(
     assert captured.err == ""
 
 
+@pytest.mark.parametrize("broken", sorted(BROKEN))
 async def test_unmergeable_adapter_fails_in_the_preflight(
-    tmp_path: Path, synth: ModuleType
+    tmp_path: Path, synth: ModuleType, broken: str
 ) -> None:
-    root = _run_folder(synth, tmp_path / "run", dora=True)
+    root = _run_folder(synth, tmp_path / "run", broken=broken)
     config = NIMConfig(
         nvidia_api_key=KEY, model_path=root, merge_adapter=True, image_name="cosmos-reason1-7b"
     )
-    with pytest.raises(ModelIncompatibilityError, match="DoRA") as info:
+    with pytest.raises(ModelIncompatibilityError, match=BROKEN[broken]) as info:
         await prepare_weights(config, quiet=True)
     assert info.value.image_name == "cosmos-reason1-7b"
-    assert [p.name for p in (root / MERGED_DIR).iterdir() if p.name != ".hashes.json"] == []
+    _no_merge_output(root)
+
+
+async def test_merge_progress_is_drawn_by_the_ui(
+    tmp_path: Path,
+    synth: ModuleType,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not quiet and no on_event: nim_async.ui's console reporter draws the shard progress."""
+    import nim_async  # registers the rich console reporter  # noqa: F401
+
+    monkeypatch.setenv("COLUMNS", "200")
+    root = _run_folder(synth, tmp_path / "run")
+    await prepare_weights(NIMConfig(nvidia_api_key=KEY, model_path=root, merge_adapter=True))
+    err = capsys.readouterr().err
+    assert "Merging the LoRA adapter into the model weights" in err
+    assert "shard 2/2" in err
+    assert "merged checkpoint" in err
+    assert "Serving the LoRA fine-tune" in err
+
+
+_NO_NUMPY_DEPLOY = """
+import asyncio, sys
+sys.modules["numpy"] = None  # importing numpy now raises ImportError, as if not installed
+import importlib.util
+_find = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name == "numpy" else _find(name, *a)
+from nim_async.config import NIMConfig
+from nim_async.deploy.deployer import AsyncNIMDeployer
+from nim_async.errors import InvalidConfigError
+config = NIMConfig(nvidia_api_key="nvapi-x", model_path=sys.argv[1], merge_adapter=True,
+                   local_cache_dir=sys.argv[2], gpus=None)
+async def main():
+    async with AsyncNIMDeployer(config, quiet=True) as deployer:
+        await deployer.deploy()
+try:
+    asyncio.run(main())
+except InvalidConfigError as exc:
+    print("ERR", exc.field, exc)
+"""
+
+
+def test_deploy_without_numpy_fails_before_docker(tmp_path: Path, synth: ModuleType) -> None:
+    """No numpy: the deploy names the install command before it talks to Docker at all.
+
+    DOCKER_HOST points at a socket that does not exist, so reaching the image pull (or any
+    Docker call) would raise DockerUnavailableError instead.
+    """
+    root = _run_folder(synth, tmp_path / "run")
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_NUMPY_DEPLOY, str(root), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            "DOCKER_HOST": f"unix://{tmp_path / 'no-docker.sock'}",
+        },
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ERR merge_adapter "), proc.stdout
+    assert "pip install 'nim-async[merge]'" in proc.stdout
+    assert not (root / MERGED_DIR).exists()
 
 
 # --------------------------------------------------------------------------- real dockerd
@@ -222,16 +317,56 @@ async def test_deploy_mounts_the_merged_checkpoint(
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("broken", sorted(BROKEN))
 async def test_unmergeable_adapter_starts_no_container(
-    docker_config: Any, tmp_path: Path, synth: ModuleType
+    docker_config: Any, tmp_path: Path, synth: ModuleType, broken: str
 ) -> None:
     from nim_async.deploy.deployer import AsyncNIMDeployer
     from nim_async.deploy.docker import DockerClient
 
-    root = _run_folder(synth, tmp_path / "run", dora=True)
+    root = _run_folder(synth, tmp_path / "run", broken=broken)
     config = docker_config(model_path=root, merge_adapter=True)
-    with pytest.raises(ModelIncompatibilityError, match="DoRA"):
+    with pytest.raises(ModelIncompatibilityError, match=BROKEN[broken]):
         async with AsyncNIMDeployer(config, quiet=True) as deployer:
             await deployer.deploy()
     async with DockerClient() as client:
         assert await client.inspect_container(config.container_name) is None
+    _no_merge_output(root)
+
+
+@pytest.mark.docker
+async def test_cli_deploy_merge_adapter(
+    docker_config: Any, tmp_path: Path, synth: ModuleType
+) -> None:
+    """`nim-async deploy --merge-adapter` mounts the merged checkpoint (and shows its progress)."""
+    from nim_async.deploy.docker import DockerClient
+
+    root = _run_folder(synth, tmp_path / "run")
+    config = docker_config(model_path=root)  # the name and port the CLI is given; cleaned up
+    argv = [
+        sys.executable, "-m", "nim_async.cli", "deploy", "--merge-adapter",
+        "--model-path", str(root), "--registry", str(config.registry),
+        "--image-name", config.image_name, "--tag", config.tag, "--port", str(config.port),
+        "--gpus", "none", "--shm-size", "64MB", "--cache-dir", str(config.local_cache_dir),
+        "--served-model-name", config.served_model_name, "--startup-timeout", "60",
+        "--no-logs", "--json",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "NGC_API_KEY": config.nvidia_api_key.get_secret_value(),
+        "COLUMNS": "200",
+    }
+    proc = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert "shard 2/2" in proc.stderr
+    merged = next(p for p in (root / MERGED_DIR).iterdir() if (p / MERGE_MARKER).is_file())
+    async with DockerClient() as client:
+        info = await client.inspect_container(result["container_id"])
+    assert info is not None
+    env_vars = dict(item.split("=", 1) for item in info["Config"]["Env"])
+    assert env_vars["NIM_MODEL_NAME"] == CONTAINER_MODEL_DIR
+    mount = {m["Destination"]: m for m in info["Mounts"]}[CONTAINER_MODEL_DIR]
+    assert mount["Source"] == str(merged)

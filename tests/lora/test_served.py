@@ -116,6 +116,10 @@ def test_merged_model_served_by_vllm_is_the_fine_tune(
     models = httpx.get(f"{url}/v1/models", timeout=10).json()
     assert models["data"][0]["root"] == str(merged)
     served = _greedy(url, SERVED, prompt, n)
+    print(  # evidence for the closing note (pytest -rP shows it)
+        f"greedy ids: merged on vLLM {served}; peft-merged on transformers {gen['merged']}; "
+        f"base on transformers {gen['base']}"
+    )
     assert served[:FIRST] == gen["merged"][:FIRST]
     assert served[:FIRST] != gen["base"][:FIRST]
 
