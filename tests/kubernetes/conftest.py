@@ -6,15 +6,20 @@ also containerd, kubelet, scheduler and controller-manager in the network namesp
 Without it the fixtures fail when ``$CI`` is set (CI must run this tier, never skip it) and skip
 otherwise, naming the command. Every test gets a fresh namespace, deleted afterwards.
 
-The NIMService CRD installed is ``$NIM_K8S_NIMSERVICE_CRD`` (e.g. the NIM Operator's own
-config/crd/bases/apps.nvidia.com_nimservices.yaml; its ``x-kubernetes-validations`` and
-``default: ""`` entries are stripped for 1.20) or the trimmed one in data/.
+The NIMService CRD installed is NVIDIA's own (data/nvidia-nimservices-crd.yaml.gz: the NIM
+Operator's config/crd/bases/apps.nvidia.com_nimservices.yaml, see data/NOTICE.md), so that the
+API server prunes whatever its schema lacks and the tests see it; its ``x-kubernetes-validations``
+and ``default: ""`` entries are stripped for 1.20. ``$NIM_K8S_NIMSERVICE_CRD`` names another file
+(a newer operator's, or the trimmed data/nimservice-crd.yaml). A CRD from another source left by
+an earlier run is replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -33,6 +38,8 @@ from kubernetes_asyncio.client.exceptions import ApiException  # noqa: E402
 STATE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "k8s"
 DATA = Path(__file__).parent / "data"
 CRD_NAME = "nimservices.apps.nvidia.com"
+NVIDIA_CRD = DATA / "nvidia-nimservices-crd.yaml.gz"
+SOURCE_ANNOTATION = "nim-async.test/crd-source"
 
 
 @dataclass(frozen=True)
@@ -112,19 +119,42 @@ def strip_for_120(node: Any) -> Any:
     return node
 
 
-def crd_body() -> dict[str, Any]:
-    """The NIMService CRD the tests install."""
+def crd_source() -> Path:
+    """The file of the NIMService CRD the tests install (NVIDIA's unless overridden)."""
     source = os.environ.get("NIM_K8S_NIMSERVICE_CRD")
-    path = Path(source) if source else DATA / "nimservice-crd.yaml"
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    return strip_for_120(docs[0])
+    return Path(source) if source else NVIDIA_CRD
+
+
+def crd_body() -> dict[str, Any]:
+    """The NIMService CRD the tests install, annotated with a digest of its source."""
+    path = crd_source()
+    raw = path.read_bytes()
+    text = gzip.decompress(raw).decode() if path.suffix == ".gz" else raw.decode()
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    body: dict[str, Any] = strip_for_120(docs[0])
+    annotations = body.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations[SOURCE_ANNOTATION] = hashlib.sha256(raw).hexdigest()[:16]
+    return body
 
 
 async def install_crd(api: Any) -> None:
-    """Install the NIMService CRD (idempotent) and wait until it is Established."""
+    """Install the NIMService CRD (idempotent) and wait until it is Established.
+
+    A CRD of that name from another source (an earlier run with another file) is removed first.
+    """
     ext = k8s.ApiextensionsV1Api(api)
+    body = crd_body()
+    wanted = body["metadata"]["annotations"][SOURCE_ANNOTATION]
     try:
-        await ext.create_custom_resource_definition(crd_body())
+        current = await ext.read_custom_resource_definition(CRD_NAME)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    else:
+        if (current.metadata.annotations or {}).get(SOURCE_ANNOTATION) != wanted:
+            await remove_crd(api)
+    try:
+        await ext.create_custom_resource_definition(body)
     except ApiException as exc:
         if exc.status != 409:
             raise

@@ -1,8 +1,10 @@
 """CRD tier: a real etcd + kube-apiserver; the test plays the NIM Operator by patching status.
 
-With the NIMService CRD installed, deploy creates the NIMService (and the two secrets) with the
-expected spec; the deployer reports ready / not ready / failed as the status says, with timeouts.
-Without the CRD it creates a Deployment + Service (no node here: it times out, as it must).
+With NVIDIA's NIMService CRD installed (see conftest), deploy creates the NIMService (and the two
+secrets) with the expected spec, none of it pruned by the operator's schema; the deployer reports
+ready / not ready / failed as the status says, with timeouts; a URL the user names is the
+endpoint. Without the CRD it creates a Deployment + Service (no node here: it times out, as it
+must; with a node and no GPU: GPURuntimeError).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from nim_async.config import NIMConfig
-from nim_async.deploy.kubernetes import KubernetesBackend
+from nim_async.deploy.kubernetes import KubernetesBackend, KubeSettings, manifests
 from nim_async.errors import GPURuntimeError, ServiceNotReadyError
 
 from .conftest import Cluster, api_client, install_crd, remove_crd
@@ -96,7 +98,33 @@ async def set_status(api: Any, namespace: str, name: str, status: dict[str, Any]
     )
 
 
+def not_stored(written: Any, stored: Any, path: str = "spec") -> list[str]:
+    """The paths of ``written`` that ``stored`` lacks or holds differently (pruned / changed)."""
+    if isinstance(written, dict):
+        if not isinstance(stored, dict):
+            return [path]
+        return [
+            miss
+            for key, value in written.items()
+            for miss in (
+                not_stored(value, stored[key], f"{path}.{key}")
+                if key in stored
+                else [f"{path}.{key}"]
+            )
+        ]
+    if isinstance(written, list):
+        if not isinstance(stored, list) or len(written) != len(stored):
+            return [path]
+        return [
+            m
+            for i, (w, s) in enumerate(zip(written, stored, strict=True))
+            for m in not_stored(w, s, f"{path}[{i}]")
+        ]
+    return [] if written == stored else [path]
+
+
 async def labelled(api: Any, namespace: str) -> dict[str, list[str]]:
+    """``kubectl get all,secrets -l <the deployment's labels>``: what is left, by kind."""
     core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
     found = {
         "secrets": [
@@ -111,6 +139,12 @@ async def labelled(api: Any, namespace: str) -> dict[str, list[str]]:
             d.metadata.name
             for d in (
                 await apps.list_namespaced_deployment(namespace, label_selector=SELECTOR)
+            ).items
+        ],
+        "replicasets": [
+            r.metadata.name
+            for r in (
+                await apps.list_namespaced_replica_set(namespace, label_selector=SELECTOR)
             ).items
         ],
         "pods": [
@@ -129,10 +163,14 @@ async def labelled(api: Any, namespace: str) -> dict[str, list[str]]:
 async def test_nimservice_spec_secrets_ready_and_stop(
     cluster: Cluster, api: Any, with_crd: None, namespace: str
 ) -> None:
-    backend = KubernetesBackend(make_config(), namespace=namespace, kubeconfig=cluster.kubeconfig)
+    config = make_config()
+    backend = KubernetesBackend(config, namespace=namespace, kubeconfig=cluster.kubeconfig)
     task = asyncio.create_task(backend.deploy())
     obj = await wait_for_nimservice(api, namespace, "cosmos-reason1-7b")
     spec = obj["spec"]
+    # everything written survived the operator's schema (a field it lacks would be pruned)
+    written = manifests.nim_service(config, KubeSettings(namespace=namespace))["spec"]
+    assert not_stored(written, spec) == []
     assert spec["image"] == {
         "repository": "127.0.0.1:5599/nim/nvidia/cosmos-reason1-7b",
         "tag": "1.2.3",
@@ -145,6 +183,9 @@ async def test_nimservice_spec_secrets_ready_and_stop(
     assert spec["storage"]["sharedMemorySizeLimit"] == str(2 * 1024**3)
     assert spec["expose"]["service"]["port"] == 8000
     assert {"name": "NIM_MAX_MODEL_LEN", "value": "4096"} in spec["env"]
+    assert spec["storage"]["emptyDir"] == {}
+    assert (spec["userID"], spec["groupID"]) == (1000, 2000)
+    assert spec["readinessProbe"]["probe"]["httpGet"] == {"path": "/v1/health/ready", "port": 8000}
     assert obj["metadata"]["labels"]["nim_async.managed"] == "true"
     assert not task.done()  # no status yet: still waiting
 
@@ -361,3 +402,28 @@ async def test_replicas_are_the_nimservices_and_the_service_is_the_one_endpoint(
     # in-cluster, the Service balances over the pods: one address
     assert result.endpoints == [f"http://twin.{namespace}.svc.cluster.local:8000"]
     assert await backend.stop() is True
+
+
+async def test_a_url_the_user_names_is_the_endpoint(
+    cluster: Cluster, api: Any, with_crd: None, namespace: str, emulator: Any, image_factory: Any
+) -> None:
+    # the emulator (a test double) stands in for what a NodePort / ingress would reach
+    from nim_async.predict.predictor import AsyncNIMPredictor
+    from nim_async.results import VQAResponse
+
+    url = emulator.url + "/"
+    backend = KubernetesBackend(
+        make_config(), namespace=namespace, kubeconfig=cluster.kubeconfig, url=url
+    )
+    task = asyncio.create_task(backend.deploy())
+    await wait_for_nimservice(api, namespace, "cosmos-reason1-7b")
+    await set_status(api, namespace, "cosmos-reason1-7b", {"state": "Ready"})
+    result = await asyncio.wait_for(task, 10)
+    assert result.endpoints == [emulator.url]
+    assert result.base_url == emulator.url
+    assert result.available_models == ["cosmos-reason1-7b"]  # /v1/models read through the URL
+    async with AsyncNIMPredictor(task_type="vqa", endpoints=result) as predictor:
+        answer = await predictor(image_factory(shapes=[("red", (5, 5, 60, 60))]), "What color?")
+    assert isinstance(answer, VQAResponse)
+    assert await backend.stop() is True
+    assert await labelled(api, namespace) == {}
