@@ -35,7 +35,7 @@ LAYER_RANK = {"foundation": 0, "protocol": 1, "http": 2, "core": 3, "ui": 4, "sy
 IO_FREE_FORBIDDEN = ("httpx", "aiohttp", "aiodocker", "anyio", "rich", "kubernetes_asyncio")
 ONLY_IN: dict[str, tuple[str, ...]] = {
     "aiodocker": ("nim_async.deploy.docker",),
-    "kubernetes_asyncio": ("nim_async.deploy.kubernetes",),
+    "kubernetes_asyncio": ("nim_async.deploy.kubernetes.client",),  # one module (issue 18)
     "httpx": ("nim_async.http",),
     "rich": ("nim_async.ui", "nim_async.cli"),
     # Pillow decodes images in predict/media; results and draw hold and draw on them. Not in

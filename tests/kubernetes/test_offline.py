@@ -177,3 +177,67 @@ async def test_gpu_groups_of_different_sizes_are_refused_before_any_call() -> No
         await backend.deploy()
     assert err.value.field == "gpus"
     assert "groups of 1 and 2 GPUs" in str(err.value)
+
+
+WITHOUT_EXTRA = """
+import asyncio, sys
+
+class NoKubernetesAsyncio:  # this interpreter behaves as if the extra were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "kubernetes_asyncio" or name.startswith("kubernetes_asyncio."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoKubernetesAsyncio())
+from nim_async import AsyncNIMDeployer, NIMConfig
+from nim_async.errors import InvalidConfigError
+
+async def main() -> None:
+    config = NIMConfig(nvidia_api_key="nvapi-" + "0" * 60, gpus=None)
+    calls = [
+        lambda: AsyncNIMDeployer(config, quiet=True, backend="kubernetes").deploy(),
+        lambda: AsyncNIMDeployer.stop("x", quiet=True, backend="kubernetes"),
+        lambda: AsyncNIMDeployer.list(backend="kubernetes"),
+    ]
+    for call in calls:
+        try:
+            await call()
+        except InvalidConfigError as exc:
+            print(exc.field, "|", exc)
+        else:
+            print("no error")
+    print("loaded:", any(m.startswith("kubernetes_asyncio") for m in sys.modules))
+
+asyncio.run(main())
+"""
+
+
+def test_without_the_extra_a_clear_error_names_it() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRA], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4, done.stdout
+    for line in lines[:3]:  # deploy, stop and list each say what to install
+        assert line.startswith("backend | "), line
+        assert "pip install 'nim-async[kubernetes]'" in line
+    assert lines[3] == "loaded: False"
+
+
+def test_the_cli_without_the_extra_says_what_to_install() -> None:
+    import subprocess
+    import sys
+
+    script = WITHOUT_EXTRA.split("from nim_async import")[0] + (
+        "from nim_async.cli import main\nsys.exit(main(['ps', '--kubernetes']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "pip install 'nim-async[kubernetes]'" in done.stderr
+    assert "Traceback" not in done.stderr
