@@ -6,7 +6,7 @@ the client but :mod:`nim_async.catalog` and :mod:`nim_async.errors`, and has its
 box and schema code (:mod:`~nim_async.emulator.geometry`, :mod:`~nim_async.emulator.guided`).
 
 By default it follows vLLM 0.32 (measured against the real server by
-``tests/vllm/test_differential.py``):
+``tests/vllm/test_differential.py`` and, per request form, ``scripts/wire_matrix.py``):
 
 * top-level ``guided_*`` fields: HTTP 200, ignored (output unconstrained), one warning line;
 * ``structured_outputs`` (``choice`` / ``regex`` / ``json`` / ``grammar``) and
@@ -57,9 +57,15 @@ Differences from vLLM 0.32 that remain (deliberate, or beyond a test double):
   emulator's check), the rest is accepted and not applied. Their schema errors use the
   emulator's ``BadRequestError`` and ``param`` ``media_io_kwargs.fps`` (vLLM: ``Bad Request``,
   ``body.media_io_kwargs.fps``).
-* The vLLM tier serves with ``--limit-mm-per-prompt {"image": 4, "video": 0}``, so it answers a
-  video with 400 "At most 0 video(s) may be provided in one prompt. (parameter=video)"; the
-  emulator has no per-prompt media limit.
+* No per-prompt media limit (vLLM: ``--limit-mm-per-prompt``; the tier's ``{"image": 4,
+  "video": 1}`` answers a second video with 400 "At most 1 video(s) may be provided in one
+  prompt").
+* ``logprobs`` / ``top_logprobs`` / ``prompt_logprobs`` are accepted and answered ``null``
+  (vLLM returns them); ``mm_processor_kwargs`` ``max_pixels`` / ``min_pixels`` do not change
+  the image tokens (vLLM's processor resizes: 104 -> 56 prompt tokens for a 224x224 PNG at
+  ``max_pixels`` 12544); ``top_k``, ``repetition_penalty``, ``min_p`` and the other sampling
+  fields are read but the text is deterministic (``ignore_eos`` and ``min_tokens`` do set the
+  length). Measured per request form by ``scripts/wire_matrix.py``.
 * NIM's endpoints (``/v1/health/live``, ``/v1/health/ready``, ``/v1/version``,
   ``/v1/metadata``, ``/v1/metrics``) are served too (vLLM: 404); ``/v1/version`` also names
   the emulated vLLM release; ``/health`` answers 503 during ``startup_seconds`` (a real vLLM
