@@ -33,6 +33,8 @@ LAYER_RANK = {"foundation": 0, "protocol": 1, "http": 2, "core": 3, "ui": 4, "sy
 
 # Third-party (and stdlib IO) modules, and the only layers / modules allowed to import them.
 IO_FREE_FORBIDDEN = ("httpx", "aiohttp", "aiodocker", "anyio", "rich", "kubernetes_asyncio")
+# protocol/ holds no event loop or socket code at all (the foundation may, e.g. config's paths).
+PROTOCOL_FORBIDDEN = ("asyncio", "socket", "ssl", "selectors", "subprocess", "threading")
 ONLY_IN: dict[str, tuple[str, ...]] = {
     "aiodocker": ("nim_async.deploy.docker",),
     "kubernetes_asyncio": ("nim_async.deploy.kubernetes.client",),  # one module (issue 18)
@@ -139,6 +141,8 @@ def check_tree(root: Path) -> list[Violation]:
                 )
             if layer in ("foundation", "protocol") and top in IO_FREE_FORBIDDEN:
                 violations.append(Violation(module, line, imported, f"{layer} is IO-free"))
+            elif layer == "protocol" and top in PROTOCOL_FORBIDDEN:
+                violations.append(Violation(module, line, imported, "protocol is IO-free"))
             if top != root.name:
                 continue
             if side == "emulator":
@@ -211,6 +215,23 @@ def _package(tmp_path: Path, files: dict[str, str]) -> Path:
         ({"deploy/deployer.py": "from nim_async.emulator import server\n"}, "only the cli"),
         ({"bench/load.py": "from nim_async.predict.predictor import X\n"}, "bench sits on"),
         ({"protocol/media.py": "from PIL import Image\n"}, "only nim_async.predict.media"),
+        ({"protocol/stream.py": "import asyncio\n"}, "protocol is IO-free"),
+        ({"protocol/wire.py": "import aiohttp\n"}, "protocol is IO-free"),
+        ({"predict/media.py": "import aiohttp\n"}, "only nim_async.http"),
+        ({"deploy/deployer.py": "import kubernetes_asyncio\n"}, "only nim_async.deploy.kubernetes"),
+        (
+            {"deploy/containers.py": "from aiodocker import Docker\n"},
+            "only nim_async.deploy.docker",
+        ),
+        ({"cli/run.py": "import aiodocker\n"}, "only nim_async.deploy.docker"),
+        ({"deploy/events.py": "import rich.console\n"}, "only nim_async.ui"),
+        ({"sync/deployer.py": "from rich.progress import Progress\n"}, "only nim_async.ui"),
+        ({"emulator/server.py": "from nim_async.deploy import docker\n"}, "leaf"),
+        ({"emulator/guided.py": "from ..protocol.guided import check\n"}, "leaf"),
+        ({"emulator/cli.py": "from nim_async.config import NIMConfig\n"}, "leaf"),
+        ({"ui/progress.py": "from nim_async.cli import common\n"}, "ui may not import cli"),
+        ({"protocol/wire.py": "from nim_async.http import client\n"}, "protocol may not import"),
+        ({"predict/batch.py": "import nim_async\n"}, "not the root"),
     ],
 )
 def test_the_checker_catches_a_forbidden_import(
@@ -235,3 +256,41 @@ def test_the_checker_accepts_allowed_imports(tmp_path: Path) -> None:
         },
     )
     assert check_tree(root) == []
+
+
+def _copy_of_the_package(tmp_path: Path) -> Path:
+    root = tmp_path / "nim_async"
+    for path in PACKAGE_ROOT.rglob("*.py"):
+        target = root / path.relative_to(PACKAGE_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    return root
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "rule"),
+    [
+        # the issue's bug: the emulator reusing the client's box encoding and resize math
+        ("emulator/geometry.py", "from nim_async.protocol.geometry import smart_resize", "leaf"),
+        ("protocol/wire.py", "import httpx", "only nim_async.http may"),
+        ("protocol/stream.py", "import anyio", "protocol is IO-free"),
+        ("predict/batch.py", "from rich.progress import Progress", "only nim_async.ui"),
+        ("deploy/deployer.py", "import aiodocker", "only nim_async.deploy.docker may"),
+        ("http/client.py", "from nim_async.predict.predictor import AsyncNIMPredictor", "http may"),
+    ],
+)
+def test_the_real_package_fails_the_check_with_one_forbidden_import_added(
+    tmp_path: Path, module: str, line: str, rule: str
+) -> None:
+    """The checker run on a copy of this very package: clean, then failing on one added line."""
+    root = _copy_of_the_package(tmp_path)
+    assert check_tree(root) == []
+    target = root / module
+    text = target.read_text() + f"\n\ndef _added() -> None:\n    {line}\n"
+    target.write_text(text)
+    violations = check_tree(root)
+    # every violation is the added line (one line may break two rules: httpx in protocol/)
+    name = "nim_async." + module.removesuffix(".py").replace("/", ".")
+    assert violations, "the forbidden import was not found"
+    assert {(v.module, v.line) for v in violations} == {(name, len(text.splitlines()))}
+    assert any(rule in v.rule for v in violations), violations
