@@ -142,6 +142,13 @@ async def crash_image(reg: dict[str, str]) -> str:
     return tag
 
 
+def kube_deployer(config: NIMConfig, cluster: Cluster, namespace: str) -> AsyncNIMDeployer:
+    """A quiet deployer of ``config`` into ``namespace`` of the test cluster."""
+    return AsyncNIMDeployer(
+        config, quiet=True, backend="kubernetes", namespace=namespace, kubeconfig=cluster.kubeconfig
+    )
+
+
 @pytest.fixture
 async def api(pod_cluster: Cluster) -> AsyncIterator[Any]:
     async with api_client(pod_cluster.kubeconfig) as client:
@@ -194,13 +201,7 @@ async def test_wrong_registry_key_is_registry_auth_error(
     reg = registry_env()
     wrong = "nvapi-wrong-" + "9" * 50
     config = emulator_config(reg, nvidia_api_key=wrong, force_pull=True, startup_timeout=120.0)
-    deployer = AsyncNIMDeployer(
-        config,
-        quiet=True,
-        backend="kubernetes",
-        namespace=namespace,
-        kubeconfig=pod_cluster.kubeconfig,
-    )
+    deployer = kube_deployer(config, pod_cluster, namespace)
     with pytest.raises(RegistryAuthError) as info:
         await deployer.deploy()
     message = str(info.value)
@@ -217,13 +218,7 @@ async def test_missing_tag_is_image_pull_error_not_auth(
     pod_cluster: Cluster, api: Any, namespace: str
 ) -> None:
     config = emulator_config(registry_env(), tag="no-such-tag-k8s", startup_timeout=120.0)
-    deployer = AsyncNIMDeployer(
-        config,
-        quiet=True,
-        backend="kubernetes",
-        namespace=namespace,
-        kubeconfig=pod_cluster.kubeconfig,
-    )
+    deployer = kube_deployer(config, pod_cluster, namespace)
     with pytest.raises(ImagePullError) as info:
         await deployer.deploy()
     assert not isinstance(info.value, RegistryAuthError)
@@ -237,13 +232,7 @@ async def test_container_that_dies_is_container_exited_error_with_its_log_tail(
 ) -> None:
     reg = registry_env()
     config = emulator_config(reg, tag=await crash_image(reg), startup_timeout=120.0)
-    deployer = AsyncNIMDeployer(
-        config,
-        quiet=True,
-        backend="kubernetes",
-        namespace=namespace,
-        kubeconfig=pod_cluster.kubeconfig,
-    )
+    deployer = kube_deployer(config, pod_cluster, namespace)
     with pytest.raises(ContainerExitedError) as info:
         await deployer.deploy()
     assert info.value.exit_code == 1  # the emulator's --exit-after status
@@ -260,16 +249,10 @@ async def test_no_gpu_on_the_node_is_gpu_runtime_error(
     from nim_async.errors import GPURuntimeError
 
     config = emulator_config(registry_env(), gpus=1, startup_timeout=120.0)
-    backend_options = {"namespace": namespace, "kubeconfig": pod_cluster.kubeconfig}
-    deployer = AsyncNIMDeployer(config, quiet=True, backend="kubernetes", **backend_options)
     with pytest.raises(GPURuntimeError) as info:
-        await deployer.deploy()
+        await kube_deployer(config, pod_cluster, namespace).deploy()
     assert "nvidia.com/gpu" in str(info.value)
-    for _ in range(300):  # a failed deploy removes what it made (the pod goes a moment later)
-        if not await labelled(api, namespace):
-            break
-        await asyncio.sleep(0.1)
-    assert await labelled(api, namespace) == {}
+    await eventually_empty(api, namespace)  # a failed deploy removes what it made
 
 
 async def bench(urls: list[str], tmp_path: Path) -> tuple[int, str, dict[str, Any]]:
