@@ -12,6 +12,7 @@ BASES = {
     "qwen": {"source": "tier"},
     "qwen_sharded": {"source": "tier", "max_shard_size": "400KB"},
     "gpt2": {"source": "gpt2"},
+    "qwen3vl": {"source": "qwen3vl"},
 }
 
 CASES: dict[str, dict[str, object]] = {
@@ -85,6 +86,17 @@ CASES: dict[str, dict[str, object]] = {
             "lora_alpha": 8,
             "target_modules": ["c_attn", "c_fc"],
             "fan_in_fan_out": True,
+        },
+    },
+    # Qwen3-VL (stored as model.language_model.* / model.visual.*): language attention and the
+    # vision tower's attention, MLP, merger and deepstack mergers (linear_fc1), with rsLoRA
+    "qwen3vl_lang_vision": {
+        "base": "qwen3vl",
+        "lora": {
+            "r": 8,
+            "lora_alpha": 8,
+            "use_rslora": True,
+            "target_modules": ["q_proj", "v_proj", "qkv", "linear_fc1"],
         },
     },
     # the served check: a strong adapter on every language linear layer

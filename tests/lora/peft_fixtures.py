@@ -9,7 +9,8 @@ SPEC.json::
     {"base_dir": "<the tier's tiny Qwen2.5-VL>",
      "bases": {"qwen": {"source": "tier"},
                "qwen_sharded": {"source": "tier", "max_shard_size": "400KB"},
-               "gpt2": {"source": "gpt2"}},
+               "gpt2": {"source": "gpt2"},
+               "qwen3vl": {"source": "qwen3vl"}},
      "cases": {"NAME": {"base": "qwen", "lora": {...LoraConfig kwargs...}, "b_std": 0.05,
                         "adapter_dtype": "float32" | "bfloat16", "saved_std": 0.05,
                         "generate": {"prompt": "...", "max_new_tokens": 8}}}}
@@ -31,6 +32,39 @@ import sys
 from pathlib import Path
 
 
+def tiny_qwen3_vl():  # type: ignore[no-untyped-def]
+    """A random-weight Qwen3-VL (checkpoint names model.language_model.* / model.visual.*)."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    config = Qwen3VLConfig(
+        text_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "vocab_size": 256,
+            "max_position_embeddings": 512,
+            "rope_scaling": rope,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [0],
+        },
+    )
+    return Qwen3VLForConditionalGeneration(config)
+
+
 def build_base(name: str, spec: dict, base_dir: Path, out: Path) -> Path:  # type: ignore[type-arg]
     import torch
     from transformers import (
@@ -45,6 +79,10 @@ def build_base(name: str, spec: dict, base_dir: Path, out: Path) -> Path:  # typ
         torch.manual_seed(7)
         config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=128, n_positions=64)
         GPT2LMHeadModel(config).to(torch.bfloat16).save_pretrained(target)
+        return target
+    if spec["source"] == "qwen3vl":
+        torch.manual_seed(11)
+        tiny_qwen3_vl().to(torch.bfloat16).save_pretrained(target)
         return target
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base_dir, dtype=torch.bfloat16)
     kwargs = {}
@@ -61,9 +99,14 @@ def build_base(name: str, spec: dict, base_dir: Path, out: Path) -> Path:  # typ
 
 def load_base(path: Path, kind: str):  # type: ignore[no-untyped-def]
     import torch
-    from transformers import GPT2LMHeadModel, Qwen2_5_VLForConditionalGeneration
+    from transformers import (
+        GPT2LMHeadModel,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen3VLForConditionalGeneration,
+    )
 
-    cls = GPT2LMHeadModel if kind == "gpt2" else Qwen2_5_VLForConditionalGeneration
+    classes = {"gpt2": GPT2LMHeadModel, "qwen3vl": Qwen3VLForConditionalGeneration}
+    cls = classes.get(kind, Qwen2_5_VLForConditionalGeneration)
     return cls.from_pretrained(path, dtype=torch.bfloat16)
 
 

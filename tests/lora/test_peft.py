@@ -113,6 +113,11 @@ def test_expected_modules_were_merged(merged_dirs: dict[str, Path]) -> None:
     assert vision
     assert all(m.startswith("model.visual.") for m in vision)
     assert "model.visual.patch_embed.proj" in marker("sharded_all")["lora_modules"]  # a Conv3d
+    qwen3 = marker("qwen3vl_lang_vision")["lora_modules"]
+    assert "model.language_model.layers.1.self_attn.v_proj" in qwen3
+    assert "model.visual.blocks.1.attn.qkv" in qwen3
+    assert "model.visual.merger.linear_fc1" in qwen3
+    assert "model.visual.deepstack_merger_list.0.linear_fc1" in qwen3
 
 
 def test_multi_shard_layout_is_kept(peft_built: Any, merged_dirs: dict[str, Path]) -> None:
