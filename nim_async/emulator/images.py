@@ -13,6 +13,7 @@ import base64
 import binascii
 import re
 from collections import OrderedDict
+from typing import TypeVar
 
 from aiohttp import ClientError, ClientSession, ClientTimeout
 
@@ -24,6 +25,7 @@ __all__ = ["ImageLoader", "decode_data_uri"]
 
 _DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[^;,]*)*)(;base64)?,", re.ASCII)
 _CACHE_SIZE = 64
+_T = TypeVar("_T")
 _THREAD_ABOVE = 32 * 1024  # bytes: smaller images are analysed on the loop (cheaper than a hop)
 
 
@@ -54,12 +56,33 @@ def decode_data_uri(url: str, kind: str = "image") -> bytes:
         ) from None
 
 
+_Key = tuple[int, int, str]
+
+
+def _key(url: str) -> _Key:
+    """The cache key of a URL (a data URI may be megabytes): length, hash, last 48 characters."""
+    return (len(url), hash(url), url[-48:])
+
+
+def _recall(cache: OrderedDict[_Key, _T], key: _Key) -> _T | None:
+    found = cache.get(key)
+    if found is not None:
+        cache.move_to_end(key)
+    return found
+
+
+def _remember(cache: OrderedDict[_Key, _T], key: _Key, value: _T) -> None:
+    cache[key] = value
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+
+
 class ImageLoader:
     """Loads and analyses request images, keeping the last 64 scenes."""
 
     def __init__(self) -> None:
-        self._scenes: OrderedDict[tuple[int, int, str], Scene] = OrderedDict()
-        self._videos: OrderedDict[tuple[int, int, str], VideoInfo] = OrderedDict()
+        self._scenes: OrderedDict[_Key, Scene] = OrderedDict()
+        self._videos: OrderedDict[_Key, VideoInfo] = OrderedDict()
         self._http: ClientSession | None = None
 
     async def scene(self, url: str) -> Scene:
@@ -68,20 +91,11 @@ class ImageLoader:
         Raises:
             RequestError: 400 when the image cannot be fetched or decoded.
         """
-        key = (len(url), hash(url), url[-48:])
-        cached = self._scenes.get(key)
+        key = _key(url)
+        cached = _recall(self._scenes, key)
         if cached is not None:
-            self._scenes.move_to_end(key)
             return cached
-        if url.startswith("data:"):
-            data = decode_data_uri(url)
-        elif url.startswith(("http://", "https://")):
-            data = await self._fetch(url)
-        else:
-            raise bad(
-                "image_url must be a data: URI (data:image/...;base64,...) or an http(s) URL",
-                "messages",
-            )
+        data = await self._bytes(url, "image")
         try:
             if len(data) > _THREAD_ABOVE:
                 scene = await asyncio.to_thread(analyse_bytes, data)
@@ -89,9 +103,7 @@ class ImageLoader:
                 scene = analyse_bytes(data)
         except ValueError as exc:
             raise bad(f"Failed to load image: {exc}", "messages") from None
-        self._scenes[key] = scene
-        if len(self._scenes) > _CACHE_SIZE:
-            self._scenes.popitem(last=False)
+        _remember(self._scenes, key, scene)
         return scene
 
     async def video(self, url: str) -> VideoInfo:
@@ -100,28 +112,27 @@ class ImageLoader:
         Raises:
             RequestError: 400 when the video cannot be fetched or is not MP4/MOV/WebM.
         """
-        key = (len(url), hash(url), url[-48:])
-        cached = self._videos.get(key)
+        key = _key(url)
+        cached = _recall(self._videos, key)
         if cached is not None:
-            self._videos.move_to_end(key)
             return cached
-        if url.startswith("data:"):
-            data = decode_data_uri(url, "video")
-        elif url.startswith(("http://", "https://")):
-            data = await self._fetch(url, "video")
-        else:
-            raise bad(
-                "video_url must be a data: URI (data:video/...;base64,...) or an http(s) URL",
-                "messages",
-            )
+        data = await self._bytes(url, "video")
         try:
             info = read_video_info(data)
         except ValueError as exc:
             raise bad(f"Failed to load video: {exc}", "messages") from None
-        self._videos[key] = info
-        if len(self._videos) > _CACHE_SIZE:
-            self._videos.popitem(last=False)
+        _remember(self._videos, key, info)
         return info
+
+    async def _bytes(self, url: str, kind: str) -> bytes:
+        if url.startswith("data:"):
+            return decode_data_uri(url, kind)
+        if url.startswith(("http://", "https://")):
+            return await self._fetch(url, kind)
+        raise bad(
+            f"{kind}_url must be a data: URI (data:{kind}/...;base64,...) or an http(s) URL",
+            "messages",
+        )
 
     async def _fetch(self, url: str, kind: str = "image") -> bytes:
         if self._http is None:

@@ -273,6 +273,20 @@ async def test_bad_video_parts_are_refused(start_emulator, api):
     assert no_url.status_code == 400
     assert "video_url.url" in no_url.json()["error"]["message"]
     assert file_url.status_code == 400
+    assert file_url.json()["error"]["message"] == (
+        "video_url must be a data: URI (data:video/...;base64,...) or an http(s) URL"
+    )
+
+
+async def test_an_image_url_neither_data_nor_http_is_refused(emulator, api):
+    body = api.body(None, "What is it?")
+    part = {"type": "image_url", "image_url": {"url": "file:///etc/hostname"}}
+    body["messages"][0]["content"].insert(0, part)
+    answer = await api.post(emulator.url, body)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"] == (
+        "image_url must be a data: URI (data:image/...;base64,...) or an http(s) URL"
+    )
 
 
 # vLLM 0.32 (measured on the tier at NIM_VLLM_URL, started without --trust-request-mm-kwargs):
