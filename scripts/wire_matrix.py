@@ -429,8 +429,8 @@ def start_emulator(
     ]  # fmt: skip
     if legacy:
         cmd.append("--legacy-guided")
-    out = log_path.open("wb")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    with log_path.open("wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
