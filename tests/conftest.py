@@ -16,17 +16,24 @@
   in an MP4 (``ftyp``, ``mdat``, ``moov`` with a full sample table) or a WebM / Matroska file
   (EBML header, ``Info``, ``Tracks``, one ``Cluster`` of ``SimpleBlock`` s). FFmpeg / OpenCV
   decode both (checked with vLLM 0.32's own OpenCV video loader in the vLLM tier's venv).
+* ``docker_test_exports`` (session): the exports of ``scripts/test-env.sh``'s env file
+  (``NIM_TEST_REGISTRY``, ``NIM_TEST_IMAGE``, ...) once a Docker daemon answers, or a skip
+  with the reason; the docker fixtures of tests/deployer, tests/sync, tests/hostile and
+  tests/cli build their facts from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import os
+import shlex
 import socket
 import struct
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -236,3 +243,44 @@ def _make_video(
 def video_factory() -> VideoFactory:
     """Make test videos: ``video_factory("mp4" | "webm", size=(64, 48), frames=10, fps=10)``."""
     return _make_video
+
+
+TEST_ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"
+"""What ``scripts/test-env.sh up`` writes: ``export NAME=value`` lines."""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The ``export NAME=value`` lines of a shell env file (``${...}`` references skipped)."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line.startswith("export ") or "=" not in line:
+            continue
+        key, _, raw = line[len("export ") :].partition("=")
+        if raw.startswith("${"):
+            continue
+        parts = shlex.split(raw)
+        values[key] = parts[0] if parts else ""
+    return values
+
+
+async def _docker_answers() -> bool:
+    from nim_async.deploy.docker import DockerClient
+    from nim_async.errors import DockerUnavailableError
+
+    try:
+        async with DockerClient():
+            return True
+    except DockerUnavailableError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_test_exports() -> dict[str, str]:
+    """The local registry's and emulator image's facts (scripts/test-env.sh), or skip."""
+    if not TEST_ENV_FILE.exists():
+        pytest.skip(f"no test registry: {TEST_ENV_FILE} is missing (run `scripts/test-env.sh up`)")
+    values = read_env_file(TEST_ENV_FILE)
+    if not asyncio.run(_docker_answers()):
+        pytest.skip("no Docker daemon answers (run `scripts/test-env.sh up`)")
+    return values

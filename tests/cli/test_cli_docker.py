@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shlex
 import socket
 import subprocess
 import uuid
@@ -17,22 +16,6 @@ import orjson
 import pytest
 
 pytestmark = pytest.mark.docker
-
-ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"
-
-
-def _test_env() -> dict[str, str]:
-    if not ENV_FILE.exists():
-        pytest.skip(f"no test registry: {ENV_FILE} is missing (run `scripts/test-env.sh up`)")
-    values: dict[str, str] = {}
-    for line in ENV_FILE.read_text().splitlines():
-        key, _, raw = line.strip().removeprefix("export ").partition("=")
-        if raw and not raw.startswith("${"):
-            values[key] = shlex.split(raw)[0]
-    probe = subprocess.run(["docker", "info"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip("no Docker daemon answers (run `scripts/test-env.sh up`)")
-    return values
 
 
 def _free_port() -> int:
@@ -46,8 +29,11 @@ def _docker(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def registry() -> dict[str, str]:
-    return _test_env()
+def registry(docker_test_exports: dict[str, str]) -> dict[str, str]:
+    """The test registry's facts (root conftest), once the ``docker`` command works too."""
+    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("the docker command does not answer (run `scripts/test-env.sh up`)")
+    return docker_test_exports
 
 
 async def test_deploy_ps_predict_batch_stop(

@@ -2,7 +2,8 @@
 
 General enough for other test directories that deploy (e.g. custom weights):
 
-* ``docker_env`` (session): the registry/image facts from the env file, or a skip with a reason;
+* ``docker_env`` (session): the registry/image facts of the root conftest's
+  ``docker_test_exports``, or a skip with a reason;
 * ``docker_client``: a connected :class:`nim_async.deploy.docker.DockerClient`;
 * ``unique_name()`` / ``free_port()``: a fresh container name / an unused loopback port;
 * ``free_ports(n)``: the first of ``n`` consecutive unused loopback ports (``NIMConfig.port`` of
@@ -19,9 +20,6 @@ General enough for other test directories that deploy (e.g. custom weights):
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shlex
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,9 +34,7 @@ from nim_async.config import NIMConfig
 from nim_async.deploy.docker import DockerClient, RegistryAuth
 from nim_async.deploy.spec import DEPLOYMENT_LABEL
 from nim_async.devtools.emulator_image import build_emulator_variant
-from nim_async.errors import DockerUnavailableError
 
-ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"
 DERIVED_LABEL = "nim_async.test.derived"
 SESSION = uuid.uuid4().hex[:6]
 
@@ -58,34 +54,12 @@ class DockerTestEnv:
         return f"DockerTestEnv(image={self.image!r})"
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line.startswith("export ") or "=" not in line:
-            continue
-        key, _, raw = line[len("export ") :].partition("=")
-        if raw.startswith("${"):
-            continue
-        parts = shlex.split(raw)
-        values[key] = parts[0] if parts else ""
-    return values
-
-
-async def _daemon_answers() -> bool:
+@pytest.fixture(scope="session")
+def docker_env(docker_test_exports: dict[str, str]) -> DockerTestEnv:
+    """The local registry and emulator image, or skip with the reason."""
+    values = docker_test_exports
     try:
-        async with DockerClient():
-            return True
-    except DockerUnavailableError:
-        return False
-
-
-def _load() -> DockerTestEnv | str:
-    if not ENV_FILE.exists():
-        return f"no test registry: {ENV_FILE} is missing (run `scripts/test-env.sh up` as root)"
-    values = _read_env_file(ENV_FILE)
-    try:
-        env = DockerTestEnv(
+        return DockerTestEnv(
             registry=values["NIM_TEST_REGISTRY"],
             registry_path=values["NIM_TEST_REGISTRY_PATH"],
             ngc_key=values["NIM_TEST_NGC_KEY"],
@@ -94,19 +68,7 @@ def _load() -> DockerTestEnv | str:
             image=values["NIM_TEST_IMAGE"],
         )
     except KeyError as exc:
-        return f"{ENV_FILE} lacks {exc}; re-run `scripts/test-env.sh up`"
-    if not asyncio.run(_daemon_answers()):
-        return "no Docker daemon answers (run `scripts/test-env.sh up` as root)"
-    return env
-
-
-@pytest.fixture(scope="session")
-def docker_env() -> DockerTestEnv:
-    """The local registry and emulator image, or skip with the reason."""
-    loaded = _load()
-    if isinstance(loaded, str):
-        pytest.skip(loaded)
-    return loaded
+        pytest.skip(f"the test env file lacks {exc}; re-run `scripts/test-env.sh up`")
 
 
 @pytest.fixture

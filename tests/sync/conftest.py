@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
 import signal
 import sys
 import textwrap
@@ -26,7 +25,6 @@ import pytest
 #: A hang fails the test; a healthy script ends in well under a second or two.
 TIME_BOUND = 60.0
 NOISE = ("Unclosed", "Exception ignored", "Traceback")
-ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"
 
 
 @dataclass(frozen=True)
@@ -114,36 +112,10 @@ class DockerTestEnv:
         return f"DockerTestEnv(image={self.image!r})"
 
 
-def _read_env_file() -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in ENV_FILE.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("export ") and "=" in line:
-            key, _, raw = line[len("export ") :].partition("=")
-            if not raw.startswith("${"):
-                parts = shlex.split(raw)
-                values[key] = parts[0] if parts else ""
-    return values
-
-
 @pytest.fixture(scope="session")
-def docker_test_env() -> DockerTestEnv:
+def docker_test_env(docker_test_exports: dict[str, str]) -> DockerTestEnv:
     """The local registry and emulator image (scripts/test-env.sh), or skip with the reason."""
-    if not ENV_FILE.exists():
-        pytest.skip(f"no test registry: {ENV_FILE} is missing (run `scripts/test-env.sh up`)")
-    values = _read_env_file()
-    from nim_async.deploy.docker import DockerClient
-    from nim_async.errors import DockerUnavailableError
-
-    async def answers() -> bool:
-        try:
-            async with DockerClient():
-                return True
-        except DockerUnavailableError:
-            return False
-
-    if not asyncio.run(answers()):
-        pytest.skip("no Docker daemon answers (run `scripts/test-env.sh up`)")
+    values = docker_test_exports
     return DockerTestEnv(
         registry_path=values["NIM_TEST_REGISTRY_PATH"],
         ngc_key=values["NIM_TEST_NGC_KEY"],
