@@ -16,21 +16,25 @@ child of its own. The goal: the merge's peak stays well under one shard (it hold
 adapter plus a block of ~1 M elements of one tensor, ~20 MiB); the peer's is about one shard.
 
 It also reports what the dependency choice costs: the installed size and import time of numpy
-(the ``merge`` extra) and, when the vLLM tier's venv is there, of torch.
+(the ``merge`` extra) and, where installed (here or in the vLLM tier's venv), of torch and of
+the ``safetensors`` and ``ml_dtypes`` wheels a numpy merge could have used instead.
 
     .venv/bin/python benchmarks/lora_merge.py --quick     # 4 shards x 64 MiB
     .venv/bin/python benchmarks/lora_merge.py             # 4 shards x 512 MiB
 
-Measured on the shared 2-core development machine (load average 7-10, 2026-12-01), every
+Measured on the shared 2-core development machine (load average 10-13, 2026-12-02), every
 matrix LoRA-targeted (the worst case: nothing is a plain byte copy):
 
     shards       adapter   merge peak   peer (read one shard)   ratio   merge speed
-    4 x 64 MiB   8 MiB     22.2 MiB     63.8 MiB                0.35    32 MiB/s
-    4 x 512 MiB  32 MiB    46.5 MiB     511.9 MiB               0.09    26 MiB/s
+    4 x 64 MiB   8 MiB     22.0 MiB     63.9 MiB                0.34    15 MiB/s
+    4 x 512 MiB  32 MiB    46.2 MiB     511.7 MiB               0.09    16 MiB/s
 
-The merge's peak is the adapter (decoded to float32) plus one ~1 M-element block, whatever the
-shard size. Dependencies: numpy 40.7 MiB installed, 0.15-0.34 s to import; torch (the
-alternative extra) 716 MiB, 3.1-4.3 s.
+(2026-12-01, load 7-10: 22.2 / 63.8 MiB and 46.5 / 511.9 MiB, 26-32 MiB/s.) The merge's peak
+is the adapter (decoded to float32) plus one ~1 M-element block, whatever the shard size.
+Dependencies: numpy 40.7 MiB installed, 0.32-0.34 s to import; torch (the alternative extra)
+716 MiB, 4.5-6.1 s; safetensors 1.3 MiB (its ``save_file`` takes a whole shard's tensors, so
+a merge through it needs at least one shard in memory: the peer row); ml_dtypes 2.1 MiB (measured by
+hand: ``pip install --no-deps --target DIR ml_dtypes``, 0.7-2.3 s to import at that load).
 """
 
 from __future__ import annotations
@@ -152,30 +156,45 @@ def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def dependency_costs() -> list[tuple[str, float, float]]:
-    """(package, installed MiB, cold-ish import seconds) for numpy and, if present, torch."""
-    rows: list[tuple[str, float, float]] = []
+def dependency_costs() -> list[tuple[str, str, float, float]]:
+    """(package, where, installed MiB, import seconds) of the merge's dependency and the others.
+
+    numpy (the ``merge`` extra) from this venv; torch, and the ``safetensors`` and ``ml_dtypes``
+    wheels a numpy merge could have used instead of the standard-library reader and the bf16 bit
+    conversion, from this venv or the vLLM tier's, where installed (skipped otherwise).
+    """
+    rows: list[tuple[str, str, float, float]] = []
     env_file = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "vllm" / "env"
     tier_python = None
     if env_file.is_file():
         for line in env_file.read_text().splitlines():
             if line.startswith("export NIM_VLLM_PYTHON="):
                 tier_python = shlex.split(line.split("=", 1)[1])[0]
-    for python, package in ((sys.executable, "numpy"), (tier_python, "torch")):
-        if not python or not Path(python).exists():
-            continue
-        code = (
-            "import importlib.util, time, pathlib; t = time.perf_counter(); "
-            f"import {package}; dt = time.perf_counter() - t; "
-            f"print(pathlib.Path(importlib.util.find_spec('{package}').origin).parent, dt)"
-        )
-        runs = []
-        where = ""
-        for _ in range(3):
-            out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
-            where, dt = out.stdout.split()
-            runs.append(float(dt))
-        rows.append((package, _du(Path(where)) / 2**20, min(runs)))
+    pythons = [("venv", sys.executable)]
+    if tier_python and Path(tier_python).exists():
+        pythons.append(("tier", tier_python))
+    for package in ("numpy", "torch", "safetensors", "ml_dtypes"):
+        for label, python in pythons:
+            code = (
+                "import importlib.util, time, pathlib, sys; import numpy; "
+                f"spec = importlib.util.find_spec('{package}'); "
+                "spec is None and sys.exit(3); t = time.perf_counter(); "
+                f"import {package}; dt = time.perf_counter() - t; "
+                "print(pathlib.Path(spec.origin).parent, dt)"
+            )
+            if package == "numpy":  # numpy's own import, not one already done
+                code = code.replace("import numpy; ", "", 1)
+            runs = []
+            where = ""
+            for _ in range(3):
+                out = subprocess.run([python, "-c", code], capture_output=True, text=True)
+                if out.returncode != 0:
+                    break
+                where, dt = out.stdout.split()
+                runs.append(float(dt))
+            if runs:
+                rows.append((package, label, _du(Path(where)) / 2**20, min(runs)))
+                break
     return rows
 
 
@@ -205,9 +224,8 @@ def main() -> None:
         largest = max(p.stat().st_size for p in base.glob("*.safetensors"))
         adapter_mib = (adapter / "adapter_model.safetensors").stat().st_size / 2**20
         shard = max(base.glob("*.safetensors"), key=lambda p: p.stat().st_size)
-        results = {}
-        for mode in ("merge", "peer"):  # interleaved, twice: the machine is shared
-            results[mode] = []
+        results: dict[str, list[dict[str, float]]] = {"merge": [], "peer": []}
+        # interleaved, twice: the machine is shared
         for i in range(2):
             for mode in ("merge", "peer"):
                 results[mode].append(child(mode, base, adapter, root / f"out{i}", shard))
@@ -216,7 +234,7 @@ def main() -> None:
     shard_size = largest / 2**20
 
     def peak(mode: str, field: str = "maxrss_kib") -> float:
-        return min(r[field] - r["before_kib"] for r in results[mode]) / mib
+        return float(min(r[field] - r["before_kib"] for r in results[mode])) / mib
 
     merge_peak, peer_peak = peak("merge"), peak("peer")
     merge_hwm, peer_hwm = peak("merge", "peak_kib"), peak("peer", "peak_kib")
@@ -238,9 +256,9 @@ def main() -> None:
     print(f"merge wall time {wall:.2f} s ({total / wall:.0f} MiB/s of checkpoint)")
     print(f"merge peak / peer peak = {merge_peak / peer_peak:.2f}")
     print()
-    print(f"{'dependency':<12}{'installed (MiB)':>18}{'import (s, best of 3)':>24}")
-    for package, size, seconds in dependency_costs():
-        print(f"{package:<12}{size:>18.1f}{seconds:>24.3f}")
+    print(f"{'dependency':<12}{'from':<6}{'installed (MiB)':>18}{'import (s, best of 3)':>24}")
+    for package, where, size, seconds in dependency_costs():
+        print(f"{package:<12}{where:<6}{size:>18.1f}{seconds:>24.3f}")
 
 
 if __name__ == "__main__":
