@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from nim_async.errors import PredictionParseError
 from nim_async.protocol.tasks.base import ParseContext, Task, keyed_object_schema
-from nim_async.protocol.tasks.parsing import find_final_json_object, no_json_error, split_thinking
+from nim_async.protocol.tasks.parsing import keyed_json_body, no_json_error, split_thinking
 from nim_async.results import FreeformResponse
 
 __all__ = ["FreeformTask", "parse_caption"]
@@ -69,11 +69,7 @@ def parse_caption(text: str, context: ParseContext, task: str) -> tuple[str | No
         if answer and context.finish_reason != "length":
             return thinking, answer
         raise no_json_error(text, context.finish_reason, task)
-    try:
-        obj = find_final_json_object(answer)
-    except PredictionParseError:
-        raise no_json_error(text, context.finish_reason, task) from None
-    body = obj.get("freeform", obj)
+    body = keyed_json_body(text, answer, context.finish_reason, task, "freeform")
     caption = body.get("caption") if isinstance(body, dict) else None
     if not isinstance(caption, str):
         raise PredictionParseError(

@@ -8,7 +8,7 @@ from typing import Any
 
 from nim_async.errors import PredictionParseError
 
-__all__ = ["find_final_json_object", "no_json_error", "split_thinking"]
+__all__ = ["find_final_json_object", "keyed_json_body", "no_json_error", "split_thinking"]
 
 _THINK_RE = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 _DECODER = json.JSONDecoder()
@@ -85,3 +85,23 @@ def no_json_error(text: str, finish_reason: str | None, task: str) -> Prediction
     return PredictionParseError(
         f"the {task} output contains no complete JSON object", raw_output=text
     )
+
+
+def keyed_json_body(text: str, answer: str, finish_reason: str | None, task: str, key: str) -> Any:
+    """The body of a task's answer: ``obj[key]`` of the final JSON object, or the object itself.
+
+    Args:
+        text: The full model output (for the error).
+        answer: The output after its reasoning (:func:`split_thinking`).
+        finish_reason: Why generation ended (a cut-off output gets its own message).
+        task: Task name for the message.
+        key: The task's top-level key (``"vqa"``); a bare object without it is accepted.
+
+    Raises:
+        PredictionParseError: as :func:`no_json_error` when ``answer`` has no JSON object.
+    """
+    try:
+        obj = find_final_json_object(answer)
+    except PredictionParseError:
+        raise no_json_error(text, finish_reason, task) from None
+    return obj.get(key, obj)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from nim_async.errors import PredictionParseError
 from nim_async.protocol.geometry import Box, to_pixels
 from nim_async.protocol.tasks.base import ParseContext, Task, keyed_object_schema
-from nim_async.protocol.tasks.parsing import find_final_json_object, no_json_error, split_thinking
+from nim_async.protocol.tasks.parsing import keyed_json_body, split_thinking
 from nim_async.results import BoundingBox, Grounding, PhraseGroundingResponse
 
 __all__ = ["PhraseGroundingTask"]
@@ -67,11 +67,9 @@ class PhraseGroundingTask(Task):
                 finite numbers.
         """
         thinking, answer_text = split_thinking(text)
-        try:
-            obj = find_final_json_object(answer_text)
-        except PredictionParseError:
-            raise no_json_error(text, context.finish_reason, "phrase grounding") from None
-        body = obj.get("phrase_grounding", obj)
+        body = keyed_json_body(
+            text, answer_text, context.finish_reason, "phrase grounding", "phrase_grounding"
+        )
         if not isinstance(body, dict):
             raise PredictionParseError('"phrase_grounding" is not an object', raw_output=text)
         sentence = body.get("sentence", "")

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from nim_async.errors import PredictionParseError
 from nim_async.protocol.tasks.base import ParseContext, Task, keyed_object_schema
-from nim_async.protocol.tasks.parsing import find_final_json_object, no_json_error, split_thinking
+from nim_async.protocol.tasks.parsing import keyed_json_body, split_thinking
 from nim_async.results import VQAResponse
 
 __all__ = ["VQATask"]
@@ -34,11 +34,7 @@ class VQATask(Task):
             PredictionParseError: when the answer is missing or not text.
         """
         thinking, answer_text = split_thinking(text)
-        try:
-            obj = find_final_json_object(answer_text)
-        except PredictionParseError:
-            raise no_json_error(text, context.finish_reason, "VQA") from None
-        body = obj.get("vqa", obj)
+        body = keyed_json_body(text, answer_text, context.finish_reason, "VQA", "vqa")
         answer = body.get("answer") if isinstance(body, dict) else None
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
             answer = str(answer)
