@@ -27,8 +27,11 @@ the event loop (cheaper than the hop):
 6. Encode: a JPEG/PNG/WebP that needs no change is sent byte for byte; anything else is
    re-encoded (PNG for lossless sources, JPEG otherwise), then base64-encoded.
 
-Pillow's ``DecompressionBombWarning`` is caught where the image is opened (the global warning
-filters are left as they are), so it never reaches the user's stderr.
+Pillow's warnings (``DecompressionBombWarning``, "Corrupt EXIF data" and the like) never
+reach the user's stderr, nor become exceptions under ``-W error``: the Pillow calls that can
+warn (opening, which reads the header and the EXIF block; reading the orientation; counting a
+caller's frames) run with them ignored, and the EXIF orientation is applied from the value
+already read (no second EXIF parse). The global warning filters are left as they are.
 
 URLs are fetched by the caller's HTTP client (the predictor passes its own), so this module
 does no network IO itself.
@@ -46,9 +49,9 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar, Literal
+from typing import IO, Any, ClassVar, Literal, TypeVar
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from nim_async.errors import MediaError
 from nim_async.predict.media_pool import INLINE_MAX_BYTES, media_executor
@@ -116,6 +119,17 @@ _DECODED_MAX_BYTES = 64 * 1024
 _PASS_THROUGH = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _LOSSLESS = {"PNG", "GIF", "BMP", "TIFF"}
 _ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that makes the image upright (ImageOps.exif_transpose's).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_T = TypeVar("_T")
 
 FetchFn = Callable[[str], Awaitable[bytes]]
 """An async function returning the body of an ``http(s)`` URL (the predictor provides one)."""
@@ -156,8 +170,16 @@ class EncodedImage:
 
 _PIL_COPY_LOCK = threading.Lock()
 # catch_warnings() saves and restores the process-wide filter list: two threads doing so at
-# once could leave it changed for good, so the opens that use it take turns (headers only).
+# once could leave it changed for good, so the calls that use it take turns (header and EXIF
+# reads only, never a decode).
 _WARNINGS_LOCK = threading.Lock()
+
+
+def _quietly(call: Callable[[], _T]) -> _T:
+    """Run a Pillow call with every warning Pillow's own modules raise ignored."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+        return call()
 
 
 # --------------------------------------------------------------------------- entry points
@@ -355,8 +377,8 @@ def _open(
         # loads it) under a lock, in this worker thread, never on the event loop.
         with _PIL_COPY_LOCK:
             fmt = source.format
-            if getattr(source, "n_frames", 1) > 1:
-                source.seek(0)
+            if _quietly(lambda: getattr(source, "n_frames", 1)) > 1:
+                _quietly(lambda: source.seek(0))
             private = source.copy()
         return private, fmt, None, None
     if isinstance(source, str) and source.startswith("data:"):
@@ -381,10 +403,8 @@ def _open(
 
 
 def _open_quietly(fp: IO[bytes]) -> Image.Image:
-    """``Image.open`` (header only) with Pillow's bomb warning kept from the user's stderr."""
-    with _WARNINGS_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(fp)
+    """``Image.open`` (header only; a JPEG's EXIF too) with Pillow's warnings ignored."""
+    return _quietly(lambda: Image.open(fp))
 
 
 def _check_pixels(img: Image.Image, limit: int, desc: str, reduced: bool) -> None:
@@ -457,15 +477,15 @@ def _encode(source: object, max_pixels: int, desc: str, max_image_pixels: int) -
                 passed_through=True,
             )
         if not from_caller:
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # animations: the first frame
+            # An image just opened is at its first frame (animations: the first frame is sent).
             if fmt in ("JPEG", "MPO") and target != original:
                 # Decode at a reduced DCT scale (at least the target size): fast, low memory.
                 draft_size = (target[1], target[0]) if orientation in (5, 6, 7, 8) else target
                 img.draft("RGB", draft_size)
             _check_pixels(img, max_image_pixels, desc, reduced=fmt in ("JPEG", "MPO"))
         img.load()
-        work = ImageOps.exif_transpose(img) if orientation != 1 else img
+        method = _UPRIGHT.get(orientation)
+        work = img.transpose(method) if method is not None else img
         work = _to_rgb(work)
         if work.size != target:
             work = work.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
@@ -490,7 +510,9 @@ def _encode(source: object, max_pixels: int, desc: str, max_image_pixels: int) -
 
 def _orientation(img: Image.Image) -> int:
     try:
-        value: Any = img.getexif().get(_ORIENTATION_TAG, 1)
+        if img.format == "PNG" and "exif" not in img.info:
+            img.load()  # its eXIf chunk may follow the pixels: decode here, not under the lock
+        value: Any = _quietly(img.getexif).get(_ORIENTATION_TAG, 1)
     except Exception:  # a broken EXIF block must not make the image unreadable
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1

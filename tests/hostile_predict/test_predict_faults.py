@@ -8,6 +8,8 @@ assertion is about how long anything took.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import inspect
 import io
 import socket
@@ -157,17 +159,18 @@ async def test_timeout_is_a_deadline_for_an_image_download(serve: Any) -> None:
     assert server.chat_calls == 0
 
 
-async def test_retry_after_past_the_deadline_fails_at_once_naming_it(serve: Any) -> None:
+@pytest.mark.parametrize("wait", [30, 3600])
+async def test_retry_after_past_the_deadline_fails_at_once_naming_it(serve: Any, wait: int) -> None:
     async def busy(request: web.Request) -> web.Response:
         return web.json_response(
-            {"error": {"message": "busy"}}, status=503, headers={"Retry-After": "30"}
+            {"error": {"message": "busy"}}, status=503, headers={"Retry-After": str(wait)}
         )
 
     server = await serve(busy)
     async with predictor(server, timeout=3, retries=5) as p:
-        with pytest.raises(errors.ServerError, match="Retry-After: 30 s") as info:
-            await asyncio.wait_for(p(_jpeg()), HANG)
-    assert info.value.retry_after == 30
+        with pytest.raises(errors.ServerError, match=f"Retry-After: {wait} s") as info:
+            await asyncio.wait_for(p(_jpeg()), HANG)  # 71095e2: 4 sends, still going at 25 s
+    assert info.value.retry_after == wait
     assert server.chat_calls == 1
 
 
@@ -306,6 +309,38 @@ async def test_an_aspect_ratio_over_200_is_a_media_error_before_sending(serve: A
     assert server.chat_calls == 0
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+async def test_every_exif_orientation_is_applied_as_pillow_would(
+    serve: Any, orientation: int
+) -> None:
+    from PIL import ImageOps
+
+    sent: list[bytes] = []
+
+    async def record(request: web.Request) -> web.Response:
+        body = await request.json()
+        part = next(p for p in body["messages"][-1]["content"] if p["type"] == "image_url")
+        sent.append(base64.b64decode(part["image_url"]["url"].split(",", 1)[1]))
+        return web.json_response(ANSWER)
+
+    server = await serve(record)
+    img = Image.new("RGB", (40, 24))
+    for x in range(40):
+        for y in range(24):
+            img.putpixel((x, y), (x * 6, y * 10, 128))  # no symmetry: every transpose differs
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, "PNG", exif=exif)
+    async with predictor(server) as p:
+        result = await p(buf.getvalue())
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))).convert("RGB")
+    assert result.image_size == expected.size
+    got = Image.open(io.BytesIO(sent[0])).convert("RGB")
+    assert got.size == expected.size
+    assert got.tobytes() == expected.tobytes()  # PNG in, PNG out: lossless
+
+
 # --------------------------------------------------------------------------- case 7: errors
 
 
@@ -329,6 +364,49 @@ async def test_a_reset_after_the_request_does_not_blame_the_container() -> None:
     message = str(info.value)
     assert "container running" not in message
     assert "reset" in message or "closed the connection" in message
+
+
+async def test_each_connection_failure_is_named_and_none_blames_the_container(
+    serve: Any,
+) -> None:
+    plain = await serve(lambda r: web.json_response(ANSWER))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    full = socket.socket()  # a listener whose backlog is full: a connect is never answered
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    waiting = []
+    for _ in range(3):
+        client = socket.socket()
+        client.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            client.connect(full.getsockname())
+        waiting.append(client)
+    cases = {
+        "connection refused": f"http://127.0.0.1:{free}",
+        "DNS lookup failed": "http://no-such-host.invalid:8000",
+        "TLS handshake failed": "https" + plain.url[4:],  # TLS to a plain-HTTP server
+        "timeout=2 s": f"http://127.0.0.1:{full.getsockname()[1]}",
+    }
+    seen = {}
+    try:
+        for cause, url in cases.items():
+            async with AsyncNIMPredictor(
+                MODEL, "vqa", base_url=url, dialect="openai", timeout=2, retries=0
+            ) as p:
+                with pytest.raises(errors.NIMPredictionError) as info:
+                    await asyncio.wait_for(p(_jpeg()), HANG)
+            seen[cause] = info.value
+    finally:
+        for client in waiting:
+            client.close()
+        full.close()
+    for cause, error in seen.items():
+        assert cause in str(error), (cause, str(error))  # 71095e2: "No NIM answers at ..." x4
+        assert "container running" not in str(error) or cause == "connection refused"
+    assert isinstance(seen["timeout=2 s"], errors.PredictionTimeoutError)
+    assert plain.chat_calls == 0
 
 
 async def test_bytes_user_prompt_is_a_clear_value_error(serve: Any) -> None:
