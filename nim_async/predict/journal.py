@@ -255,11 +255,17 @@ class BatchJournal:
     def open(self) -> Self:
         """Check and prepare the file, read what is recorded, and open it for appending.
 
+        Opening a journal that is already open does nothing (``with journal.open():`` opens
+        the file once: a second open would replace an overwritten file again, re-read a file
+        whose error lines were just dropped, and leave the first handle unclosed).
+
         Raises:
             JournalExistsError: the file holds results and neither ``resume`` nor ``overwrite``.
             OutputFileError: the path is not (and cannot become) a regular file, or an OS error
                 (permission, read-only folder, full disk), naming the path and the cause.
         """
+        if self._sink is not None:
+            return self
         out = _check_target(self.path)
         try:
             exists = out.exists()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import pytest
 
 BIN = Path(sys.executable).parent / "nim-async"
 COMMAND = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "nim_async.cli"]
+ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"
 
 
 @dataclass
@@ -56,6 +59,7 @@ async def run_cli(
     stdin: bytes | None = None,
     signal_on: tuple[str, signal.Signals] | None = None,
     limit_s: float = 90.0,
+    prefix: Sequence[str] = (),
 ) -> Done:
     """Run ``nim-async ARGS`` in ``cwd``.
 
@@ -66,8 +70,10 @@ async def run_cli(
         stdin: Bytes on stdin (default: none, /dev/null).
         signal_on: ``(text, sig)``: send ``sig`` once stderr or stdout shows ``text``.
         limit_s: Seconds before the command counts as hung (killed; the test fails).
+        prefix: A command that runs ``nim-async`` (for example ``setpriv ...``).
     """
     proc = await asyncio.create_subprocess_exec(
+        *prefix,
         *COMMAND,
         *args,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -128,9 +134,30 @@ class DockerEnv:
 
 
 @pytest.fixture(scope="session")
-def docker_env(docker_test_exports: dict[str, str]) -> DockerEnv:
+def docker_env() -> DockerEnv:
     """The local registry and emulator image, or skip with the reason."""
-    values = docker_test_exports
+    if not ENV_FILE.exists():
+        pytest.skip(f"no test registry: {ENV_FILE} is missing (run `scripts/test-env.sh up`)")
+    values: dict[str, str] = {}
+    for line in ENV_FILE.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("export ") and "=" in line:
+            key, _, raw = line[len("export ") :].partition("=")
+            if not raw.startswith("${"):
+                parts = shlex.split(raw)
+                values[key] = parts[0] if parts else ""
+    from nim_async.deploy.docker import DockerClient
+    from nim_async.errors import DockerUnavailableError
+
+    async def answers() -> bool:
+        try:
+            async with DockerClient():
+                return True
+        except DockerUnavailableError:
+            return False
+
+    if not asyncio.run(answers()):
+        pytest.skip("no Docker daemon answers (run `scripts/test-env.sh up`)")
     return DockerEnv(
         registry=values["NIM_TEST_REGISTRY"],
         registry_path=values["NIM_TEST_REGISTRY_PATH"],

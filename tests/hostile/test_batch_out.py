@@ -33,10 +33,36 @@ def work(tmp_path: Path) -> Path:
     return tmp_path
 
 
-async def _batch(work: Path, out: str, *extra: str, url: str = "http://127.0.0.1:9") -> Any:
+async def _batch(
+    work: Path,
+    out: str,
+    *extra: str,
+    url: str = "http://127.0.0.1:9",
+    prefix: tuple[str, ...] = (),
+) -> Any:
     return await run_cli(
-        "batch", "list.txt", "--url", url, "--no-progress", "--out", out, *extra, cwd=work
+        "batch",
+        "list.txt",
+        "--url",
+        url,
+        "--no-progress",
+        "--out",
+        out,
+        *extra,
+        cwd=work,
+        prefix=prefix,
     )
+
+
+def _without_dac_override() -> tuple[str, ...] | None:
+    """A prefix that runs a command that obeys file permissions even as root, or None."""
+    if os.geteuid() != 0:
+        return ()
+    if shutil.which("setpriv") is None:
+        return None
+    caps = "--bounding-set=-dac_override,-dac_read_search"
+    ok = subprocess.run(["setpriv", caps, "true"], check=False, capture_output=True)
+    return ("setpriv", caps) if ok.returncode == 0 else None
 
 
 @contextlib.contextmanager
@@ -86,6 +112,16 @@ async def test_a_symlink_to_a_device_is_refused(work: Path) -> None:
     assert (work / "link").is_symlink()  # HEAD removed the link and wrote a file
 
 
+@pytest.mark.skipif(not ROOT, reason="mknod needs root")
+async def test_a_device_node_is_refused_and_kept(work: Path, emulator: Any) -> None:
+    node = work / "node"
+    os.mknod(node, 0o644 | stat.S_IFCHR, os.makedev(1, 3))  # a second /dev/null, in tmp
+    done = await _batch(work, "node", "--overwrite", url=emulator.url)
+    line = done.one_line_error()  # HEAD: exit 0, the device replaced by a 779-byte file
+    assert "node: it is a character device, not a regular file" in line
+    assert stat.S_ISCHR(os.lstat(node).st_mode)
+
+
 async def test_dev_null_itself_is_refused(work: Path) -> None:
     # never run on HEAD: as root it would have replaced /dev/null by a regular file
     done = await _batch(work, "/dev/null", "--overwrite")
@@ -124,12 +160,17 @@ async def test_a_read_only_folder_is_one_line(work: Path) -> None:
     assert "Read-only file system" in line
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permissions")
 async def test_an_unwritable_folder_is_one_line(work: Path) -> None:
+    prefix = _without_dac_override()  # root: the command runs without CAP_DAC_OVERRIDE
+    if prefix is None:
+        pytest.skip("root, and setpriv cannot drop CAP_DAC_OVERRIDE here")
     folder = work / "locked"
     folder.mkdir(mode=0o500)
-    done = await _batch(work, "locked/out.jsonl")
-    assert "Permission denied" in done.one_line_error()
+    done = await _batch(work, "locked/out.jsonl", prefix=prefix)
+    line = done.one_line_error()  # HEAD: a PermissionError traceback
+    assert "locked/out.jsonl" in line
+    assert "Permission denied" in line
+    assert not list(folder.iterdir())
 
 
 @pytest.mark.skipif(not ROOT, reason="mounts a tmpfs")
@@ -185,3 +226,25 @@ async def test_dev_shm_is_a_plain_folder(work: Path, emulator: Any) -> None:
         assert len(out.read_text().splitlines()) == 2
     finally:
         out.unlink(missing_ok=True)
+
+
+def _handles_on(path: Path) -> int:
+    target = str(path.resolve())
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == target)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_a_journal_opened_then_entered_opens_the_file_once(tmp_path: Path) -> None:
+    from nim_async.predict.journal import BatchJournal
+
+    out = tmp_path / "r.jsonl"
+    lines = [
+        {"source": str(tmp_path / f"{n}.png"), "status": s}
+        for n, s in (("a", "ok"), ("b", "error"))
+    ]
+    out.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    with BatchJournal(out, resume=True, retry_errors=True).open() as journal:  # the CLI's way
+        assert _handles_on(out) == 1  # HEAD: 2, the first one left to the garbage collector
+        assert journal.dropped_errors == 1  # HEAD: 0, the second open re-read the cleaned file
+    assert _handles_on(out) == 0
