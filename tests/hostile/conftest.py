@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
 import signal
 import socket
 import sys
@@ -23,7 +22,6 @@ import pytest
 
 BIN = Path(sys.executable).parent / "nim-async"
 COMMAND = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "nim_async.cli"]
-ENV_FILE = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env")) / "env"
 
 
 @dataclass
@@ -134,30 +132,9 @@ class DockerEnv:
 
 
 @pytest.fixture(scope="session")
-def docker_env() -> DockerEnv:
+def docker_env(docker_test_exports: dict[str, str]) -> DockerEnv:
     """The local registry and emulator image, or skip with the reason."""
-    if not ENV_FILE.exists():
-        pytest.skip(f"no test registry: {ENV_FILE} is missing (run `scripts/test-env.sh up`)")
-    values: dict[str, str] = {}
-    for line in ENV_FILE.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("export ") and "=" in line:
-            key, _, raw = line[len("export ") :].partition("=")
-            if not raw.startswith("${"):
-                parts = shlex.split(raw)
-                values[key] = parts[0] if parts else ""
-    from nim_async.deploy.docker import DockerClient
-    from nim_async.errors import DockerUnavailableError
-
-    async def answers() -> bool:
-        try:
-            async with DockerClient():
-                return True
-        except DockerUnavailableError:
-            return False
-
-    if not asyncio.run(answers()):
-        pytest.skip("no Docker daemon answers (run `scripts/test-env.sh up`)")
+    values = docker_test_exports
     return DockerEnv(
         registry=values["NIM_TEST_REGISTRY"],
         registry_path=values["NIM_TEST_REGISTRY_PATH"],
