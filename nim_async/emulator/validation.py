@@ -31,7 +31,7 @@ __all__ = [
 
 log = logging.getLogger("nim_async.emulator")
 
-OPENAI_FIELDS = frozenset(
+OPENAI_CHAT_FIELDS = frozenset(
     {
         "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
         "n", "stream", "stream_options", "stop", "seed", "presence_penalty",
@@ -40,9 +40,10 @@ OPENAI_FIELDS = frozenset(
         "modalities", "reasoning_effort", "service_tier",
     }
 )  # fmt: skip
-"""Top-level fields of the OpenAI chat API the emulator reads (``nvext`` is NIM's)."""
+"""Every top-level field of the OpenAI chat API (``nvext`` is NIM's). Not the client's
+``protocol.wire.OPENAI_FIELDS``, the sampling fields it sends: the emulator accepts more."""
 
-EXTENSION_FIELDS = frozenset(
+VLLM_CHAT_FIELDS = frozenset(
     {
         "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos",
         "structured_outputs", "skip_special_tokens", "spaces_between_special_tokens",
@@ -54,7 +55,8 @@ EXTENSION_FIELDS = frozenset(
         "add_special_tokens", "cache_salt", "vllm_xargs",
     }
 )  # fmt: skip
-"""vLLM's sampling extensions (top level on vLLM and NIM 2.x, under ``nvext`` on NIM 1.x)."""
+"""Every extension field of vLLM's chat request (top level on vLLM and NIM 2.x, under ``nvext``
+on NIM 1.x); the client sends only a few of them."""
 
 _LEGACY_GUIDED = frozenset({*GUIDED_FIELDS, "guided_decoding_backend", "guided_whitespace_pattern"})
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
@@ -256,7 +258,7 @@ def merge_fields(
         RequestError: when ``nvext`` is read and is not an object.
     """
     sampling_fields = settings.effective_sampling_fields
-    known = OPENAI_FIELDS | EXTENSION_FIELDS | _LEGACY_GUIDED | {"nvext"}
+    known = OPENAI_CHAT_FIELDS | VLLM_CHAT_FIELDS | _LEGACY_GUIDED | {"nvext"}
     unknown = {k for k in body if k not in known}
     if unknown:
         fields.ignored(unknown)
@@ -277,12 +279,12 @@ def merge_fields(
     if nvext is not None and not isinstance(nvext, dict):
         raise bad("nvext must be an object", "nvext")
     if sampling_fields == "nvext":
-        top_ext = {k for k in params if k in EXTENSION_FIELDS or k in _LEGACY_GUIDED}
+        top_ext = {k for k in params if k in VLLM_CHAT_FIELDS or k in _LEGACY_GUIDED}
         if top_ext:
             fields.ignored(top_ext, "(sampling_fields nvext, use nvext) ")
             params = {k: v for k, v in params.items() if k not in top_ext}
     if nvext:
-        allowed = OPENAI_FIELDS | EXTENSION_FIELDS | _LEGACY_GUIDED
+        allowed = OPENAI_CHAT_FIELDS | VLLM_CHAT_FIELDS | _LEGACY_GUIDED
         odd = {k for k in nvext if k not in allowed}
         if settings.ignore_guided:
             odd |= {k for k in nvext if k in _LEGACY_GUIDED}
