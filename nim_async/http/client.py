@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import http.cookiejar
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import httpx
@@ -56,13 +56,17 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 
 
 class _NoCookies(http.cookiejar.CookieJar):
-    """A cookie jar that stores nothing: skips httpx's per-response cookie parsing (~15 µs)."""
+    """A cookie jar that stores nothing: no cookie is kept or sent."""
 
     def extract_cookies(self, response: Any, request: Any) -> None:
         """Ignore the response's cookies."""
 
     def add_cookie_header(self, request: Any) -> None:
         """Add no cookie header."""
+
+
+def _ignore_cookies(response: httpx.Response) -> None:
+    """Take no cookies from ``response`` (the client keeps none: see :class:`_NoCookies`)."""
 
 
 class ChatResponse:
@@ -77,7 +81,16 @@ class ChatResponse:
             dropped streams with it.
     """
 
-    __slots__ = ("_base_url", "_chunks", "_response", "_timeout", "on_end", "status_code")
+    __slots__ = (
+        "_base_url",
+        "_chunks",
+        "_read",
+        "_response",
+        "_timed",
+        "_timeout",
+        "on_end",
+        "status_code",
+    )
 
     def __init__(self, response: httpx.Response, base_url: str, timeout: float) -> None:
         self._response = response
@@ -85,8 +98,38 @@ class ChatResponse:
         self._timeout = timeout
         self.status_code = response.status_code
         self.on_end: Callable[[NIMPredictionError | None], object] | None = None
-        raw = response.aiter_bytes() if "content-encoding" in response.headers else None
-        self._chunks: AsyncIterator[bytes] = raw or response.aiter_raw()
+        self._chunks: AsyncIterator[bytes] | None = None
+        self._read: Callable[[], Awaitable[bytes]] | None = None
+        self._timed = True
+
+    def watched(self, idle_timeout: float | None) -> None:
+        """Say that the caller bounds each wait for the body itself (before the first read).
+
+        A caller with its own watchdog (the predictor's stream: at most ``idle_timeout``
+        seconds between data events) makes the client's per-read timer redundant when that
+        limit is no longer than the client's timeout: the wait it would fail has failed
+        already. The default transport then arms no read timer for this body; with a larger
+        or no limit nothing changes.
+        """
+        if idle_timeout is not None and idle_timeout <= self._timeout:
+            self._timed = False
+
+    def _start_reading(self) -> Callable[[], Awaitable[bytes]] | None:
+        # On the first read: the default transport's body is read by one await per chunk,
+        # with no async generator in between; any other response (another transport, a
+        # Content-Encoding httpx decodes) through httpx's iterators.
+        if self._chunks is None:
+            response = self._response
+            encoded = "content-encoding" in response.headers
+            take_raw = getattr(response, "take_raw", None)  # AiohttpTransport's responses
+            read: Callable[[], Awaitable[bytes]] | None = None
+            if take_raw is not None and not encoded:
+                read = take_raw(timed=self._timed)
+            if read is not None:
+                self._read = read
+                return read
+            self._chunks = response.aiter_bytes() if encoded else response.aiter_raw()
+        return None
 
     def _ended(self, error: NIMPredictionError | None) -> None:
         hook, self.on_end = self.on_end, None
@@ -122,7 +165,7 @@ class ChatResponse:
                 raise _too_large(max_bytes, f"Content-Length {declared}")
             pieces: list[bytes] = []
             size = 0
-            async for piece in self._chunks:
+            while (piece := await self._next()) is not None:
                 size += len(piece)
                 if size > max_bytes:
                     raise _too_large(max_bytes, f"more than {max_bytes} bytes")
@@ -143,11 +186,26 @@ class ChatResponse:
             StreamError: the connection broke.
         """
         try:
-            return await self._chunks.__anext__()
-        except StopAsyncIteration:
-            return None
+            return await self._next()
         except httpx.HTTPError as exc:
             raise self._broken(exc, "streaming") from exc
+
+    async def _next(self) -> bytes | None:
+        read = self._read
+        if read is None:
+            read = self._start_reading()
+            if read is None:
+                assert self._chunks is not None
+                try:
+                    return await self._chunks.__anext__()
+                except StopAsyncIteration:
+                    return None
+        chunk = await read()
+        if chunk:
+            return chunk
+        self._read = _at_end
+        await self._response.aclose()  # as aiter_raw does at the end of the body
+        return None
 
     async def aclose(self) -> None:
         """Close the response (its connection is dropped if the body was not read to the end)."""
@@ -156,6 +214,10 @@ class ChatResponse:
         finally:
             if self.on_end is not None:
                 self._ended(None)
+
+
+async def _at_end() -> bytes:
+    return b""  # the read of a body already read to its end
 
 
 def _too_large(limit: int, seen: str) -> ResponseTooLargeError:
@@ -221,6 +283,12 @@ class ServerClient:
             cookies=_NoCookies(),
             trust_env=trust_env,
         )
+        # httpx calls ``client.cookies.extract_cookies(response)`` on every response, which
+        # wraps the response and its request in urllib adapter objects (~11.6 us, a urllib
+        # Request parsing the URL) before handing them to the jar, which ignores them. httpx
+        # has no public switch for that; this instance's method is replaced instead
+        # (tests/http/test_client_cookies.py fails if httpx stops calling it this way).
+        self._client.cookies.extract_cookies = _ignore_cookies  # type: ignore[method-assign]
 
         # What build_request would merge into every chat request (the client's own headers,
         # its timeout); Host and Content-Length are added per request by httpx.Request.

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import socket
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -36,6 +38,22 @@ __all__ = ["AiohttpTransport"]
 _DROP_REQUEST_HEADERS = frozenset({"transfer-encoding", "content-length", "connection"})
 _MAX_HEADER_PAIRS = 256
 _UNSEEN: Any = object()
+_TIMER_CONTEXTS = threading.local()
+
+
+def timer_context() -> contextvars.Context:
+    """An empty ``contextvars.Context`` for this thread's timer callbacks.
+
+    ``loop.call_at`` copies the caller's context for every timer unless given one: a new
+    GC-tracked object per timer, kept until the timer runs or the loop drops it, even when
+    cancelled. Callbacks that read no context variable (the library's timeout watchdogs) are
+    scheduled in this one instead. One per thread: a context cannot be entered twice at once,
+    and one thread's loop runs one callback at a time.
+    """
+    context: contextvars.Context | None = getattr(_TIMER_CONTEXTS, "context", None)
+    if context is None:
+        context = _TIMER_CONTEXTS.context = contextvars.Context()
+    return context
 
 
 class _AiohttpResponseStream(httpx.AsyncByteStream):
@@ -86,7 +104,9 @@ class _AiohttpResponseStream(httpx.AsyncByteStream):
                 loop = self._loop = asyncio.get_running_loop()
             self._waiting = loop.time()
             if self._watch is None:
-                self._watch = loop.call_at(self._waiting + self._read_timeout, self._on_watch)
+                self._watch = loop.call_at(
+                    self._waiting + self._read_timeout, self._on_watch, context=timer_context()
+                )
             try:
                 return await self._response.content.readany()
             finally:
@@ -100,7 +120,7 @@ class _AiohttpResponseStream(httpx.AsyncByteStream):
         if since is None or limit is None or loop is None:
             return  # no read waiting: the next read arms the timer again
         if loop.time() < since + limit:
-            self._watch = loop.call_at(since + limit, self._on_watch)
+            self._watch = loop.call_at(since + limit, self._on_watch, context=timer_context())
             return
         self._response.content.set_exception(
             aiohttp.SocketTimeoutError("Timeout on reading data from socket")
@@ -125,22 +145,51 @@ class _AiohttpResponse(httpx.Response):
 
     _body: _AiohttpResponseStream
 
-    async def aiter_raw(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
-        """A byte iterator over the raw body, each chunk as aiohttp received it."""
-        body = self._body
+    def _direct(self) -> bool:
+        # Nothing read yet and the body still the transport's (maybe wrapped by the client).
         stream = self.stream
-        if (
-            chunk_size is not None
-            or self.is_stream_consumed
+        body = self._body
+        return not (
+            self.is_stream_consumed
             or self.is_closed
             or (stream is not body and getattr(stream, "_stream", None) is not body)
-        ):
+        )
+
+    def take_raw(self, *, timed: bool = True) -> Callable[[], Awaitable[bytes]] | None:
+        """Take the raw body, to read it with the returned coroutine function.
+
+        Each call of the function returns the next bytes as aiohttp received them, ``b""``
+        at the end (close the response then, as ``aiter_raw`` does at its end). It is the
+        same read as :meth:`aiter_raw` without an async generator, for a caller that reads
+        the body chunk by chunk itself (``ChatResponse``); ``num_bytes_downloaded`` is not
+        counted on this path.
+
+        Args:
+            timed: ``False``: the reads are not timed by the request's read timeout (no
+                timer for this body), for a caller whose own watchdog bounds every wait at
+                least as tightly.
+
+        Returns:
+            The read function, or ``None`` when the body was already read or closed (then
+            use ``aiter_raw``, which raises what httpx raises).
+        """
+        if not self._direct():
+            return None
+        self.is_stream_consumed = True
+        body = self._body
+        if not timed:
+            body._read_timeout = None
+        return body.read
+
+    async def aiter_raw(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        """A byte iterator over the raw body, each chunk as aiohttp received it."""
+        if chunk_size is not None or not self._direct():
             async for chunk in super().aiter_raw(chunk_size):
                 yield chunk
             return
         self.is_stream_consumed = True
         self._num_bytes_downloaded = 0
-        read = body.read
+        read = self._body.read
         while True:
             chunk = await read()
             if not chunk:
@@ -313,6 +362,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         protocol = connection.protocol if connection is not None else None
         if read_timeout is not None and isinstance(protocol, ResponseHandler):
             protocol.read_timeout = None
+            # and the timer the last network read (the headers') scheduled is dropped now,
+            # not left to bound the first wait for the body
+            protocol.start_timeout()
         stream = _AiohttpResponseStream(response, request, read_timeout)
         result = _AiohttpResponse(
             status_code=response.status,
