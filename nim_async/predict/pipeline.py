@@ -19,11 +19,17 @@ request. The attributes they read are set by ``AsyncNIMPredictor.__init__`` and 
 from __future__ import annotations
 
 import asyncio
+import time
 from functools import partial
 
 from nim_async.catalog import BoxFormat, ImageSpec
 from nim_async.config import NIMSamplingParams
-from nim_async.errors import GuidedDecodingError, MediaError, NIMPredictionError
+from nim_async.errors import (
+    GuidedDecodingError,
+    MediaError,
+    NIMPredictionError,
+    PredictionTimeoutError,
+)
 from nim_async.http.client import ChatResponse, ServerClient
 from nim_async.http.retry import RetryPolicy
 from nim_async.predict.endpoints import EndpointPool
@@ -75,6 +81,7 @@ class PredictorPipeline:
     _placeholder_json: bytes
     _bodies: dict[tuple[int, str, bool, str, str, str], BodyTemplate]
     _base_url: str
+    _where: str
     _own_transport: bool
     _pool: EndpointPool | None
     _http: ServerClient
@@ -281,22 +288,63 @@ class PredictorPipeline:
 
 
 class StreamExchange:
-    """A sent streaming request, as :class:`AsyncPredictionStream` consumes it."""
+    """A streaming request: sent when called (by the stream), then consumed by the stream.
 
-    __slots__ = ("_call", "_predictor", "encode_seconds", "response", "sent_at")
+    One object per stream serves as the stream's ``open_`` function and as the
+    :class:`~nim_async.predict.stream.Exchange` it returns (itself), instead of a closure over
+    the call's arguments and a second object: fewer objects live for every request in flight.
+    """
+
+    __slots__ = (
+        "_call",
+        "_params",
+        "_predictor",
+        "_prompt",
+        "_source",
+        "encode_seconds",
+        "response",
+        "sent_at",
+    )
+
+    response: ChatResponse
+    _call: PreparedCall
 
     def __init__(
         self,
         predictor: PredictorPipeline,
-        call: PreparedCall,
-        response: ChatResponse,
-        sent_at: float,
+        source: object,
+        user_prompt: str | None,
+        sampling_params: NIMSamplingParams | None,
     ) -> None:
         self._predictor = predictor
-        self._call = call
-        self.response = response
+        self._source = source
+        self._prompt = user_prompt
+        self._params = sampling_params
+        self.encode_seconds = 0.0
+        self.sent_at = 0.0
+
+    async def __call__(self) -> StreamExchange:
+        """Prepare and send the request; return this exchange with its response.
+
+        Raises:
+            PredictionTimeoutError: the answer did not start within the predictor's timeout.
+        """
+        predictor = self._predictor
+        call = self._call = await predictor._prepare(
+            self._source, self._prompt, self._params, stream=True
+        )
+        self._source = None  # the prepared body holds what is sent; the source is not needed
         self.encode_seconds = call.image.encode_seconds
-        self.sent_at = sent_at
+        timeout = predictor._timeout
+        self.sent_at = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                self.response = await predictor._send(call.body, stream=True, deadline=timeout)
+        except TimeoutError as exc:
+            raise PredictionTimeoutError(
+                f"the stream from {predictor._where} did not start within timeout={timeout:g} s"
+            ) from exc
+        return self
 
     def finish(self, result: StreamResult, timings: PredictionTimings) -> PredictionResponse:
         """Check and parse the accumulated stream."""

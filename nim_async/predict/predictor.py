@@ -484,21 +484,8 @@ class AsyncNIMPredictor(PredictorPipeline):
         check_prompt(user_prompt)
         validate_source(source)
 
-        async def open_() -> StreamExchange:
-            call = await self._prepare(source, user_prompt, sampling_params, stream=True)
-            sent_at = time.perf_counter()
-            try:
-                async with asyncio.timeout(self._timeout):
-                    response = await self._send(call.body, stream=True, deadline=self._timeout)
-            except TimeoutError as exc:
-                raise PredictionTimeoutError(
-                    f"the stream from {self._where} did not start within "
-                    f"timeout={self._timeout:g} s"
-                ) from exc
-            return StreamExchange(self, call, response, sent_at)
-
         return AsyncPredictionStream(
-            open_,
+            StreamExchange(self, source, user_prompt, sampling_params),
             idle_timeout=self._timeout,
             deadline=self._stream_deadline,
             max_event_bytes=self._max_event_bytes,

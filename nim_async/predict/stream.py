@@ -21,6 +21,7 @@ import anyio
 
 from nim_async.errors import NIMPredictionError, PredictionTimeoutError, StreamError
 from nim_async.http.client import ChatResponse
+from nim_async.http.transport import timer_context
 from nim_async.protocol.sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
 from nim_async.protocol.stream import StreamAccumulator, StreamResult, usage_from
 from nim_async.results import PredictionResponse, PredictionTimings, Usage
@@ -100,14 +101,14 @@ class AsyncPredictionStream:
         self._idle_at: float | None = None
         # The timeout watchdog: one timer per stream, not one per read (see _on_watch).
         self._watch: asyncio.TimerHandle | None = None
-        self._loop_time: Callable[[], float] = time.monotonic
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: asyncio.Task[object] | None = None
         self._expired = False
         self._cancelling = 0
         self._response_closed = False
         self._decoder = SSEDecoder(max_event_bytes)
         self._acc = StreamAccumulator()
-        self._pending: list[str] = []
+        self._pending: list[str] | tuple[()] = ()  # the batch being handed out by __anext__
         self._pending_pos = 0
         self._error: BaseException | None = None
         self._final: PredictionResponse | None = None
@@ -193,6 +194,8 @@ class AsyncPredictionStream:
         acc = self._acc
         decoder = self._decoder
         idle = self._idle
+        loop = self._loop
+        assert loop is not None  # set when the stream opened
         reader = None
         if idle is not None or self._deadline_at is not None:
             # The watchdog cancels this task if it is still reading here once the limit
@@ -216,7 +219,7 @@ class AsyncPredictionStream:
                     if idle is not None:
                         # the idle limit counts from the last data event (keep-alive
                         # comments do not move it), capped by the deadline
-                        self._idle_at = self._loop_time() + idle
+                        self._idle_at = loop.time() + idle
                     tokens = acc.feed_data(events)
                     if tokens:
                         self._stamp(tokens)
@@ -243,7 +246,9 @@ class AsyncPredictionStream:
     def _arm(self) -> None:
         limit = self._limit_at()
         if limit is not None:
-            self._watch = asyncio.get_running_loop().call_at(limit, self._on_watch)
+            self._watch = asyncio.get_running_loop().call_at(
+                limit, self._on_watch, context=timer_context()
+            )
 
     def _disarm(self) -> None:
         watch, self._watch = self._watch, None
@@ -264,7 +269,7 @@ class AsyncPredictionStream:
             return
         loop = asyncio.get_running_loop()
         if loop.time() < limit:
-            self._watch = loop.call_at(limit, self._on_watch)
+            self._watch = loop.call_at(limit, self._on_watch, context=timer_context())
             return
         self._expired = True
         self._cancelling = reader.cancelling()
@@ -346,8 +351,7 @@ class AsyncPredictionStream:
             raise StreamError("this stream is closed", partial_text=self.text)
         if self.state is not StreamState.NEW:
             return
-        loop = asyncio.get_running_loop()
-        self._loop_time = loop.time
+        loop = self._loop = asyncio.get_running_loop()
         opened = loop.time()
         try:
             exchange = await self._open_exchange()
@@ -356,6 +360,9 @@ class AsyncPredictionStream:
             self.state = StreamState.FAILED
             raise
         self._exchange = exchange
+        if self._idle is not None:
+            # this stream's watchdog bounds every wait: the client needs no read timer
+            exchange.response.watched(self._idle)
         now = loop.time()
         if self._idle is not None:
             self._idle_at = now + self._idle
