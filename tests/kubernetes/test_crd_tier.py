@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from nim_async.config import NIMConfig
@@ -282,20 +283,43 @@ async def test_failed_status_fails_at_once(
     assert "model profile not found" in str(info.value)
 
 
+async def version(list_func: Any, namespace: str) -> str:
+    """The resourceVersion of a list now (a watch from it misses nothing made after)."""
+    return str((await list_func(namespace)).metadata.resource_version)
+
+
+async def first_added(list_func: Any, namespace: str, name: str, since: str) -> Any:
+    """The object ``name`` as first created after ``since`` (even if deleted again since)."""
+    watcher = k8s_watch.Watch()
+    try:
+        async with watcher.stream(
+            list_func,
+            namespace,
+            field_selector=f"metadata.name={name}",
+            resource_version=since,
+            timeout_seconds=30,
+        ) as stream:
+            async for event in stream:
+                if event["type"] == "ADDED":
+                    return event["object"]
+    finally:
+        await watcher.close()
+    raise AssertionError(f"{name} was not created in {namespace}")
+
+
 async def test_without_crd_a_deployment_and_service(
     cluster: Cluster, api: Any, without_crd: None, namespace: str
 ) -> None:
     config = make_config(startup_timeout=4.0, served_model_name="my-nim")
     backend = KubernetesBackend(config, namespace=namespace, kubeconfig=cluster.kubeconfig)
-    task = asyncio.create_task(backend.deploy())
     apps, core = k8s.AppsV1Api(api), k8s.CoreV1Api(api)
-    deployment = None
-    for _ in range(300):
-        with contextlib.suppress(ApiException):
-            deployment = await apps.read_namespaced_deployment("my-nim", namespace)
-            break
-        await asyncio.sleep(0.05)
-    assert deployment is not None
+    # watched from before the deploy: with a node, the failed deploy may remove them at once
+    created = [
+        asyncio.create_task(first_added(func, namespace, "my-nim", await version(func, namespace)))
+        for func in (apps.list_namespaced_deployment, core.list_namespaced_service)
+    ]
+    task = asyncio.create_task(backend.deploy())
+    deployment, service = await asyncio.wait_for(asyncio.gather(*created), 30)
     pod = deployment.spec.template.spec
     container = pod.containers[0]
     assert container.image == "127.0.0.1:5599/nim/nvidia/cosmos-reason1-7b:1.2.3"
@@ -312,7 +336,6 @@ async def test_without_crd_a_deployment_and_service(
     assert volumes["dshm"].empty_dir.size_limit == str(2 * 1024**3)
     mounts = {m.name: m.mount_path for m in container.volume_mounts}
     assert mounts == {"dshm": "/dev/shm", "nim-cache": "/opt/nim/.cache"}
-    service = await core.read_namespaced_service("my-nim", namespace)
     assert service.spec.ports[0].port == 8000
     if cluster.tier == "pod":  # a node without GPUs: the pod is unschedulable
         with pytest.raises(GPURuntimeError) as info:

@@ -380,3 +380,25 @@ async def test_cli_deploy_port_forward_serves_until_ctrl_c(
     out, _ = await asyncio.wait_for(stop.communicate(), 120)
     assert stop.returncode == 0, out.decode()
     assert await everything(api, namespace) == {}
+
+
+async def test_stop_deletes_pods_left_after_its_grace_at_once(
+    pod_cluster: Cluster, api: Any, namespace: str
+) -> None:
+    from nim_async.deploy.events import Notice
+    from nim_async.deploy.kubernetes import KubernetesBackend
+
+    events: list[Any] = []
+    backend = KubernetesBackend(
+        emulator_config(registry_env()),
+        namespace=namespace,
+        kubeconfig=pod_cluster.kubeconfig,
+        on_event=events.append,
+    )
+    result = await backend.deploy()
+    assert "pods" in await everything(api, namespace)
+    # no pod terminates within 10 ms: what the grace leaves is deleted with grace 0
+    assert await backend.stop(result.container_name, grace=0.01) is True
+    warnings = [e.text for e in events if isinstance(e, Notice)]
+    assert any("still there after 0.01 s; deleted with grace 0" in w for w in warnings), warnings
+    assert await everything(api, namespace) == {}

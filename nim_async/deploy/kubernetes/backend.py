@@ -393,9 +393,10 @@ class KubernetesBackend:
     ) -> bool:
         """Delete the deployment's objects; ``wait``: until its pods are gone (``stop``).
 
-        Without ``wait`` (a deploy that failed: its pods never served) the pods left once their
-        ReplicaSet is gone are deleted at once (grace 0): a pod stuck pulling an image otherwise
-        stays Terminating for half a minute after the error was raised.
+        ``stop`` waits up to ``grace`` s for the pods to terminate, then deletes what is left
+        with grace 0 (the kubelet kills anything still running). A deploy that failed (its pods
+        never served) does that at once: a pod stuck pulling an image otherwise stays
+        Terminating for half a minute after the error was raised.
         """
         ns = self.settings.namespace
         selector = f"{MANAGED_LABEL}=true,{INSTANCE_LABEL}={name}"
@@ -406,23 +407,45 @@ class KubernetesBackend:
             items, _ = await client.list(kind, ns, selector)
             for item in items:
                 found = await client.delete(kind, str(item["metadata"]["name"]), ns) or found
+        if wait and await self._gone(client, name, selector, grace):
+            return found
+        left = await self._delete_pods_now(client, name, selector)
+        if wait and left:
+            self._notice(
+                f"{left} pod(s) of {ns}/{name} still there after {grace:g} s; deleted with grace 0",
+                Level.WARNING,
+            )
+            await self._gone(client, name, selector, 10.0)
+        return found
+
+    async def _gone(self, client: KubeClient, name: str, selector: str, seconds: float) -> bool:
+        """Wait up to ``seconds`` until no pod and no Deployment of ``name`` is left."""
+        ns = self.settings.namespace
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace if wait else 10.0):
+            async with asyncio.timeout(seconds):
                 while True:
                     pods, _ = await client.list("Pod", ns, f"{INSTANCE_LABEL}={name}")
                     left, _ = await client.list("Deployment", ns, selector)
-                    if not wait:
-                        owners, _ = await client.list("ReplicaSet", ns, selector)
-                        if not owners and not left:  # nothing can make a new pod now
-                            for pod in pods:
-                                await client.delete(
-                                    "Pod", str(pod["metadata"]["name"]), ns, grace_seconds=0
-                                )
-                            break
-                    elif not pods and not left:
+                    if not pods and not left:
+                        return True
+                    await asyncio.sleep(0.5)
+        return False
+
+    async def _delete_pods_now(self, client: KubeClient, name: str, selector: str) -> int:
+        """Delete the pods left with grace 0 once nothing can make new ones; how many."""
+        ns = self.settings.namespace
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10.0):  # the garbage collector removes the ReplicaSet
+                while True:
+                    owners, _ = await client.list("ReplicaSet", ns, selector)
+                    left, _ = await client.list("Deployment", ns, selector)
+                    if not owners and not left:
                         break
                     await asyncio.sleep(0.5)
-        return found
+        pods, _ = await client.list("Pod", ns, f"{INSTANCE_LABEL}={name}")
+        for pod in pods:
+            await client.delete("Pod", str(pod["metadata"]["name"]), ns, grace_seconds=0)
+        return len(pods)
 
     async def stop(self, name: str | None = None, *, grace: float = 60.0) -> bool:
         """Delete every object of the deployment and wait until its pods are gone.
