@@ -37,6 +37,7 @@ class Server:
         self.n = 3
         self.every = 0.0
         self.stall = False
+        self.headers_after = 0.0
 
 
 @pytest.fixture
@@ -45,6 +46,7 @@ async def server() -> AsyncIterator[Server]:
 
     async def chat(request: web.Request) -> web.StreamResponse:
         await request.read()
+        await asyncio.sleep(state.headers_after)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for _ in range(state.n):
@@ -137,3 +139,22 @@ async def test_the_deadline_ends_a_stream_whose_events_keep_coming(server: Serve
         with pytest.raises(errors.PredictionTimeoutError, match=r"stream_deadline=0\.5 s"):
             await asyncio.wait_for(consume(), HANG)
     assert 0 < len(tokens) < 1000
+
+
+async def test_an_answer_that_does_not_start_within_the_timeout_fails_the_stream(
+    server: Server,
+) -> None:
+    server.headers_after = 5.0
+    async with _predictor(server, 1, timeout=0.3) as p:
+        stream = p.stream(_jpeg())
+
+        async def consume() -> None:
+            async with stream:
+                async for _ in stream:
+                    pass
+
+        with pytest.raises(errors.PredictionTimeoutError, match=r"within (timeout=)?0\.3 s"):
+            await asyncio.wait_for(consume(), HANG)
+        assert stream.state.value == "failed"
+        with pytest.raises(errors.PredictionTimeoutError):  # iterating again re-raises
+            await stream.next_batch()
