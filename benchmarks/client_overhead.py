@@ -19,7 +19,8 @@ Clients (each sends the same ~100 KB JPEG as a base64 data URI):
 - ``sync``: the ``NIMPredictor`` facade (``stream=True``) from ``concurrency`` threads
 
 Method: for each client and (concurrency, max_tokens), start ``concurrency`` closed-loop workers
-on a fresh client, warm up until every worker has finished one request (pool full), then count
+on a fresh client, warm up until every worker has finished one request and (async clients) the
+server has accepted ``concurrency`` connections from it (pool full), then count
 content chunks in a window of ``--window`` seconds. ``--runs`` runs are interleaved (every client
 once, then every client again), so a change in the machine's load hits all clients alike; the
 median over runs is reported for tokens/s, process CPU µs/token and event-loop lag p99, with the
@@ -303,12 +304,24 @@ async def _measure_async(
                     await asyncio.sleep(0.01)
                 completed[i] += 1
 
+        start = await loop.run_in_executor(None, _stats, url)
         tasks = [loop.create_task(worker(i)) for i in range(c)]
         try:
+            # Warm until every worker has finished a request *and* the client has opened its
+            # c connections: a worker can finish its first request on a connection another
+            # released, and the pool then still grows inside the measured windows.
             deadline = time.perf_counter() + warmup_timeout
-            while min(completed) < 1 and time.perf_counter() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            result.warmed = min(completed) >= 1
+            polls = 0  # each /stats call is one connection of its own
+            while time.perf_counter() < deadline:
+                if min(completed) >= 1:
+                    now = await loop.run_in_executor(None, _stats, url)
+                    polls += 1
+                    if now["connections"] - start["connections"] - polls >= c:
+                        result.warmed = True
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                result.warmed = False
             before = await loop.run_in_executor(None, _stats, url)
             busy = 0.0
             for _ in range(runs):
@@ -723,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.window is None:
         args.window = 0.6 if args.quick else 1.0
     if args.warmup_timeout is None:
-        args.warmup_timeout = 4.0 if args.quick else 10.0
+        args.warmup_timeout = 10.0
 
     sizes = {"640x480", "180x180"} if args.quick else set(args.images.split(","))
     images = {}

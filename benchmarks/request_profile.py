@@ -14,13 +14,17 @@ the script's own directory, not the working directory, starts the path, and the 
 install would supply this tree's package). The package measured is printed.
 
 Cyclic garbage collection is not a Python call cProfile sees; it is reported apart: its
-collections per generation and CPU per request (``gc.callbacks``), without the profiler.
+collections per generation and CPU per request (``gc.callbacks``), without the profiler. The
+GC-tracked objects each request holds while in flight (what the collector walks, and promotes
+to the older generations while a request lasts) are counted for the predictor and for a raw
+aiohttp peer doing the same request (``--no-census`` skips that).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import cProfile
 import gc
@@ -29,8 +33,11 @@ import pstats
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
+import orjson
 from PIL import Image
 
 if __name__ == "__main__" and "--root" in sys.argv:
@@ -38,6 +45,7 @@ if __name__ == "__main__" and "--root" in sys.argv:
 
 import nim_async
 from nim_async import AsyncNIMPredictor, NIMSamplingParams
+from nim_async.protocol.sse import SSEDecoder
 
 GROUPS = (
     ("nim_async/predict/media", "media (load, check, base64)"),
@@ -97,6 +105,84 @@ async def _run(
     await asyncio.gather(*(one() for _ in range(n)))
 
 
+Request = Callable[[Callable[[], None], asyncio.Event], Awaitable[None]]
+
+
+async def _held(request: Request, c: int) -> float:
+    """GC-tracked objects per request while ``c`` requests are held after their first read."""
+    ready, gate = asyncio.Event(), asyncio.Event()
+    count = [0]
+
+    def arrived() -> None:
+        count[0] += 1
+        if count[0] == c:
+            ready.set()
+
+    gc.collect()
+    before = len(gc.get_objects())
+    tasks = [asyncio.ensure_future(request(arrived, gate)) for _ in range(c)]
+    await ready.wait()
+    gc.collect()  # garbage is not counted: only what the requests in flight hold
+    held = (len(gc.get_objects()) - before) / c
+    gate.set()
+    await asyncio.gather(*tasks)
+    return held
+
+
+async def _census(url: str, image: bytes, params: NIMSamplingParams, c: int) -> tuple[float, float]:
+    """GC-tracked objects per request in flight: the predictor's, then raw aiohttp's.
+
+    Both include this harness's task, coroutine and waiter per request. The raw aiohttp peer
+    does what ``client_overhead.py``'s does: one session, base64 per request, the SSE decoder
+    over ``iter_any``.
+    """
+    async with AsyncNIMPredictor(
+        "loopback", "vqa", base_url=url, max_connections=c, retries=0, dialect="openai"
+    ) as p:
+
+        async def predictor_request(arrived: Callable[[], None], gate: asyncio.Event) -> None:
+            async with p.stream(image, sampling_params=params) as stream:
+                await stream.next_batch()
+                arrived()
+                await gate.wait()
+                async for _ in stream:
+                    pass
+
+        await _run(p, image, params, c, 2 * c)  # warm-up: the pool, the caches
+        predictor = await _held(predictor_request, c)
+    head = (
+        orjson.dumps(
+            {
+                "model": "loopback",
+                "stream": True,
+                "max_tokens": params.max_tokens,
+                "ignore_eos": True,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "?"}]}],
+            }
+        )[:-4]
+        + b',{"type":"image_url","image_url":{"url":"data:image/jpeg;base64,'
+    )
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as session:
+
+        async def raw_request(arrived: Callable[[], None], gate: asyncio.Event | None) -> None:
+            body = head + base64.b64encode(image) + b'"}}]}]}'
+            async with session.post(url + "/v1/chat/completions", data=body) as response:
+                decoder = SSEDecoder()
+                chunks = response.content.iter_any()
+                async for chunk in chunks:
+                    decoder.feed_data(chunk)
+                    if gate is not None:
+                        arrived()
+                        await gate.wait()
+                        gate = None
+
+        warm = asyncio.Event()
+        warm.set()
+        await asyncio.gather(*(raw_request(lambda: None, warm) for _ in range(2 * c)))
+        raw = await _held(raw_request, c)
+    return predictor, raw
+
+
 async def _main(url: str, args: argparse.Namespace) -> None:
     buf = io.BytesIO()
     Image.effect_noise((180, 180), 40).convert("RGB").save(buf, "JPEG", quality=90)
@@ -112,6 +198,8 @@ async def _main(url: str, args: argparse.Namespace) -> None:
         dialect="openai",
     ) as p:
         await _run(p, image, params, args.concurrency, 512)  # warm-up: pool, caches
+        if args.gc_freeze:
+            gc.freeze()  # an application's choice after start-up (see benchmarks/README.md)
         collections_seen = [0, 0, 0]
         gc_cpu = [0.0, 0.0, 0.0]
         started = [0.0]
@@ -139,6 +227,12 @@ async def _main(url: str, args: argparse.Namespace) -> None:
             + "; CPU us/request by generation "
             + " / ".join(f"{t / n * 1e6:.0f}" for t in gc_cpu)
         )
+        if args.census:
+            mine, raw = await _census(url, image, params, args.concurrency)
+            print(
+                f"GC-tracked objects per request in flight (c={args.concurrency}, held after "
+                f"the first read, harness included): predictor {mine:.1f}, raw aiohttp {raw:.1f}"
+            )
         prof = cProfile.Profile(time.process_time)
         prof.enable()
         await _run(p, image, params, args.concurrency, n)
@@ -160,6 +254,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--root", help="measure the nim_async package under this directory")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() after the warm-up, as an application may (the library does not)",
+    )
+    parser.add_argument(
+        "--no-census",
+        dest="census",
+        action="store_false",
+        help="skip counting GC-tracked objects per request in flight",
+    )
     args = parser.parse_args()
     print(f"nim_async from {nim_async.__file__}")
     server = subprocess.Popen(
