@@ -25,6 +25,8 @@ Fixtures:
     vllm_server: session-scoped :class:`VLLMServer` (``url``, ``port``, ``log_path``,
         ``python``, ``model_dir``, ``model``, ``version``, ``bin``, ``pid``; ``log_mark()``,
         ``log_since(mark)``, ``ignored_fields(lines)``, ``guided_removed(lines)``).
+    LogWitness (a class, not a fixture): ``LogWitness(vllm_server).check()`` fails on either
+        line below written since it was made (or since its last look).
     server_log_mark: a callable returning a mark (the log's current size in bytes).
     server_log_since: a callable ``server_log_since(mark, settle=0.2) -> list[str]``: the server
         log lines written since the mark (waits ``settle`` seconds first, for lines still in
@@ -134,6 +136,33 @@ class VLLMServer:
     def guided_removed(lines: list[str]) -> list[str]:
         """Return the lines where vLLM warns about removed ``guided_*`` fields (once/process)."""
         return [line for line in lines if GUIDED_REMOVED_LOG in line]
+
+
+class LogWitness:
+    """The server's log since the last look: asserts that no request field was dropped.
+
+    Import it in a test module with ``from tests.vllm.conftest import LogWitness``.
+    """
+
+    def __init__(self, server: VLLMServer) -> None:
+        self._server = server
+        self._mark = server.log_mark()
+
+    def lines(self) -> list[str]:
+        """The log lines since the last mark (the mark moves to the end)."""
+        lines = self._server.log_since(self._mark)
+        self._mark = self._server.log_mark()
+        return lines
+
+    def dropped(self) -> list[str]:
+        """The "ignored fields" and "removed guided-decoding field(s)" lines since the mark."""
+        lines = self.lines()
+        return self._server.ignored_fields(lines) + self._server.guided_removed(lines)
+
+    def check(self) -> None:
+        """Fail on an "ignored fields" or "removed guided-decoding field(s)" line."""
+        ignored = self.dropped()
+        assert not ignored, f"the server ignored request fields: {ignored}"
 
 
 def _unavailable(reason: str, *, set_up: bool = False) -> None:

@@ -40,6 +40,7 @@ from nim_async.errors import GuidedDecodingError
 from nim_async.protocol.guided import validate_json_schema
 from nim_async.protocol.tasks import get_task
 from nim_async.results import PhraseGroundingResponse, TextResponse, VQAResponse
+from tests.vllm.conftest import LogWitness
 
 DIALECT: Any = os.environ.get("NIM_CONFORMANCE_DIALECT", "auto")
 CHOICES = ["yes", "no", "maybe"]
@@ -54,26 +55,6 @@ SMALL_SCHEMA = {
 # Seeds tried at once for JSON outputs: a random model may fill a JSON document with whitespace
 # until max_tokens; a few seeds in one batch make it near certain that some finish with "stop".
 JSON_SEEDS = (6, 0, 4, 7)
-
-
-class LogWitness:
-    """Asserts that the server logged no ignored request field since the last check."""
-
-    def __init__(self, server: Any) -> None:
-        self._server = server
-        self._mark = server.log_mark()
-
-    def lines(self) -> list[str]:
-        """The log lines since the last mark (the mark moves to the end)."""
-        lines = self._server.log_since(self._mark)
-        self._mark = self._server.log_mark()
-        return lines
-
-    def check(self) -> None:
-        """Fail on an "ignored fields" or "removed guided-decoding field(s)" line."""
-        lines = self.lines()
-        ignored = self._server.ignored_fields(lines) + self._server.guided_removed(lines)
-        assert not ignored, f"the server ignored request fields: {ignored}"
 
 
 @pytest.fixture

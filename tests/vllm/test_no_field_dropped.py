@@ -39,6 +39,7 @@ from nim_async import AsyncNIMPredictor, BadRequestError, NIMSamplingParams, Pre
 from nim_async.bench.client import build_body
 from nim_async.errors import GuidedDecodingError
 from nim_async.protocol.tasks import TASKS, get_task
+from tests.vllm.conftest import LogWitness
 
 SMALL_SCHEMA = {
     "type": "object",
@@ -136,21 +137,6 @@ STREAMED = (
 )
 
 
-class Witness:
-    """The server's log since the last look: no ignored-field line, no removed-guided warning."""
-
-    def __init__(self, server: Any) -> None:
-        self._server = server
-        self._mark = server.log_mark()
-
-    def dropped(self) -> list[str]:
-        """The lines since the last call saying a request field was dropped (the mark moves)."""
-        lines = self._server.log_since(self._mark)
-        self._mark = self._server.log_mark()
-        dropped: list[str] = self._server.ignored_fields(lines) + self._server.guided_removed(lines)
-        return dropped
-
-
 @pytest.fixture
 def image() -> Image.Image:
     return Image.linear_gradient("L").resize((96, 64)).convert("RGB")
@@ -203,7 +189,7 @@ async def test_no_request_field_is_ignored(
     dialect: Any,
 ) -> None:
     task, params, kind = FORMS[name]
-    witness = Witness(vllm_server)
+    witness = LogWitness(vllm_server)
     async with AsyncNIMPredictor(
         vllm_server.model, task, base_url=vllm_server.url, dialect=dialect, timeout=120.0
     ) as p:
@@ -220,7 +206,7 @@ async def test_the_bench_request_drops_no_field(vllm_server: Any, image: Image.I
     prepared = build_body(
         buf.getvalue(), mime="image/jpeg", model=vllm_server.model, task_type="vqa", max_tokens=4
     )
-    witness = Witness(vllm_server)
+    witness = LogWitness(vllm_server)
     async with httpx.AsyncClient(base_url=vllm_server.url, timeout=120.0) as client:
         headers = {"content-type": "application/json"}
         response = await client.post("/v1/chat/completions", content=prepared.body, headers=headers)
@@ -233,7 +219,7 @@ async def test_streamed_prompt_logprobs_is_refused_not_dropped(
     vllm_server: Any, image: Image.Image
 ) -> None:
     """vLLM 0.32 refuses ``prompt_logprobs`` on a stream with 400 naming it: loud, not silent."""
-    witness = Witness(vllm_server)
+    witness = LogWitness(vllm_server)
     async with AsyncNIMPredictor(
         vllm_server.model, "generic", base_url=vllm_server.url, timeout=120.0
     ) as p:
