@@ -345,7 +345,9 @@ class NIMConfig(BaseModel):
         "for no GPU.",
     )
     host: str = Field("127.0.0.1", description="Host address the port is published on.")
-    startup_timeout: float = Field(600.0, gt=0, description="Seconds to wait for readiness.")
+    startup_timeout: float = Field(
+        600.0, gt=0, allow_inf_nan=False, description="Seconds to wait for readiness."
+    )
     model_path: str | Path | None = Field(None, description="Local Hugging Face checkpoint dir.")
     endpoint: str = Field(
         default_factory=lambda: _env("DATATURE_VI_API_ENDPOINT") or DEFAULT_VI_ENDPOINT,

@@ -6,9 +6,10 @@ runs supply the task type and system prompt from their stored run metadata.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex
 
 from nim_async.catalog import BOX_FORMATS, KNOWN_IMAGES, BoxFormat, ImageSpec, box_format_for_model
 from nim_async.config import NIMConfig
@@ -142,18 +143,31 @@ def check_numbers(
     """Check the predictor's numeric and dialect arguments.
 
     Raises:
-        ValueError: naming the offending argument.
+        InvalidParameterError: (a ``ValueError``) naming the offending argument: an unknown
+            dialect, a timeout that is not a positive finite number, or a count that is not
+            an integer in range.
     """
     if dialect not in wire.DIALECTS:
-        raise ValueError(f"dialect must be one of {', '.join(map(repr, wire.DIALECTS))}")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be positive, got {timeout}")
-    if max_connections < 1:
-        raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-    if retries < 0:
-        raise ValueError(f"retries must be 0 or more, got {retries}")
-    if max_pixels is not None and max_pixels < 28 * 28:
-        raise ValueError(f"max_pixels must be at least {28 * 28}, got {max_pixels}")
+        raise InvalidParameterError(
+            f"dialect must be one of {', '.join(map(repr, wire.DIALECTS))}", field="dialect"
+        )
+    check_limits(timeout=timeout)
+    least = {"max_connections": 1, "retries": 0, "max_pixels": 28 * 28}
+    given: dict[str, object] = {
+        "max_connections": max_connections,
+        "retries": retries,
+        "max_pixels": max_pixels,
+    }
+    for name, value in given.items():
+        if value is None and name == "max_pixels":
+            continue
+        number: int | None = None
+        if isinstance(value, SupportsIndex) and not isinstance(value, bool):
+            number = operator.index(value)  # an int, or a numpy integer
+        if number is None or number < least[name]:
+            raise InvalidParameterError(
+                f"{name} must be an integer of at least {least[name]}, got {value!r}", field=name
+            )
 
 
 def _load_run_metadata(config: NIMConfig) -> Any:

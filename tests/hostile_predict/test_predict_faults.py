@@ -506,3 +506,34 @@ async def test_the_reused_body_follows_params_prompt_and_model(serve: Any) -> No
         for b in bodies
     ]
     assert images[0][0]["image_url"]["url"] != images[2][0]["image_url"]["url"]
+
+
+@pytest.mark.parametrize(
+    ("given", "field"),
+    [
+        ({"timeout": float("inf")}, "timeout"),  # HEAD: accepted, a call could hang for good
+        ({"timeout": float("nan")}, "timeout"),  # HEAD: a plain ValueError
+        ({"timeout": "3"}, "timeout"),  # HEAD: TypeError
+        ({"retries": float("inf")}, "retries"),  # HEAD: accepted
+        ({"retries": 1.5}, "retries"),
+        ({"max_pixels": float("nan")}, "max_pixels"),  # HEAD: a MediaError blaming the image
+        ({"max_connections": 0}, "max_connections"),
+        ({"dialect": "json"}, "dialect"),
+    ],
+)
+def test_predictor_arguments_are_checked_with_our_errors(given: dict[str, Any], field: str) -> None:
+    with pytest.raises(errors.InvalidParameterError) as info:
+        AsyncNIMPredictor(MODEL, "vqa", **given)
+    assert isinstance(info.value, ValueError)
+    assert info.value.field == field
+    assert field in str(info.value)
+    with pytest.raises(errors.InvalidParameterError):
+        NIMPredictor(MODEL, "vqa", **given)
+
+
+def test_config_startup_timeout_must_be_finite() -> None:
+    from nim_async import NIMConfig
+
+    with pytest.raises(errors.InvalidConfigError, match="startup_timeout") as info:
+        NIMConfig(nvidia_api_key="nvapi-test-0000", startup_timeout=float("inf"))
+    assert isinstance(info.value, ValueError)  # HEAD: accepted (a deploy waiting for ever)
