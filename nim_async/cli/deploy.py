@@ -2,8 +2,9 @@
 
 SIGTERM and SIGHUP (what ``timeout``, systemd and CI cancellation send, or a closed terminal)
 cancel a running deploy like Ctrl-C does: the container it created is removed, then the command
-exits 143 (SIGHUP: 129). A signal whose disposition is not the default (``nohup``'s ignored
-SIGHUP) is left alone.
+exits 143 (SIGHUP: 129). With ``--port-forward`` the same signals after the deploy only close the
+forward (the deployment keeps running), as Ctrl-C does. A signal whose disposition is not the
+default (``nohup``'s ignored SIGHUP) is left alone.
 """
 
 from __future__ import annotations
@@ -70,26 +71,30 @@ async def deploy(args: argparse.Namespace) -> int:
     """
     task = asyncio.current_task()
     assert task is not None
+    deployed: list[NIMDeploymentResult] = []
     with _cancel_on_signals(task) as received:
         try:
-            return await _deploy(args)
+            return await _deploy(args, deployed)
         except asyncio.CancelledError:
             if not received:
                 raise  # Ctrl-C: asyncio.run's own cancellation
             task.uncancel()
             name = signal.Signals(received[0]).name
-            sys.stderr.write(
-                f"{PROG}: {name}: deploy cancelled (any container it created was removed)\n"
-            )
+            if deployed:  # the signal ended --port-forward's wait, not the deploy
+                what = f"port-forward closed; {deployed[0].container_name} keeps running"
+            else:
+                what = "deploy cancelled (any container it created was removed)"
+            sys.stderr.write(f"{PROG}: {name}: {what}\n")
             return CANCELLING_SIGNALS[received[0]]
 
 
-async def _deploy(args: argparse.Namespace) -> int:
+async def _deploy(args: argparse.Namespace, deployed: list[NIMDeploymentResult]) -> int:
     config = config_from_args(args)
     reporter = None if args.quiet else ConsoleReporter()
     kube = kubernetes_options(args)
     async with AsyncNIMDeployer(config, quiet=args.quiet, on_event=reporter, **kube) as deployer:
         result = await deployer.deploy()
+        deployed.append(result)
         if kube.get("port_forward"):  # the forward lives as long as the deployer: until Ctrl-C
             _print_result(args, config.image_name, result)
             if not args.quiet:

@@ -336,8 +336,11 @@ async def test_two_replicas_two_port_forwards_both_serve(
     assert await labelled(api, namespace) == {}
 
 
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"]
+)
 async def test_cli_deploy_port_forward_serves_until_ctrl_c(
-    pod_cluster: Cluster, api: Any, namespace: str
+    pod_cluster: Cluster, api: Any, namespace: str, signum: int, status: int
 ) -> None:
     reg = registry_env()
     port = free_port()
@@ -364,9 +367,12 @@ async def test_cli_deploy_port_forward_serves_until_ctrl_c(
         assert ready.status_code == 200
     finally:
         if deploy.returncode is None:
-            deploy.send_signal(signal.SIGINT)
+            deploy.send_signal(signum)
         _, err = await asyncio.wait_for(deploy.communicate(), 60)
-    assert deploy.returncode == 130, err.decode()
+    assert deploy.returncode == status, err.decode()
+    if signum == signal.SIGTERM:  # it says what ended, and not that anything was removed
+        assert "port-forward closed" in err.decode()
+        assert "removed" not in err.decode()
     assert reg["NIM_TEST_NGC_KEY"] not in err.decode() + line.decode()
     with pytest.raises(httpx.ConnectError):  # Ctrl-C closed the forward ...
         async with httpx.AsyncClient() as http:
