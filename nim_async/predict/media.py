@@ -420,22 +420,9 @@ def _check_pixels(img: Image.Image, limit: int, desc: str, reduced: bool) -> Non
 
 def _encode(source: object, max_pixels: int, desc: str, max_image_pixels: int) -> EncodedImage:
     if isinstance(source, bytes):
-        known = _DECODED.get(source)
-        if known is not None:
-            known_fmt, width, height = known
-            size = (width, height)
-            if (
-                width * height <= max_image_pixels
-                and fit_within_budget(width, height, max_pixels) == size
-            ):
-                return EncodedImage(
-                    b64=base64.b64encode(source),
-                    mime=_PASS_THROUGH[known_fmt],
-                    original_size=size,
-                    sent_size=size,
-                    source=desc,
-                    passed_through=True,
-                )
+        remembered = _remembered(source, max_pixels, desc, max_image_pixels)
+        if remembered is not None:
+            return remembered
     img, fmt, fh, raw = _open(source, desc)
     try:
         from_caller = raw is None and fh is None  # a PIL image: always re-encoded
@@ -454,28 +441,7 @@ def _encode(source: object, max_pixels: int, desc: str, max_image_pixels: int) -
         original = (width, height)
         target = fit_within_budget(width, height, max_pixels)
         if not from_caller and fmt in _PASS_THROUGH and orientation == 1 and target == original:
-            _check_pixels(img, max_image_pixels, desc, reduced=False)
-            if raw is None or raw not in _DECODED:
-                if fmt in ("JPEG", "MPO"):
-                    # Every byte is still entropy-decoded (truncation is found) but the
-                    # inverse DCT runs at 1/8 scale: half the cost of a full decode.
-                    img.draft("RGB", (1, 1))
-                img.load()  # the whole file decodes (a truncated or corrupt one raises here)
-                if raw is not None and len(raw) <= _DECODED_MAX_BYTES:
-                    if len(_DECODED) >= _DECODED_ENTRIES:
-                        _DECODED.clear()
-                    _DECODED[raw] = (fmt, width, height)
-            if raw is None and fh is not None:
-                fh.seek(0)
-                raw = fh.read()
-            return EncodedImage(
-                b64=base64.b64encode(raw or b""),
-                mime=_PASS_THROUGH[fmt],
-                original_size=original,
-                sent_size=original,
-                source=desc,
-                passed_through=True,
-            )
+            return _pass_through(img, fmt, fh, raw, desc, max_image_pixels)
         if not from_caller:
             # An image just opened is at its first frame (animations: the first frame is sent).
             if fmt in ("JPEG", "MPO") and target != original:
@@ -483,29 +449,99 @@ def _encode(source: object, max_pixels: int, desc: str, max_image_pixels: int) -
                 draft_size = (target[1], target[0]) if orientation in (5, 6, 7, 8) else target
                 img.draft("RGB", draft_size)
             _check_pixels(img, max_image_pixels, desc, reduced=fmt in ("JPEG", "MPO"))
-        img.load()
-        method = _UPRIGHT.get(orientation)
-        work = img.transpose(method) if method is not None else img
-        work = _to_rgb(work)
-        if work.size != target:
-            work = work.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        buf = io.BytesIO()
-        if fmt is None or fmt in _LOSSLESS:
-            work.save(buf, format="PNG", compress_level=1)
-            mime = "image/png"
-        else:
-            work.save(buf, format="JPEG", quality=92)
-            mime = "image/jpeg"
-        return EncodedImage(
-            b64=base64.b64encode(buf.getbuffer()),
-            mime=mime,
-            original_size=original,
-            sent_size=work.size,
-            source=desc,
-        )
+        return _reencode(img, fmt, orientation, (original, target), desc)
     finally:
         if fh is not None:
             fh.close()
+
+
+def _remembered(
+    source: bytes, max_pixels: int, desc: str, max_image_pixels: int
+) -> EncodedImage | None:
+    """Bytes that passed through unchanged before, if they still may: no Pillow at all."""
+    known = _DECODED.get(source)
+    if known is None:
+        return None
+    known_fmt, width, height = known
+    size = (width, height)
+    if width * height > max_image_pixels or fit_within_budget(width, height, max_pixels) != size:
+        return None
+    return EncodedImage(
+        b64=base64.b64encode(source),
+        mime=_PASS_THROUGH[known_fmt],
+        original_size=size,
+        sent_size=size,
+        source=desc,
+        passed_through=True,
+    )
+
+
+def _pass_through(
+    img: Image.Image,
+    fmt: str,
+    fh: IO[bytes] | None,
+    raw: bytes | None,
+    desc: str,
+    max_image_pixels: int,
+) -> EncodedImage:
+    """An upright image within budget in a format the server reads: its own bytes are sent."""
+    _check_pixels(img, max_image_pixels, desc, reduced=False)
+    size = img.size
+    if raw is None or raw not in _DECODED:
+        if fmt in ("JPEG", "MPO"):
+            # Every byte is still entropy-decoded (truncation is found) but the
+            # inverse DCT runs at 1/8 scale: half the cost of a full decode.
+            img.draft("RGB", (1, 1))
+        img.load()  # the whole file decodes (a truncated or corrupt one raises here)
+        if raw is not None and len(raw) <= _DECODED_MAX_BYTES:
+            if len(_DECODED) >= _DECODED_ENTRIES:
+                _DECODED.clear()
+            _DECODED[raw] = (fmt, size[0], size[1])
+    if raw is None and fh is not None:
+        fh.seek(0)
+        raw = fh.read()
+    return EncodedImage(
+        b64=base64.b64encode(raw or b""),
+        mime=_PASS_THROUGH[fmt],
+        original_size=size,
+        sent_size=size,
+        source=desc,
+        passed_through=True,
+    )
+
+
+def _reencode(
+    img: Image.Image,
+    fmt: str | None,
+    orientation: int,
+    sizes: tuple[tuple[int, int], tuple[int, int]],
+    desc: str,
+) -> EncodedImage:
+    """Decode, turn upright, convert to RGB, resize and encode (PNG or JPEG).
+
+    ``sizes`` is (upright size as opened, target): a JPEG draft may already have shrunk ``img``.
+    """
+    original, target = sizes
+    img.load()
+    method = _UPRIGHT.get(orientation)
+    work = img.transpose(method) if method is not None else img
+    work = _to_rgb(work)
+    if work.size != target:
+        work = work.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    buf = io.BytesIO()
+    if fmt is None or fmt in _LOSSLESS:
+        work.save(buf, format="PNG", compress_level=1)
+        mime = "image/png"
+    else:
+        work.save(buf, format="JPEG", quality=92)
+        mime = "image/jpeg"
+    return EncodedImage(
+        b64=base64.b64encode(buf.getbuffer()),
+        mime=mime,
+        original_size=original,
+        sent_size=work.size,
+        source=desc,
+    )
 
 
 def _orientation(img: Image.Image) -> int:
