@@ -77,6 +77,7 @@ class PredictorPipeline:
     _retry: RetryPolicy
     _wire: WireFormat | None
     _wire_lock: asyncio.Lock
+    _wire_asked: asyncio.Future[None] | None = None  # done when the ask under the lock ends
     _placeholder: str
     _placeholder_json: bytes
     _bodies: dict[tuple[int, str, bool, str, str, str], BodyTemplate]
@@ -118,6 +119,7 @@ class PredictorPipeline:
                 self._base_url, timeout=self._timeout, max_connections=self._max_connections
             )
         self._wire_lock = asyncio.Lock()
+        self._wire_asked = None
         self._loop = loop
         return self._http
 
@@ -129,24 +131,43 @@ class PredictorPipeline:
         """
         if self._wire is not None:
             return self._wire
+        asked = self._wire_asked
+        if asked is not None:
+            # Another call is asking: wait for its answer together with every other waiter
+            # (all woken at once), not one after the other through the lock, which hands
+            # itself on one waiter per loop iteration (seconds for 256 first streams). If it
+            # failed, each waiter asks in turn under the lock, as before.
+            await asyncio.wait((asked,))
+            if self._wire is not None:
+                return self._wire
         async with self._wire_lock:
             if self._wire is None:
-                # Under the same retry policy as a send: a restarting server is retried here too.
-                client = self._client()
-                wait = min(self._timeout, 10.0)
-                if self._pool is not None:  # the endpoints serve one model: ask one that answers
-                    info = await self._pool.first(
-                        lambda c: c.server_info(request_timeout=wait), label="GET server version"
-                    )
-                else:
-                    info = await self._retry.run(
-                        lambda: client.server_info(request_timeout=wait),
-                        label="GET server version",
-                    )
-                self._wire = wire_format_for(
-                    info.nim_version, info.metadata, vllm=info.vllm_version, owned_by=info.owned_by
-                )
+                asked = self._wire_asked = asyncio.get_running_loop().create_future()
+                try:
+                    return await self._ask_wire_format()
+                finally:
+                    self._wire_asked = None
+                    if not asked.done():
+                        asked.set_result(None)
             return self._wire
+
+    async def _ask_wire_format(self) -> WireFormat:
+        # Under the same retry policy as a send: a restarting server is retried here too.
+        client = self._client()
+        wait = min(self._timeout, 10.0)
+        if self._pool is not None:  # the endpoints serve one model: ask one that answers
+            info = await self._pool.first(
+                lambda c: c.server_info(request_timeout=wait), label="GET server version"
+            )
+        else:
+            info = await self._retry.run(
+                lambda: client.server_info(request_timeout=wait),
+                label="GET server version",
+            )
+        self._wire = wire = wire_format_for(
+            info.nim_version, info.metadata, vllm=info.vllm_version, owned_by=info.owned_by
+        )
+        return wire
 
     # ------------------------------------------------------------------ prepare
 
