@@ -11,6 +11,8 @@ from aiohttp import web
 from nim_async import errors
 from nim_async.http.client import ServerClient
 
+from .conftest import served
+
 EVENT = b"data: {}\n\n"
 
 
@@ -31,14 +33,8 @@ async def server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with served(app) as url:
+        yield url
 
 
 async def _read_all(client: ServerClient, query: str, watched: float | None = None) -> bytes:

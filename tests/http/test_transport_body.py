@@ -14,6 +14,8 @@ from aiohttp import web
 
 from nim_async.http.transport import AiohttpTransport
 
+from .conftest import served
+
 EVENT = b"data: {}\n\n"
 
 
@@ -42,14 +44,8 @@ async def server() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/drip", drip)
     app.router.add_get("/stall", stall)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with served(app) as url:
+        yield url
 
 
 async def test_a_body_that_stops_after_the_headers_is_a_read_timeout(server: str) -> None:
