@@ -28,6 +28,7 @@ from nim_async.errors import (
     GuidedDecodingError,
     MediaError,
     NIMPredictionError,
+    PredictionParseError,
     PredictionTimeoutError,
 )
 from nim_async.http.client import ChatResponse, ServerClient
@@ -280,6 +281,12 @@ class PredictorPipeline:
                     f"{exc} {call.wire.advice(call.constraint)}",
                     raw_output=exc.raw_output,
                     constraint=exc.constraint,
+                ) from None
+            except PredictionParseError as exc:  # cut off: too few tokens, or an ignored field
+                raise PredictionParseError(
+                    f"{exc}. Raise max_tokens if the answer needs more; if it does not, the "
+                    f"server may have ignored the constraint. {call.wire.advice(call.constraint)}",
+                    raw_output=exc.raw_output,
                 ) from None
         if call.custom:
             thinking, answer = split_thinking(text)

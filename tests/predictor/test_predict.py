@@ -19,6 +19,7 @@ from nim_async.errors import (
     GuidedDecodingError,
     MediaError,
     ModelNotFoundError,
+    PredictionParseError,
     PredictionTimeoutError,
     ServerError,
     ServiceUnavailableError,
@@ -321,6 +322,26 @@ async def test_ignored_guided_decoding_is_detected(start_emulator: Any, image_fa
     assert "dialect='openai'" in message
     assert "dialect='nvext'" in message
     assert "dialect='guided'" not in message
+
+
+async def test_an_ignored_constraint_cut_off_at_max_tokens_gets_the_advice_too(
+    start_emulator: Any, image_factory: Any
+) -> None:
+    # vLLM 0.32 with the old forms: the ignored choice runs on until max_tokens
+    image = image_factory(shapes=[("red", (10, 10, 90, 90))])
+    params = NIMSamplingParams(guided_choice=["alpha", "beta"], max_tokens=2)
+    async with (
+        start_emulator(ignore_guided=True) as emu,
+        AsyncNIMPredictor(MODEL, "vqa", port=emu.port, dialect="guided") as p,
+    ):
+        with pytest.raises(PredictionParseError) as info:
+            await p(image, "Pick one", params)
+    message = str(info.value)
+    assert "cut off at max_tokens" in message
+    assert "Raise max_tokens" in message
+    assert "sent as guided_choice" in message
+    assert "dialect='openai'" in message
+    assert info.value.raw_output
 
 
 async def test_nvext_dialect_places_extensions(start_emulator: Any, image_factory: Any) -> None:
