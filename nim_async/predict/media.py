@@ -466,14 +466,7 @@ def _remembered(
     size = (width, height)
     if width * height > max_image_pixels or fit_within_budget(width, height, max_pixels) != size:
         return None
-    return EncodedImage(
-        b64=base64.b64encode(source),
-        mime=_PASS_THROUGH[known_fmt],
-        original_size=size,
-        sent_size=size,
-        source=desc,
-        passed_through=True,
-    )
+    return _as_sent(source, known_fmt, size, desc)
 
 
 def _pass_through(
@@ -500,8 +493,13 @@ def _pass_through(
     if raw is None and fh is not None:
         fh.seek(0)
         raw = fh.read()
+    return _as_sent(raw or b"", fmt, size, desc)
+
+
+def _as_sent(data: bytes, fmt: str, size: tuple[int, int], desc: str) -> EncodedImage:
+    """The image's own bytes, sent unchanged."""
     return EncodedImage(
-        b64=base64.b64encode(raw or b""),
+        b64=base64.b64encode(data),
         mime=_PASS_THROUGH[fmt],
         original_size=size,
         sent_size=size,
