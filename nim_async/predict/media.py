@@ -111,10 +111,14 @@ of RGB. Pillow warns at 89 million pixels and refuses at 179 million."""
 # unchanged, with their (format, width, height): the same bytes asked another question skip
 # the decode check, and bytes skip opening with Pillow and reading EXIF too (bytes cache their
 # hash; a hit costs one compare). Bounded: at most _DECODED_ENTRIES images of at most
-# _DECODED_MAX_BYTES each are held.
+# _DECODED_MAX_BYTES each, _DECODED_BUDGET bytes in all, are held. A remembered image is
+# prepared on the event loop whatever its size (no decode left to do; the bytes' hash, cached
+# by the bytes object, is at most _DECODED_MAX_BYTES of hashing).
 _DECODED: dict[bytes, tuple[str, int, int]] = {}
 _DECODED_ENTRIES = 128
-_DECODED_MAX_BYTES = 64 * 1024
+_DECODED_MAX_BYTES = 256 * 1024
+_DECODED_BUDGET = 16 * 1024 * 1024
+_decoded_bytes = 0  # held by _DECODED (approximate under threads: only a bound)
 
 _PASS_THROUGH = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _LOSSLESS = {"PNG", "GIF", "BMP", "TIFF"}
@@ -312,7 +316,10 @@ async def _fetch(url: str, fetch: FetchFn | None, desc: str) -> bytes:
 async def _image(
     payload: object, max_pixels: int, desc: str, max_image_pixels: int
 ) -> EncodedImage:
-    if isinstance(payload, bytes | bytearray | memoryview) and len(payload) <= INLINE_MAX_BYTES:
+    if isinstance(payload, bytes | bytearray | memoryview) and (
+        len(payload) <= INLINE_MAX_BYTES
+        or (type(payload) is bytes and len(payload) <= _DECODED_MAX_BYTES and payload in _DECODED)
+    ):
         return encode_image(payload, max_pixels, desc, max_image_pixels)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
@@ -487,13 +494,20 @@ def _pass_through(
             img.draft("RGB", (1, 1))
         img.load()  # the whole file decodes (a truncated or corrupt one raises here)
         if raw is not None and len(raw) <= _DECODED_MAX_BYTES:
-            if len(_DECODED) >= _DECODED_ENTRIES:
-                _DECODED.clear()
-            _DECODED[raw] = (fmt, size[0], size[1])
+            _remember(raw, fmt, size)
     if raw is None and fh is not None:
         fh.seek(0)
         raw = fh.read()
     return _as_sent(raw or b"", fmt, size, desc)
+
+
+def _remember(raw: bytes, fmt: str, size: tuple[int, int]) -> None:
+    global _decoded_bytes
+    if len(_DECODED) >= _DECODED_ENTRIES or _decoded_bytes + len(raw) > _DECODED_BUDGET:
+        _DECODED.clear()
+        _decoded_bytes = 0
+    _DECODED[raw] = (fmt, size[0], size[1])
+    _decoded_bytes += len(raw)
 
 
 def _as_sent(data: bytes, fmt: str, size: tuple[int, int], desc: str) -> EncodedImage:

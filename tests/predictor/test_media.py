@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import random
 import threading
 from pathlib import Path
 
@@ -222,6 +223,47 @@ async def test_remembered_bytes_give_the_same_encoding_and_still_obey_both_caps(
     with pytest.raises(MediaError, match="max_image_pixels"):
         await load_image(data, max_pixels=BUDGET, max_image_pixels=90 * 70 - 1)
     assert _same(await load_image(data, max_pixels=BUDGET), first)
+
+
+def _noisy_jpeg(size: tuple[int, int], seed: int) -> bytes:
+    noise = random.Random(seed).randbytes(size[0] * size[1] * 3)
+    buf = io.BytesIO()
+    Image.frombytes("RGB", size, noise).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+async def test_a_remembered_image_above_the_inline_size_skips_the_worker_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A repeated image of some 100 KB (a VQA run asking several questions of one picture)
+    is checked once in the worker; the repeats are prepared on the loop, with no hop."""
+    from nim_async.predict import media
+
+    data = _noisy_jpeg((200, 200), seed=1)
+    assert media.INLINE_MAX_BYTES < len(data) <= media._DECODED_MAX_BYTES
+    first = await load_image(data, max_pixels=BUDGET)
+    assert first.passed_through
+
+    def no_worker() -> object:
+        raise AssertionError("a remembered image went to the worker thread")
+
+    monkeypatch.setattr(media, "media_executor", no_worker)
+    assert _same(await load_image(data, max_pixels=BUDGET), first)
+    with pytest.raises(AssertionError, match="worker thread"):  # an unseen one still goes there
+        await load_image(_noisy_jpeg((200, 200), seed=2), max_pixels=BUDGET)
+
+
+def test_remembered_images_are_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nim_async.predict import media
+
+    monkeypatch.setattr(media, "_DECODED", {})
+    monkeypatch.setattr(media, "_decoded_bytes", 0)
+    images = [_noisy_jpeg((120, 120), seed=i) for i in range(6)]
+    monkeypatch.setattr(media, "_DECODED_BUDGET", 2 * max(len(d) for d in images))
+    for data in images:
+        assert media.encode_image(data, BUDGET).passed_through
+        assert sum(len(k) for k in media._DECODED) <= media._DECODED_BUDGET
+    assert images[-1] in media._DECODED
 
 
 def _same(a: object, b: object) -> bool:
