@@ -241,3 +241,29 @@ def test_the_cli_without_the_extra_says_what_to_install() -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "pip install 'nim-async[kubernetes]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+class _Kubelet:
+    """Answers pod_log as a kubelet does while a fast-restarting container's runs come and go."""
+
+    def __init__(self, answers: list[tuple[bool, str]]) -> None:
+        self.answers = answers
+        self.asked: list[bool] = []
+
+    async def pod_log(self, name: str, namespace: str, *, tail: int, previous: bool) -> str:
+        self.asked.append(previous)
+        return self.answers.pop(0)[1] if self.answers else ""
+
+
+async def test_a_crash_log_falls_back_to_the_current_run_then_waits() -> None:
+    from nim_async.deploy.kubernetes.backend import _crash_log
+
+    kubelet = _Kubelet([(True, ""), (False, "emulator: --exit-after reached\n")])
+    assert "exit-after" in await _crash_log(kubelet, "p", "ns")  # type: ignore[arg-type]
+    assert kubelet.asked == [True, False]
+    # neither run has a log at first: it looks again, and gives up after three looks
+    late = _Kubelet([(True, ""), (False, ""), (True, "late line\n")])
+    assert await _crash_log(late, "p", "ns") == "late line\n"  # type: ignore[arg-type]
+    never = _Kubelet([])
+    assert await _crash_log(never, "p", "ns") == ""  # type: ignore[arg-type]
+    assert never.asked == [True, False] * 3

@@ -378,7 +378,7 @@ class KubernetesBackend:
                 f"pod {ns}/{failure.pod} cannot be scheduled: no node has the nvidia.com/gpu "
                 f"asked for (is the NVIDIA device plugin / GPU Operator installed?): {message}"
             )
-        logs = await client.pod_log(failure.pod, ns, tail=LOG_TAIL, previous=True)
+        logs = await _crash_log(client, failure.pod, ns)
         return ContainerExitedError(
             name,
             failure.exit_code if failure.exit_code is not None else -1,
@@ -548,3 +548,20 @@ class PodFailureMapper:
         if classify_pull_message(detail) is FailureKind.REGISTRY_AUTH:
             return RegistryAuthError(text, status_code=401)
         return ImagePullError(text)
+
+
+async def _crash_log(client: KubeClient, pod: str, namespace: str) -> str:
+    """The crashed container's last lines: its previous run's log, else the current run's.
+
+    A container restarting fast can leave the kubelet with no log for the run its status
+    names as the last one (it answers "unable to retrieve container logs"); the next run,
+    crashing the same way, has the same lines. Three looks, half a second apart, at most.
+    """
+    for look in range(3):
+        if look:
+            await asyncio.sleep(0.5)
+        for previous in (True, False):
+            logs = await client.pod_log(pod, namespace, tail=LOG_TAIL, previous=previous)
+            if logs.strip():
+                return logs
+    return ""

@@ -41,6 +41,8 @@ KINDS = ("Secret", "Service", "Deployment", "ReplicaSet", "Pod", "NIMService")
 APPS_KINDS = ("Deployment", "ReplicaSet")
 """The kinds :class:`KubeClient` handles."""
 NIMSERVICE_CRD = f"{NIMSERVICE_PLURAL}.{NIMSERVICE_GROUP}"
+NO_LOG_ANSWER = "unable to retrieve container logs"
+"""How the kubelet's log answer starts when it has no log for that run (seen on 1.20)."""
 
 
 def is_not_found(exc: APIError) -> bool:
@@ -364,7 +366,9 @@ class KubeClient:
             )
         except APIError:
             return ""
-        return str(text or "")
+        text = str(text or "")
+        # the kubelet's answer (status 200) when that run's log is gone or not there yet
+        return "" if text.startswith(NO_LOG_ANSWER) else text
 
     async def events_for(self, name: str, namespace: str) -> builtins.list[dict[str, Any]]:
         """The events about object ``name`` (newest last).
