@@ -108,7 +108,13 @@ def _vqa(a: Answer) -> bool:
     value = _json(a["text"])
     if isinstance(value, dict):
         return "vqa" in value
-    return a["finish"] == "length" and re.match(r'\s*\{\s*"vqa"', a["text"]) is not None
+    # Cut off at max_tokens: the object opened and, after the whitespace the grammar allows
+    # (a random model may pad with it to the end, 2 of 30 answers here), "vqa" or its start.
+    text = str(a["text"]).lstrip()
+    if a["finish"] != "length" or not text.startswith("{"):
+        return False
+    rest = text[1:].lstrip()
+    return rest.startswith('"vqa"') or '"vqa"'.startswith(rest)
 
 
 def _length(n: int) -> Check:
