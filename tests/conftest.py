@@ -276,6 +276,12 @@ async def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
+def env_file_reader() -> Callable[[Path], dict[str, str]]:
+    """:func:`read_env_file`, for conftests in other folders (they cannot import this one)."""
+    return read_env_file
+
+
+@pytest.fixture(scope="session")
 def docker_test_exports() -> dict[str, str]:
     """The local registry's and emulator image's facts (scripts/test-env.sh), or skip."""
     if not TEST_ENV_FILE.exists():

@@ -64,7 +64,6 @@ Both lines come from the API server process; a line looks like
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,18 +82,6 @@ _HERE = Path(__file__).parent
 def _env_file() -> Path:
     state = Path(os.environ.get("NIM_TEST_STATE", "/tmp/nim-async-test-env"))
     return state / "vllm" / "env"
-
-
-def _read_env(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line.startswith("export ") or "=" not in line:
-            continue
-        key, _, raw = line[len("export ") :].partition("=")
-        parts = shlex.split(raw)
-        values[key.strip()] = parts[0] if parts else ""
-    return values
 
 
 @dataclass(frozen=True)
@@ -175,12 +162,12 @@ def _unavailable(reason: str, *, set_up: bool = False) -> None:
 
 
 @pytest.fixture(scope="session")
-def vllm_server() -> VLLMServer:
+def vllm_server(env_file_reader: Callable[[Path], dict[str, str]]) -> VLLMServer:
     """The real vLLM server (fails under ``$CI`` when it is not up, skips otherwise)."""
     path = _env_file()
     if not path.is_file():
         _unavailable(f"no env file at {path}")
-    env = _read_env(path)
+    env = env_file_reader(path)
     try:
         server = VLLMServer(
             url=env["NIM_VLLM_URL"],
