@@ -239,6 +239,10 @@ class PredictorPipeline:
                 ) from exc
         else:
             model_input = image.sent_size
+        # Preparing (checks, base64, the body) and sending (httpx's and aiohttp's objects, the
+        # write) each take about half a millisecond of CPU. In one loop step they would hold
+        # the event loop for both, and every other stream's chunks and timers would wait.
+        await asyncio.sleep(0)
         return PreparedCall(
             data, prompt, image, model_input, params, constraint, custom, wire_format, task
         )
