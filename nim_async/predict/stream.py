@@ -28,6 +28,11 @@ from nim_async.results import PredictionResponse, PredictionTimings, Usage
 
 __all__ = ["AsyncPredictionStream", "Exchange", "StreamState"]
 
+_SLICE_BYTES = 16 * 1024
+"""A network read longer than this is decoded in slices of about this size, one loop step
+each: a client that fell behind a fast server can receive 256 KiB (over a thousand chunks) in
+one read, which decoded at once would hold the event loop for milliseconds."""
+
 
 class StreamState(enum.Enum):
     """Where a stream is in its life."""
@@ -110,6 +115,8 @@ class AsyncPredictionStream:
         self._acc = StreamAccumulator()
         self._pending: list[str] | tuple[()] = ()  # the batch being handed out by __anext__
         self._pending_pos = 0
+        self._big: bytes = b""  # a large network read being decoded a slice at a time
+        self._big_pos = 0
         self._error: BaseException | None = None
         self._final: PredictionResponse | None = None
         self.state = StreamState.NEW
@@ -205,7 +212,19 @@ class AsyncPredictionStream:
                 self._arm()
         try:
             while True:
-                chunk = await response.next_chunk()
+                chunk: bytes | None
+                if self._big:
+                    # The rest of a large read: let the loop run between its slices.
+                    await asyncio.sleep(0)
+                    if self._closed_meanwhile():
+                        self._big = b""
+                        raise StreamError("this stream is closed", partial_text=self.text)
+                    chunk = self._slice()
+                else:
+                    chunk = await response.next_chunk()
+                    if chunk is not None and len(chunk) > _SLICE_BYTES:
+                        self._big, self._big_pos = chunk, 0
+                        chunk = self._slice()
                 if chunk is None:
                     self._reader = None
                     tokens = acc.feed(decoder.close())
@@ -236,12 +255,28 @@ class AsyncPredictionStream:
             raise error from TimeoutError()
         except NIMPredictionError as exc:
             self._reader = None
+            if self._closed_meanwhile():
+                raise  # closed by another task while this one was reading: it stays closed
             if isinstance(exc, StreamError) and not exc.partial_text:
                 exc.partial_text = acc.text  # joined only on failure, never per chunk
             await self._fail(exc)
             raise
         finally:
             self._reader = None
+
+    def _closed_meanwhile(self) -> bool:
+        # Another task's aclose() while this one waited (the state checks above predate it).
+        return self.state is StreamState.CLOSED
+
+    def _slice(self) -> bytes:
+        # The next slice of the large read: up to the first event end past _SLICE_BYTES.
+        big, start = self._big, self._big_pos
+        cut = big.find(b"\n\n", start + _SLICE_BYTES) + 2
+        if cut < 2 or cut >= len(big):
+            self._big, self._big_pos = b"", 0
+            return big[start:] if start else big
+        self._big_pos = cut
+        return big[start:cut]
 
     def _arm(self) -> None:
         limit = self._limit_at()
