@@ -496,9 +496,15 @@ async def _measure_paced(
         await generator
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-    p99 = lag[min(len(lag) - 1, int(len(lag) * 0.99))] * 1e3 if lag else float("nan")
-    p50 = lag[len(lag) // 2] * 1e3 if lag else float("nan")
+    p99, p50 = _p99_p50_ms(lag)
     return (tok1 - tok0) / (t1 - t0), p99, p50
+
+
+def _p99_p50_ms(lag: list[float]) -> tuple[float, float]:
+    """p99 and p50 in ms of sorted lag samples in seconds (NaN for none)."""
+    if not lag:
+        return float("nan"), float("nan")
+    return lag[min(len(lag) - 1, int(len(lag) * 0.99))] * 1e3, lag[len(lag) // 2] * 1e3
 
 
 async def _idle_lag(window: float) -> tuple[float, float]:
@@ -510,10 +516,7 @@ async def _idle_lag(window: float) -> tuple[float, float]:
     monitor = LoopLagMonitor(0.005)
     monitor.start()
     await asyncio.sleep(window)
-    lag = sorted(await monitor.stop())
-    if not lag:
-        return float("nan"), float("nan")
-    return lag[min(len(lag) - 1, int(len(lag) * 0.99))] * 1e3, lag[len(lag) // 2] * 1e3
+    return _p99_p50_ms(sorted(await monitor.stop()))
 
 
 def workers_ratio(
